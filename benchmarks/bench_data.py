@@ -1,0 +1,60 @@
+"""Data-layer figures: synth and prepare throughput, decode cost, and cached-sample load time."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def run(n_images: int = 400) -> list[tuple[str, str]]:
+    from pneumodet.data.dataset import PneumoniaDataset
+    from pneumodet.data.prepare import prepare
+    from pneumodet.data.synth import TRAIN_IMAGES, synthesize
+    from pneumodet.io.dicom import read_dicom
+
+    cores = os.cpu_count()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data, cache = Path(tmp) / "data", Path(tmp) / "cache"
+        start = time.perf_counter()
+        synthesize(data, n_images, 0, seed=0, progress=False)
+        rows.append((f"synth, 1024² JPEG DICOMs, {cores} cores", f"{n_images / (time.perf_counter() - start):.0f} images/s"))
+        files = sorted((data / TRAIN_IMAGES).glob("*.dcm"))[:50]
+        for f in files:  # warm the page cache
+            f.read_bytes()
+        start = time.perf_counter()
+        for f in files:
+            read_dicom(f)
+        full = (time.perf_counter() - start) / len(files)
+        start = time.perf_counter()
+        for f in files:
+            pixels = read_dicom(f).pixels
+            Image.fromarray(pixels).resize((256, 256), Image.BILINEAR)
+        full_resize = (time.perf_counter() - start) / len(files)
+        start = time.perf_counter()
+        for f in files:
+            read_dicom(f, max_decode_size=256)
+        reduced = (time.perf_counter() - start) / len(files)
+        rows.append(("read_dicom 1024² JPEG, full decode (1 core)", f"{full * 1e3:.1f} ms"))
+        rows.append(("full decode + PIL resize to 256 (1 core)", f"{full_resize * 1e3:.1f} ms"))
+        rows.append(("reduced-scale decode to 256 (draft, 1 core)", f"{reduced * 1e3:.1f} ms"))
+        for size in (256, 512):
+            start = time.perf_counter()
+            prepare(data, cache, size_px=size, progress=False)
+            rate = n_images / (time.perf_counter() - start)
+            rows.append((f"prepare {n_images} DICOMs → {size} px cache, {cores} cores", f"{rate:.0f} images/s"))
+        start = time.perf_counter()
+        prepare(data, cache, size_px=256, progress=False)
+        rows.append(("prepare again (cache reused)", f"{time.perf_counter() - start:.2f} s"))
+        dataset = PneumoniaDataset(cache, 256)
+        order = np.random.default_rng(0).permutation(len(dataset))
+        start = time.perf_counter()
+        for i in order:
+            dataset[int(i)]
+        rows.append(("load one cached 256 px sample (random order)", f"{(time.perf_counter() - start) / len(order) * 1e3:.2f} ms"))
+    return rows

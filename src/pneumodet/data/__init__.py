@@ -1,0 +1,1 @@
+"""From a folder in the Kaggle layout to a checked, cached, split data set."""

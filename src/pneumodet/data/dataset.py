@@ -1,0 +1,75 @@
+"""``PneumoniaDataset``: the cache as (image, target) pairs in torchvision's detection contract."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from pneumodet.boxes import boxes_to_masks, scale_boxes, xywh_to_xyxy
+from pneumodet.data.cache import Cache, open_cache
+from pneumodet.errors import UserError
+
+SPLITS = ("train", "val", "all")
+
+
+def read_split(path: str | Path) -> pd.DataFrame:
+    """Return the (patient_id, split) table written by ``prepare``."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: split file not found; run pneumodet prepare first")
+    return pd.read_csv(path, dtype=str)
+
+
+class PneumoniaDataset(Dataset):
+    """Cached images of one split; negatives stay in with empty targets.
+
+    Item ``i`` -> ``(image, target)``: image float [1, H, W] in [0, 1] (H = W = cache size);
+    target {"boxes": float32 (N, 4) xyxy in cache pixels, "labels": int64 (N,) all 1,
+    "masks": uint8 (N, H, W) made from the boxes, "image_id": int (the cache row)}.
+    ``transforms(image, target) -> (image, target)`` runs last (augmentation).
+    """
+
+    def __init__(self, root: str | Path, size_px: int, split: str = "all", *,
+                 transforms: Callable | None = None, mask_shape: str = "rectangle", subset: str = "train",
+                 cache: Cache | None = None):
+        if split not in SPLITS:
+            raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+        self.cache = cache or open_cache(root, size_px, subset)
+        images = self.cache.images
+        if split != "all":
+            table = read_split(Path(root) / "split.csv")
+            chosen = set(table.loc[table["split"] == split, "patient_id"])
+            images = images[images["patient_id"].isin(chosen)]
+        self.records = images.reset_index(drop=True)
+        self.transforms = transforms
+        self.mask_shape = mask_shape
+        grouped = self.cache.boxes.groupby("patient_id")[["x", "y", "width", "height"]]
+        self._boxes_xywh = {pid: g.to_numpy(dtype=np.float64) for pid, g in grouped}
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def boxes_xywh(self, index: int) -> np.ndarray:
+        """Return the (N, 4) xywh truth boxes of item ``index`` in original pixels."""
+        return self._boxes_xywh.get(self.records.at[index, "patient_id"], np.zeros((0, 4)))
+
+    def __getitem__(self, index: int):
+        record = self.records.iloc[index]
+        size = self.cache.size_px
+        pixels = np.array(self.cache.pixels[int(record["row"])])  # copy out of the memmap
+        image = torch.from_numpy(pixels).unsqueeze(0).float().div_(255.0)
+        boxes_xyxy = scale_boxes(xywh_to_xyxy(self.boxes_xywh(index)), record["scale_x"], record["scale_y"])
+        target = {
+            "boxes": torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.ones(len(boxes_xyxy), dtype=torch.int64),
+            "masks": torch.from_numpy(boxes_to_masks(boxes_xyxy, size, size, self.mask_shape)),
+            "image_id": int(record["row"]),
+        }
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target

@@ -1,0 +1,132 @@
+"""``pneumodet prepare``: quality control, the cache and the split, from a folder in the Kaggle layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pneumodet.data.cache import (
+    BOX_COLUMNS,
+    IMAGE_COLUMNS,
+    CacheParams,
+    commit,
+    decode_into,
+    find_cache,
+    fingerprint,
+)
+from pneumodet.data.qc import check_boxes, match_files, summarise, write_qc
+from pneumodet.data.split import read_groups, split_images
+from pneumodet.data.synth import CLASS_INFO, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
+from pneumodet.errors import UserError
+from pneumodet.io.labels import Annotation, Problem, read_labels
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    cache_dir: Path
+    reused: bool
+    summary: dict
+    qc_csv: Path
+    split_csv: Path | None
+
+
+def find_images(data: Path, subset: str) -> Path:
+    """Return the folder of .dcm files for ``subset``: DATA/stage_2_{subset}_images, or DATA itself."""
+    folder = data / (TRAIN_IMAGES if subset == "train" else TEST_IMAGES)
+    if folder.is_dir():
+        return folder
+    if subset == "test" and any(data.glob("*.dcm")):
+        return data
+    raise UserError(f"{data}: no {folder.name}/ folder; expected the Kaggle layout "
+                    f"(pneumodet download or pneumodet synth makes one)")
+
+
+def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction: float = 0.1, seed: int = 0,
+            groups_csv: str | Path | None = None, subset: str = "train", workers: int | None = None,
+            progress: bool = True) -> PrepareResult:
+    """Check, cache and split the data set in ``data``; write everything under ``out``."""
+    data, out = Path(data), Path(out)
+    if not data.is_dir():
+        raise UserError(f"{data}: data folder not found")
+    if size_px < 32 or size_px > 4096:
+        raise UserError(f"--size must be between 32 and 4096 pixels, got {size_px}")
+    images_dir = find_images(data, subset)
+    files = sorted(images_dir.glob("*.dcm"))
+    if not files:
+        raise UserError(f"{images_dir}: no .dcm files")
+    labels_paths = [data / TRAIN_LABELS, data / CLASS_INFO] if subset == "train" else []
+    if subset == "train":
+        if not labels_paths[0].is_file():
+            raise UserError(f"{labels_paths[0]}: labels file not found")
+        labels = read_labels(labels_paths[0], labels_paths[1] if labels_paths[1].is_file() else None)
+    groups = read_groups(groups_csv) if groups_csv else None
+    out.mkdir(parents=True, exist_ok=True)
+    params = CacheParams(size_px=size_px, subset=subset)
+    source = fingerprint(files, labels_paths)
+    suffix = "" if subset == "train" else f"_{subset}"
+    cache_dir = find_cache(out, params, source)
+    reused = cache_dir is not None
+    if not reused:
+        cache_dir = _build(out, params, source, files, labels if subset == "train" else None, workers, progress)
+    images = pd.read_csv(cache_dir / "images.csv", dtype={"patient_id": str})
+    boxes = pd.read_csv(cache_dir / "boxes.csv", dtype={"patient_id": str})
+    problems_frame = pd.read_csv(cache_dir / "problems.csv", dtype=str).fillna("")
+    problems = [Problem(r.patient_id, r.problem, r.detail, r.file) for r in problems_frame.itertuples()]
+    meta = json.loads((cache_dir / "meta.json").read_text())
+    summary = summarise(images, boxes, problems, len(files), meta.get("n_readable", len(images)))
+    qc_csv, _ = write_qc(out, problems, summary, suffix)
+    split_csv = None
+    if subset == "train":
+        split = split_images(images, val_fraction, seed, groups)
+        split_csv = out / "split.csv"
+        tmp = split_csv.with_name(".split.csv.tmp")
+        split.to_csv(tmp, index=False)
+        tmp.replace(split_csv)
+    return PrepareResult(cache_dir, reused, summary, qc_csv, split_csv)
+
+
+def _build(out: Path, params: CacheParams, source: str, files: list[Path], labels, workers, progress) -> Path:
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{params.name}-", dir=out))
+    try:
+        results = decode_into(tmp_dir / "images.npy", files, params.size_px, workers, progress)
+        problems: list[Problem] = list(labels.problems) if labels else []
+        rows, box_rows = [], []
+        usable = {}
+        for result in results:
+            if "error" in result:
+                pid = Path(result["file"]).stem
+                problems.append(Problem(pid, result.get("problem", "unreadable file"), result["error"],
+                                        result["file"]))
+            else:
+                usable[result["patient_id"]] = result
+        if labels is not None:
+            problems += match_files(labels.annotations, {pid: files[r["row"]] for pid, r in usable.items()})
+        for pid, result in usable.items():
+            annotation = labels.annotations.get(pid) if labels else Annotation(pid, np.zeros((0, 4)), None)
+            if annotation is None:
+                continue  # image without a label: reported above, left out
+            annotation, box_problems = check_boxes(annotation, result["original_height"], result["original_width"])
+            problems += box_problems
+            rows.append({**result, "label_class": annotation.label_class, "n_boxes": len(annotation.boxes_xywh)})
+            box_rows += [[pid, *box] for box in annotation.boxes_xywh.tolist()]
+        if not rows:
+            raise UserError(f"no usable images among {len(files)} files in {files[0].parent} "
+                            f"(see the first problem: {problems[0].detail if problems else 'none'})")
+        pd.DataFrame(rows, columns=IMAGE_COLUMNS).to_csv(tmp_dir / "images.csv", index=False)
+        pd.DataFrame(box_rows, columns=BOX_COLUMNS).to_csv(tmp_dir / "boxes.csv", index=False)
+        pd.DataFrame([[p.patient_id, p.file, p.problem, p.detail] for p in problems],
+                     columns=["patient_id", "file", "problem", "detail"]).to_csv(tmp_dir / "problems.csv", index=False)
+        final = out / params.name
+        commit(tmp_dir, final, {"params": asdict(params), "source": source, "n_images": len(rows),
+                                "n_files": len(files), "n_readable": len(usable), "pid": os.getpid()})
+        return final
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise

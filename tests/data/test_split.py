@@ -1,0 +1,51 @@
+import pandas as pd
+import pytest
+
+from pneumodet.data.split import read_groups, split_images
+from pneumodet.errors import UserError
+
+
+def _images(n=400):
+    classes = ["Lung Opacity", "Normal", "No Lung Opacity / Not Normal"]
+    return pd.DataFrame({"patient_id": [f"p{i}" for i in range(n)],
+                         "label_class": [classes[i % 3] for i in range(n)],
+                         "view": ["AP" if i % 5 < 2 else "PA" for i in range(n)]})
+
+
+def test_deterministic_and_seed_dependent():
+    images = _images()
+    a, b = split_images(images, 0.2, seed=1), split_images(images, 0.2, seed=1)
+    assert a.equals(b)
+    assert not a.equals(split_images(images, 0.2, seed=2))
+
+
+def test_fraction_and_stratification():
+    images = _images()
+    split = split_images(images, 0.2, seed=0).merge(images, on="patient_id")
+    assert (split["split"] == "val").mean() == pytest.approx(0.2, abs=0.01)
+    per_stratum = split.groupby(["label_class", "view"])["split"].apply(lambda s: (s == "val").mean())
+    assert per_stratum.between(0.15, 0.25).all()
+
+
+def test_groups_never_straddle_the_split():
+    images = _images(300)
+    groups = {f"p{i}": f"person{i // 3}" for i in range(300)}  # three images per person
+    split = split_images(images, 0.25, seed=4, groups=groups)
+    split["group"] = split["patient_id"].map(groups)
+    assert (split.groupby("group")["split"].nunique() == 1).all()
+    assert 0.15 < (split["split"] == "val").mean() < 0.35
+
+
+def test_small_set_still_gets_a_val_image():
+    split = split_images(_images(12), 0.1, seed=0)
+    assert (split["split"] == "val").sum() == 1
+
+
+def test_bad_fraction_and_groups_file(tmp_path):
+    with pytest.raises(UserError):
+        split_images(_images(10), 1.5)
+    (tmp_path / "g.csv").write_text("id,person\na,b\n")
+    with pytest.raises(UserError, match="patientId,group"):
+        read_groups(tmp_path / "g.csv")
+    (tmp_path / "ok.csv").write_text("patientId,group\na,x\nb,x\n")
+    assert read_groups(tmp_path / "ok.csv") == {"a": "x", "b": "x"}

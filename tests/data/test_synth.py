@@ -1,0 +1,77 @@
+import numpy as np
+import pandas as pd
+
+from pneumodet.data import synth
+from pneumodet.io.dicom import JPEG_BASELINE, read_dicom
+from pneumodet.io.labels import CLASSES, read_labels
+
+
+def test_kaggle_layout_and_tags(synth_data):
+    for name in (synth.TRAIN_LABELS, synth.CLASS_INFO, synth.SAMPLE_SUBMISSION, synth.TEST_TRUTH):
+        assert (synth_data / name).is_file(), name
+    train = sorted((synth_data / synth.TRAIN_IMAGES).glob("*.dcm"))
+    test = sorted((synth_data / synth.TEST_IMAGES).glob("*.dcm"))
+    assert len(train) == 30 and len(test) == 6
+    image = read_dicom(train[0])
+    assert image.transfer_syntax == JPEG_BASELINE
+    assert image.original_size == (1024, 1024) and image.photometric == "MONOCHROME2"
+    assert image.view_position in ("AP", "PA") and image.sex in ("M", "F") and 1 <= image.age <= 120
+    import pydicom
+
+    ds = pydicom.dcmread(train[0], stop_before_pixels=True)
+    assert (ds.Modality, ds.BodyPartExamined) == ("CR", "CHEST")
+    assert ds.SeriesDescription == f"view: {ds.ViewPosition}"
+    assert ds.PatientAge.isdigit()  # "51", as the real files store it
+    sample = pd.read_csv(synth_data / synth.SAMPLE_SUBMISSION)
+    assert list(sample.columns) == ["patientId", "PredictionString"]
+    assert set(sample["patientId"]) == {p.stem for p in test}
+
+
+def test_labels_match_the_files(synth_data):
+    labels = read_labels(synth_data / synth.TRAIN_LABELS, synth_data / synth.CLASS_INFO)
+    assert labels.problems == []
+    files = {p.stem for p in (synth_data / synth.TRAIN_IMAGES).glob("*.dcm")}
+    assert set(labels.annotations) == files
+
+
+def test_deterministic_for_a_seed():
+    a_case, a_pixels = synth.make_case(7, "train", 3)
+    b_case, b_pixels = synth.make_case(7, "train", 3)
+    c_case, c_pixels = synth.make_case(8, "train", 3)
+    assert a_case.annotation.patient_id == b_case.annotation.patient_id
+    assert np.array_equal(a_pixels, b_pixels)
+    assert a_case.annotation.patient_id != c_case.annotation.patient_id
+    assert not np.array_equal(a_pixels, c_pixels)
+
+
+def test_statistics_follow_the_real_data():
+    cases = [synth.make_case(11, "train", i)[0] for i in range(160)]
+    views = np.array([c.view for c in cases])
+    positive = np.array([c.annotation.positive for c in cases])
+    assert 0.3 < (views == "AP").mean() < 0.6
+    assert positive[views == "AP"].mean() > positive[views == "PA"].mean()  # AP 38 %, PA 9 %
+    classes = {c.annotation.label_class for c in cases}
+    assert classes == set(CLASSES)
+    for case in cases:
+        boxes = case.annotation.boxes_xywh
+        assert (case.annotation.label_class == CLASSES[0]) == (len(boxes) > 0)
+        assert len(boxes) <= 4
+        if len(boxes):
+            assert (boxes[:, 2] >= 40).all() and (boxes[:, 3] >= 45).all()
+            assert (boxes[:, :2] >= 0).all() and (boxes[:, :2] + boxes[:, 2:] <= 1024).all()
+            for i in range(len(boxes)):
+                for j in range(i + 1, len(boxes)):
+                    assert synth._disjoint(boxes[i], boxes[j])
+
+
+def test_anatomy_varies_and_opacity_brightens_the_box():
+    _, a = synth.make_case(1, "train", 0)
+    _, b = synth.make_case(1, "train", 1)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 5
+    # an opacity is brighter than the same lung without it: draw one case with and without
+    rng_state = 5
+    with_box, boxes = synth.draw_case(np.random.default_rng(rng_state), "PA", CLASSES[0])
+    without, _ = synth.draw_case(np.random.default_rng(rng_state), "PA", CLASSES[2])
+    x, y, w, h = boxes[0].astype(int)
+    inside = (slice(y, y + h), slice(x, x + w))
+    assert with_box[inside].mean() > without[inside].mean() + 5

@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+
+from pneumodet.io.dicom import JPEG_BASELINE, DicomError, parse_age, read_dicom
+from tests.conftest import gradient
+
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def test_jpeg_baseline_round_trip_with_metadata(make_dicom):
+    path = make_dicom("abc", tags={"ViewPosition": "AP", "PatientAge": "51", "PatientSex": "F",
+                                   "PixelSpacing": [0.14, 0.14]})
+    image = read_dicom(path)
+    assert image.transfer_syntax == JPEG_BASELINE
+    assert image.patient_id == "abc"
+    assert image.pixels.dtype == np.uint8 and image.pixels.shape == (64, 64)
+    assert np.abs(image.pixels.astype(int) - gradient()).mean() < 3  # lossy, but close
+    assert (image.view_position, image.age, image.sex) == ("AP", 51, "F")
+    assert image.pixel_spacing == (0.14, 0.14)
+    assert image.original_size == (64, 64)
+
+
+def test_monochrome1_is_inverted(make_dicom):
+    path = make_dicom("m1", transfer_syntax=EXPLICIT_LE, photometric="MONOCHROME1")
+    image = read_dicom(path)
+    assert image.pixels[0, 0] == 255 and image.pixels[0, -1] == 0  # dark-left gradient now bright-left
+    assert image.photometric == "MONOCHROME1"
+
+
+def test_monochrome1_jpeg_is_inverted(make_dicom):
+    image = read_dicom(make_dicom("m1j", photometric="MONOCHROME1"))
+    assert image.pixels[:, :4].mean() > 240 and image.pixels[:, -4:].mean() < 15
+
+
+def test_twelve_bit_applies_rescale_then_window(make_dicom):
+    raw = np.array([[0, 1000, 2000, 4095]], dtype=np.uint16).repeat(4, axis=0)
+    # rescale: value*2 - 1000 -> [-1000, 1000, 3000, 7190]; window 1000 +- 1000 -> [0, 127.5, 255, 255]
+    path = make_dicom("w", raw, transfer_syntax=EXPLICIT_LE, tags={
+        "BitsStored": 12, "HighBit": 11, "RescaleSlope": 2, "RescaleIntercept": -1000,
+        "WindowCenter": 1000, "WindowWidth": 2001})
+    pixels = read_dicom(path).pixels[0]
+    assert pixels[0] == 0 and pixels[2] == 255 and pixels[3] == 255
+    assert abs(int(pixels[1]) - 128) <= 1
+
+
+def test_twelve_bit_without_window_uses_min_max(make_dicom):
+    raw = np.array([[100, 600, 1100]], dtype=np.uint16).repeat(3, axis=0)
+    path = make_dicom("mm", raw, transfer_syntax=EXPLICIT_LE, tags={"BitsStored": 12, "HighBit": 11})
+    assert read_dicom(path).pixels[0].tolist() == [0, 128, 255]
+
+
+def test_twelve_bit_monochrome1_windows_then_inverts(make_dicom):
+    raw = np.array([[100, 1100]], dtype=np.uint16).repeat(2, axis=0)
+    path = make_dicom("m1w", raw, transfer_syntax=EXPLICIT_LE, photometric="MONOCHROME1",
+                      tags={"BitsStored": 12, "HighBit": 11})
+    assert read_dicom(path).pixels[0].tolist() == [255, 0]
+
+
+def test_non_square_keeps_its_size(make_dicom):
+    image = read_dicom(make_dicom("ns", gradient(48, 80)))
+    assert image.pixels.shape == (48, 80) and image.original_size == (48, 80)
+
+
+def test_reduced_decode_keeps_original_size(make_dicom):
+    image = read_dicom(make_dicom("big", gradient(512, 512)), max_decode_size=128)
+    assert image.pixels.shape == (128, 128)
+    assert image.original_size == (512, 512)
+
+
+def test_view_from_series_description(make_dicom):
+    path = make_dicom("sd", tags={"SeriesDescription": "view: AP", "ViewPosition": ""})
+    assert read_dicom(path).view_position == "AP"
+
+
+@pytest.mark.parametrize("value, expected", [("51", 51), ("051Y", 51), ("6M", 0), ("155", None),
+                                             ("abc", None), ("", None), (None, None), ("120", 120)])
+def test_parse_age(value, expected):
+    assert parse_age(value) == expected
+
+
+def test_truncated_file_is_a_dicom_error(make_dicom):
+    path = make_dicom("trunc", gradient(256, 256))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(DicomError) as info:
+        read_dicom(path)
+    assert "trunc.dcm" in str(info.value)
+
+
+def test_not_a_dicom(tmp_path):
+    path = tmp_path / "notes.dcm"
+    path.write_text("this is not an image\n" * 20)
+    with pytest.raises(DicomError, match="not a DICOM"):
+        read_dicom(path)
+
+
+def test_missing_pixel_data(make_dicom):
+    import pydicom
+
+    path = make_dicom("nopix")
+    ds = pydicom.dcmread(path)
+    del ds.PixelData
+    ds.save_as(path)
+    with pytest.raises(DicomError, match="no pixel data"):
+        read_dicom(path)
+
+
+def test_unsupported_transfer_syntax(make_dicom):
+    import pydicom
+
+    path = make_dicom("j2k")
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.90"  # JPEG 2000
+    ds.save_as(path)
+    with pytest.raises(DicomError, match="unsupported transfer syntax"):
+        read_dicom(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DicomError, match="not found"):
+        read_dicom(tmp_path / "nope.dcm")

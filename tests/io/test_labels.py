@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+from pneumodet.errors import UserError
+from pneumodet.io.labels import Annotation, read_labels, write_labels
+
+LABELS = """patientId,x,y,width,height,Target
+neg,,,,,0
+pos,264.0,152.0,213.0,379.0,1
+pos,562.0,152.0,256.0,453.0,1
+nosize,,,,,1
+zero,10,10,0,50,1
+conflict,,,,,0
+conflict,100,100,50,50,1
+dup,10,10,20,20,1
+dup,10,10,20,20,1
+"""
+CLASSES = """patientId,class
+neg,Normal
+pos,Lung Opacity
+pos,Lung Opacity
+nosize,Lung Opacity
+zero,Lung Opacity
+conflict,Lung Opacity
+conflict,Lung Opacity
+dup,Lung Opacity
+dup,Lung Opacity
+extra,Normal
+"""
+
+
+@pytest.fixture
+def labels(tmp_path):
+    (tmp_path / "labels.csv").write_text(LABELS)
+    (tmp_path / "classes.csv").write_text(CLASSES)
+    return read_labels(tmp_path / "labels.csv", tmp_path / "classes.csv")
+
+
+def test_one_annotation_per_image(labels):
+    ann = labels.annotations
+    assert set(ann) == {"neg", "pos", "nosize", "zero", "conflict", "dup"}
+    assert ann["neg"].boxes_xywh.shape == (0, 4) and not ann["neg"].positive
+    assert ann["neg"].label_class == "Normal"
+    assert ann["pos"].boxes_xywh.tolist() == [[264, 152, 213, 379], [562, 152, 256, 453]]
+    assert ann["pos"].label_class == "Lung Opacity"
+
+
+def test_problems_are_collected(labels):
+    kinds = {(p.patient_id, p.problem) for p in labels.problems}
+    assert ("nosize", "missing box") in kinds
+    assert ("zero", "non-positive box size") in kinds
+    assert ("conflict", "conflicting target") in kinds
+    assert ("dup", "duplicate box") in kinds
+    assert ("extra", "class without label") in kinds
+    assert ("pos", "conflicting class") not in kinds  # repeated class rows are de-duplicated
+    assert labels.annotations["conflict"].boxes_xywh.tolist() == [[100, 100, 50, 50]]
+    assert len(labels.annotations["dup"].boxes_xywh) == 1
+
+
+def test_missing_column_is_a_user_error(tmp_path):
+    (tmp_path / "bad.csv").write_text("patientId,x,y\na,1,2\n")
+    with pytest.raises(UserError, match="missing column"):
+        read_labels(tmp_path / "bad.csv")
+
+
+def test_write_then_read_round_trip(tmp_path):
+    anns = [Annotation("a", np.array([[1, 2, 3, 4], [5, 6, 7, 8]], float), "Lung Opacity"),
+            Annotation("b", np.zeros((0, 4)), "No Lung Opacity / Not Normal")]
+    write_labels(anns, tmp_path / "l.csv", tmp_path / "c.csv")
+    back = read_labels(tmp_path / "l.csv", tmp_path / "c.csv")
+    assert back.problems == []
+    assert back.annotations["a"].boxes_xywh.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert back.annotations["b"].label_class == "No Lung Opacity / Not Normal"
+    assert (tmp_path / "c.csv").read_text().count("a,Lung Opacity") == 2  # repeated per box, as Kaggle's

@@ -1,0 +1,41 @@
+import subprocess
+import sys
+
+import pytest
+
+from pneumodet.cli import build_parser, main
+
+
+def test_every_command_has_help(capsys):
+    parser = build_parser()
+    for command in ("synth", "download", "prepare", "demo"):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([command, "--help"])
+        assert info.value.code == 0
+        assert "usage: pneumodet" in capsys.readouterr().out
+
+
+def test_synth_then_prepare(tmp_path, capsys):
+    assert main(["synth", str(tmp_path / "d"), "--train", "12", "--test", "2", "--seed", "1", "--workers", "1"]) == 0
+    assert "wrote 12 train" in capsys.readouterr().out
+    assert main(["prepare", str(tmp_path / "d"), "--out", str(tmp_path / "c"), "--size", "64",
+                 "--val-fraction", "0.25", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "12/12 images usable" in out and "cache built" in out
+    assert main(["prepare", str(tmp_path / "d"), "--out", str(tmp_path / "c"), "--size", "64"]) == 0
+    assert "cache reused" in capsys.readouterr().out
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "prepare", str(tmp_path / "missing"),
+                           "--out", str(tmp_path / "c")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "data folder not found" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_option_value_exits_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["synth", "x", "--train", "many"])
+    assert info.value.code == 2
+    assert "expected a whole number" in capsys.readouterr().err
