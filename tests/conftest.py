@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pneumodet.config import load_config
+from pneumodet.data.prepare import prepare
 from pneumodet.data.synth import synthesize
 from pneumodet.io.dicom import write_dicom
 
@@ -37,3 +39,36 @@ def synth_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     synthesize(out, n_train=30, n_test=6, seed=3, workers=2, progress=False)
     return out
+
+
+TINY_SIZE = 64
+
+
+def tiny_config(*overrides):
+    """A configuration that trains in seconds: tiny FPN at 64 px, from scratch, 2 small batches."""
+    return load_config(None, [
+        "name='tiny'", f"data.image_size={TINY_SIZE}", "data.num_workers=0", "model.backbone='tiny_fpn'",
+        "model.weights='none'", "model.frozen_bn=False", "model.mask_head_channels=16", "model.mask_head_convs=1",
+        "model.anchor_sizes=[8, 16, 32, 64, 128]", "model.rpn_post_nms_train=50", "model.rpn_post_nms_test=20",
+        "train.batch_size=4", "train.limit_train_batches=2", "train.limit_val_batches=2", "train.epochs=2",
+        "train.optimizer='adamw'", "train.lr=1e-3",
+        "train.stages=[{'until_epoch': 1, 'layers': 'heads'}, {'until_epoch': 2}]", *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(synth_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache")
+    prepare(synth_data, out, size_px=TINY_SIZE, val_fraction=0.3, progress=False, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tiny_cache, tmp_path_factory):
+    """A tiny run, trained (2 short epochs) and evaluated; shared read-only."""
+    from pneumodet.engine.train import train
+    from pneumodet.evaluate import evaluate
+
+    result = train(tiny_config("train.limit_val_batches=0", "model.min_score=0.0"), tiny_cache,
+                   run=tmp_path_factory.mktemp("runs") / "tiny", progress=False)
+    evaluate(result.run, progress=False)
+    return result.run

@@ -146,12 +146,19 @@ def read_dicom(path: str | Path, max_decode_size: int | None = None) -> DicomIma
     with warnings.catch_warnings():
         # pydicom warns on values such as PatientAge "51", which is how the real RSNA files store it
         warnings.simplefilter("ignore")
-        return _read_dicom(Path(path), max_decode_size)
+        return _read_dicom(Path(path), Path(path), max_decode_size)
 
 
-def _read_dicom(path: Path, max_decode_size: int | None) -> DicomImage:
+def read_dicom_bytes(data: bytes, name: str, max_decode_size: int | None = None) -> DicomImage:
+    """Return the radiograph in ``data`` (e.g. an upload called ``name``); nothing touches the disk."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _read_dicom(io.BytesIO(data), Path(name), max_decode_size)
+
+
+def _read_dicom(source, path: Path, max_decode_size: int | None) -> DicomImage:
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(source)
     except InvalidDicomError:
         raise DicomError(path, "not a DICOM file (no DICM preamble)") from None
     except FileNotFoundError:

@@ -1,0 +1,62 @@
+"""Training step time: Mask R-CNN ResNet-50 FPN, batch 2, on this machine's CPU cores.
+
+Each setting runs in its own process (peak memory is per process): 2 warm-up steps, then the
+mean of N timed steps with one box per image, as the Keras reference was timed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+SETTINGS = [
+    # (label, size, overrides)
+    ("torchvision defaults (512 RoIs, 2000 proposals)", 256,
+     {"rois_per_image": 512, "rpn_post_nms_train": 2000, "roi_positive_fraction": 0.25}),
+    ("seed settings (32 RoIs, 2000 proposals)", 256, {"rpn_post_nms_train": 2000}),
+    ("seed + 500 proposals", 256, {"rpn_post_nms_train": 500}),
+    ("seed + 500 proposals + bf16 autocast", 256, {"rpn_post_nms_train": 500, "bf16": True}),
+    ("seed settings (32 RoIs, 2000 proposals)", 512, {"rpn_post_nms_train": 2000}),
+    ("seed + 500 proposals + bf16 autocast", 512, {"rpn_post_nms_train": 500, "bf16": True}),
+]
+
+CHILD = r"""
+import json, resource, sys, time, torch
+from pneumodet.config import ModelConfig
+from pneumodet.model import build_model
+size, overrides, steps = int(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
+bf16 = overrides.pop("bf16", False)
+torch.manual_seed(0)
+model = build_model(ModelConfig(backbone="resnet50_fpn", weights="none", **overrides), size).train()
+images = [torch.rand(1, size, size) for _ in range(2)]
+b = size / 4
+targets = [{"boxes": torch.tensor([[b, b, 2 * b, 3 * b]]), "labels": torch.tensor([1]),
+            "masks": torch.zeros(1, size, size, dtype=torch.uint8)} for _ in range(2)]
+for t in targets:
+    t["masks"][0, int(b):int(3 * b), int(b):int(2 * b)] = 1
+opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+times = []
+for i in range(2 + steps):
+    start = time.perf_counter()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        loss = sum(model(images, targets).values())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if i >= 2:
+        times.append(time.perf_counter() - start)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"step_s": sum(times) / len(times), "peak_mib": peak}))
+"""
+
+
+def run(steps: int = 8) -> list[tuple[str, str]]:
+    rows = []
+    for label, size, overrides in SETTINGS:
+        out = subprocess.run([sys.executable, "-c", CHILD, str(size), json.dumps(overrides), str(steps)],
+                             capture_output=True, text=True, check=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        rows.append((f"train step, R50-FPN, batch 2, {size} px: {label}",
+                     f"{result['step_s']:.2f} s/step, peak {result['peak_mib']:.0f} MiB"))
+    return rows

@@ -1,0 +1,301 @@
+"""Typed, frozen run configuration: YAML in, ``--set a.b=value`` overrides, YAML out.
+
+Every setting lives in one of five sections (data, augment, model, train, predict). An unknown
+key or a value of the wrong type is a one-line :class:`ConfigError` with a suggestion.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pneumodet.errors import UserError
+
+
+class ConfigError(UserError):
+    """A configuration key or value the user must fix."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    image_size: int = 256  # equal to the cache size: the model never resizes again
+    mask_shape: str = "rectangle"  # masks made from boxes: rectangle (seed) or ellipse
+    max_boxes: int = 4  # boxes kept per training image (the seed's MAX_GT_INSTANCES)
+    num_workers: int = 2  # data-loading processes
+    train_limit: int = 0  # use only the first N training images (0: all); for quick runs
+    val_limit: int = 0
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    enabled: bool = True
+    scale: tuple[float, float] = (0.98, 1.04)  # the seed's ranges
+    translate_x: float = 0.02  # fraction of the width, +-
+    translate_y: float = 0.04
+    rotate_deg: float = 2.0
+    shear_deg: float = 1.0
+    brightness: tuple[float, float] = (0.9, 1.1)
+    contrast: tuple[float, float] = (0.9, 1.1)
+    blur_sigma: tuple[float, float] = (0.3, 1.0)
+    sharpen: tuple[float, float] = (1.2, 2.0)
+    blur_or_sharpen_p: float = 0.5  # probability of one of the two
+    hflip_p: float = 0.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "resnet50_fpn"  # resnet50_fpn, resnet50_fpn_v2, resnet18_fpn, mobilenet_v3_fpn, tiny_fpn
+    weights: str = "coco"  # coco, imagenet, none, or a file path
+    trainable_layers: int = 5  # ResNet stages trained (0-5) once past the heads-only stage
+    frozen_bn: bool = True  # FrozenBatchNorm2d (batch statistics are poor at small batch sizes)
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per FPN level (P2-P6)
+    anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_train: int = 2000
+    rpn_post_nms_train: int = 500
+    rpn_pre_nms_test: int = 1000
+    rpn_post_nms_test: int = 300
+    rpn_batch_size_per_image: int = 256
+    rois_per_image: int = 32  # RoIs sampled per image for the box/mask heads (torchvision: 512)
+    roi_positive_fraction: float = 0.33
+    detections_per_image: int = 3
+    min_score: float = 0.05  # detections below are never returned; tuning picks the real threshold
+    box_nms: float = 0.01  # NMS IoU between detections (the seed's 0.01: boxes barely overlap)
+    masks: bool = True  # Mask R-CNN; False gives Faster R-CNN (boxes only)
+    mask_head_channels: int = 256  # torchvision: 4 convs of 256; fewer and narrower is far cheaper on a CPU
+    mask_head_convs: int = 4
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Train until ``until_epoch`` (exclusive) at ``lr_scale`` x train.lr, the heads only or all layers."""
+
+    until_epoch: int
+    lr_scale: float = 1.0
+    layers: str = "all"  # heads (FPN, RPN, RoI heads) or all
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 16
+    batch_size: int = 8
+    optimizer: str = "sgd"  # sgd or adamw
+    lr: float = 0.012  # base learning rate; each stage scales it
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    grad_clip: float = 5.0
+    stages: tuple[Stage, ...] = (Stage(2, 1.0, "heads"), Stage(6, 0.5, "all"), Stage(16, 0.1, "all"))
+    warmup_steps: int = 0
+    precision: str = "32-true"  # 32-true, bf16-mixed, 16-mixed
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto, ddp, ddp_spawn, ...
+    seed: int = 0
+    max_nonfinite: int = 5  # consecutive non-finite losses that stop the run
+    limit_train_batches: int = 0  # 0: all
+    limit_val_batches: int = 0
+    threads: int = 0  # torch CPU threads per process (0: leave as is)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    score_threshold: float = 0.78  # the seed's DETECTION_MIN_CONFIDENCE
+    nms_iou: float = 0.01
+    max_boxes: int = 3
+    shrink: float = 1.0  # scale boxes about their centres (the winners used ~0.875)
+    hflip_tta: bool = False
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def to_dict(self) -> dict:
+        """Return the configuration as plain dicts, lists and scalars (YAML- and checkpoint-safe)."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def all_keys(cls=RunConfig, prefix: str = "") -> list[str]:
+    """Return every dotted key of the configuration, e.g. ``train.lr``."""
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        keys.append(key)
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += all_keys(hints[f.name], key + ".")
+    return keys
+
+
+def _unknown(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
+    if not close:  # a right leaf in the wrong section: "lr" -> "train.stages"...
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in all_keys() if k.rsplit(".", 1)[-1] == leaf][:1]
+    hint = f"; did you mean {close[0]}?" if close else ""
+    return ConfigError(f"unknown configuration key {key!r}{hint}")
+
+
+def _convert(value, hint, key: str):
+    """Return ``value`` as type ``hint`` or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _build(hint, value, key + ".")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _convert(value, option, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0])
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise _unknown(prefix + str(key))
+    kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def from_dict(values: dict) -> RunConfig:
+    """Return a RunConfig from nested dicts (missing keys keep their defaults)."""
+    return _build(RunConfig, values or {})
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """Return (key path, value) from ``a.b=value``; the value is a Python/YAML literal or a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.epochs=4")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    if key not in all_keys():
+        raise _unknown(key)
+    return key.split("."), value
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Return a copy of nested ``values`` with each ``key=value`` override applied."""
+    import copy
+
+    values = copy.deepcopy(values or {})
+    for text in overrides:
+        path, value = parse_override(text)
+        node = values
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {part} is not a section")
+        node[path[-1]] = value
+    return values
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Return the RunConfig in YAML file ``path`` (None: defaults) with ``overrides`` applied."""
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, ...)")
+    try:
+        return validate(from_dict(apply_overrides(values, list(overrides))))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path and "--set" not in str(exc) else str(exc)) from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path or 'configuration'}: {exc}") from None
+
+
+def dump_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved configuration as YAML, atomically."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    tmp.replace(path)
+
+
+def validate(config: RunConfig) -> RunConfig:
+    """Return ``config`` after checking values that types alone cannot (one-line errors)."""
+    checks = [
+        (config.data.image_size >= 32, "data.image_size must be >= 32"),
+        (config.data.mask_shape in ("rectangle", "ellipse"), "data.mask_shape must be rectangle or ellipse"),
+        (config.model.backbone in BACKBONES, f"model.backbone must be one of {', '.join(BACKBONES)}"),
+        (len(config.model.anchor_sizes) == 5, "model.anchor_sizes needs 5 sizes, one per FPN level (P2-P6)"),
+        (config.train.epochs >= 1, "train.epochs must be >= 1"),
+        (config.train.batch_size >= 1, "train.batch_size must be >= 1"),
+        (config.train.optimizer in ("sgd", "adamw"), "train.optimizer must be sgd or adamw"),
+        (len(config.train.stages) >= 1, "train.stages needs at least one stage"),
+        (all(s.layers in ("heads", "all") for s in config.train.stages), "train.stages[].layers: heads or all"),
+        (config.train.stages[-1].until_epoch >= config.train.epochs if config.train.stages else False,
+         "the last of train.stages must reach train.epochs (until_epoch >= epochs)"),
+        (0 < config.predict.shrink <= 1.5, "predict.shrink must be in (0, 1.5]"),
+        (config.model.mask_head_convs >= 1, "model.mask_head_convs must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return config
+
+
+BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "mobilenet_v3_fpn", "tiny_fpn")

@@ -1,0 +1,32 @@
+"""Callbacks: metrics.csv and the plots drawn from it, and atomic checkpoint files."""
+
+from __future__ import annotations
+
+import lightning as L
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from pneumodet.runs import RunPaths, atomic_save, read_metrics, write_metrics
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch.save, but through a temporary file and a rename."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        atomic_save(checkpoint, path)
+
+
+class MetricsHistory(L.Callback):
+    """One metrics.csv row per epoch (rank 0), written before the epoch's checkpoint; plots redrawn."""
+
+    def __init__(self, paths: RunPaths):
+        self.paths = paths
+
+    def on_validation_end(self, trainer, pl_module):
+        # after the module's on_validation_epoch_end (which fills history_row), before ModelCheckpoint
+        if trainer.sanity_checking or not trainer.is_global_zero or not pl_module.history_row:
+            return
+        rows = [r for r in read_metrics(self.paths.metrics_csv) if r["epoch"] < pl_module.history_row["epoch"]]
+        write_metrics(self.paths.metrics_csv, rows + [pl_module.history_row])
+        from pneumodet.report.plots import plot_history
+
+        plot_history(self.paths.metrics_csv, self.paths.plots)

@@ -1,0 +1,47 @@
+"""``DetectionDataModule``: train/val loaders over the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader, Subset
+
+from pneumodet.config import RunConfig
+from pneumodet.data.dataset import PneumoniaDataset
+from pneumodet.data.transforms import train_transforms
+from pneumodet.errors import UserError
+
+
+def collate(batch):
+    """Return (images, targets) tuples: detection models take lists, not stacked tensors."""
+    return tuple(zip(*batch, strict=True))
+
+
+class DetectionDataModule(L.LightningDataModule):
+    def __init__(self, cache_root: str | Path, config: RunConfig):
+        super().__init__()
+        self.root, self.config = Path(cache_root), config
+        data = config.data
+        self.train_set = PneumoniaDataset(self.root, data.image_size, "train", mask_shape=data.mask_shape,
+                                          transforms=train_transforms(config.augment))
+        self.val_set = PneumoniaDataset(self.root, data.image_size, "val", mask_shape=data.mask_shape)
+        if data.train_limit:
+            self.train_set = Subset(self.train_set, range(min(data.train_limit, len(self.train_set))))
+        if data.val_limit:
+            self.val_set = Subset(self.val_set, range(min(data.val_limit, len(self.val_set))))
+        if len(self.train_set) == 0:
+            raise UserError(f"{self.root}/split.csv: no training images")
+        if len(self.val_set) == 0:
+            raise UserError(f"{self.root}/split.csv: no validation images; prepare with --val-fraction > 0")
+
+    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+        workers = self.config.data.num_workers
+        return DataLoader(dataset, batch_size=self.config.train.batch_size, shuffle=shuffle, num_workers=workers,
+                          collate_fn=collate, persistent_workers=workers > 0, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)

@@ -1,0 +1,147 @@
+"""``train(config, cache)``: a run folder with weights, metrics.csv and plots; resumable; scales out via Lightning."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+from pneumodet.config import RunConfig, dump_config, load_config
+from pneumodet.engine.callbacks import AtomicCheckpointIO, MetricsHistory
+from pneumodet.engine.data import DetectionDataModule
+from pneumodet.engine.module import DetectionModule
+from pneumodet.errors import UserError
+from pneumodet.runs import RunPaths, new_run_dir, read_checkpoint, read_metrics, write_env, write_metrics
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run: Path
+    best_map: float
+    best_epoch: int
+    epochs: int
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for pattern in (".*does not have many workers.*", ".*The number of training batches.*",
+                    ".*`isinstance\\(treespec, LeafSpec\\)`.*", ".*Checkpoint directory .* exists and is not empty.*",
+                    ".*srun.*", ".*LeafSpec.*"):
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+RUN_ENV = "PNEUMODET_RUN_DIR"
+
+
+def is_follower() -> bool:
+    """Return whether this process is a DDP worker started by rank 0 (or runs on a node other than 0)."""
+    return int(os.environ.get("LOCAL_RANK", 0) or 0) > 0 or int(os.environ.get("NODE_RANK", 0) or 0) > 0
+
+
+def open_run(config: RunConfig | None, run: str | Path | None, resume: bool, runs_base: str | Path = "runs"
+             ) -> tuple[RunConfig, RunPaths]:
+    """Return the configuration and paths for a new run, or for the run being resumed."""
+    if is_follower():  # rank 0 chose and created the folder; Lightning's workers inherit it
+        root = os.environ.get(RUN_ENV) or run
+        if root is None:
+            raise UserError("a DDP worker on another node needs --run DIR (the same folder as rank 0)")
+        return (load_config(Path(root) / "config.yaml") if resume else config), RunPaths(Path(root))
+    if resume:
+        if run is None:
+            raise UserError("--resume needs --run DIR (the run folder to continue)")
+        paths = RunPaths(Path(run))
+        if not paths.last.is_file():
+            raise UserError(f"{paths.last}: nothing to resume (no last checkpoint)")
+        return load_config(paths.config), paths
+    if run is not None:
+        root = Path(run)
+        if root.exists() and any(root.iterdir()):
+            raise UserError(f"{root}: run folder exists and is not empty; use --resume to continue it "
+                            "or choose another --run")
+    else:
+        root = new_run_dir(runs_base, config.name)
+    return config, RunPaths(root)
+
+
+def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = None, resume: bool = False,
+          runs_base: str | Path = "runs", progress: bool = True) -> TrainResult:
+    """Train (or resume) a run on the prepared ``cache``; return its folder and best val RSNA mAP."""
+    _quiet_lightning()
+    config, paths = open_run(config, run, resume, runs_base)
+    cfg = config.train
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = DetectionDataModule(cache, config)
+    module = DetectionModule(config, cache=str(Path(cache).resolve()))
+    if not resume and not is_follower():  # the folder appears once data and model are known to be good
+        paths.make()
+        dump_config(config, paths.config)
+        write_env(paths.env)
+    os.environ[RUN_ENV] = str(paths.root.resolve())  # for the worker processes Lightning starts
+    # two callbacks: Lightning writes save_last only when the monitored value improved
+    best = ModelCheckpoint(dirpath=paths.weights, filename="best", monitor="val/rsna_map", mode="max",
+                           save_top_k=1, enable_version_counter=False, auto_insert_metric_name=False,
+                           save_on_train_epoch_end=False)
+    last = ModelCheckpoint(dirpath=paths.weights, filename="last", monitor=None, save_top_k=1,
+                           enable_version_counter=False, auto_insert_metric_name=False,
+                           save_on_train_epoch_end=False)
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        gradient_clip_val=cfg.grad_clip or None,
+        callbacks=[MetricsHistory(paths), best, last] + ([TQDMProgressBar(leave=True)] if progress else []),
+        plugins=[AtomicCheckpointIO()],
+        logger=False,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_train_batches=cfg.limit_train_batches or None,
+        limit_val_batches=cfg.limit_val_batches or None,
+        default_root_dir=paths.root,
+    )
+    if trainer.is_global_zero and not resume:
+        _draw_augmentations(datamodule, config, paths)
+    if trainer.is_global_zero and resume:  # forget rows of epochs the checkpoint does not have
+        done = read_checkpoint(paths.last)["pneumodet"]["epoch"]
+        write_metrics(paths.metrics_csv, [r for r in read_metrics(paths.metrics_csv) if r["epoch"] <= done])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(paths.last) if resume else None)
+    rows = read_metrics(paths.metrics_csv)
+    scores = [r["val_rsna_map"] for r in rows]
+    best = max(range(len(rows)), key=lambda i: -1 if math.isnan(scores[i]) else scores[i]) if rows else -1
+    return TrainResult(paths.root, scores[best] if rows else math.nan,
+                       int(rows[best]["epoch"]) if rows else 0, len(rows))
+
+
+def _draw_augmentations(datamodule: DetectionDataModule, config: RunConfig, paths: RunPaths) -> None:
+    from pneumodet.data.dataset import PneumoniaDataset
+    from pneumodet.data.transforms import RandAffine, RandBlurOrSharpen, RandBrightnessContrast, RandHFlip
+    from pneumodet.report.plots import plot_augmentations
+
+    plain = PneumoniaDataset(datamodule.root, config.data.image_size, "train", mask_shape=config.data.mask_shape)
+    positives = plain.records.index[plain.records["n_boxes"] > 0]
+    index = int(positives[0]) if len(positives) else 0
+    image, target = plain[index]
+    a = config.augment
+    ops = [RandAffine(a.scale, (0.0, 0.0), 0.0, 0.0),
+           RandAffine((1.0, 1.0), (a.translate_x, a.translate_y), 0.0, 0.0),
+           RandAffine((1.0, 1.0), (0.0, 0.0), a.rotate_deg, 0.0),
+           RandAffine((1.0, 1.0), (0.0, 0.0), 0.0, a.shear_deg),
+           RandBrightnessContrast(a.brightness, a.contrast),
+           RandBlurOrSharpen(a.blur_sigma, a.sharpen, p=1.0, mode="blur"),
+           RandBlurOrSharpen(a.blur_sigma, a.sharpen, p=1.0, mode="sharpen"),
+           RandHFlip(p=1.0)]
+    torch.manual_seed(config.train.seed)
+    plot_augmentations(image, target, ops, paths.plots / "augmentations.png")

@@ -1,0 +1,205 @@
+"""``build_model(ModelConfig, image_size)``: torchvision Mask R-CNN with two classes (background, opacity).
+
+Transfer learning: ``coco`` loads torchvision's COCO Mask R-CNN weights and replaces the box and
+mask predictors (the seed's "COCO transfer learning"); ``imagenet`` loads backbone weights only; a
+file path loads a state_dict (or a pneumodet checkpoint) from disk; ``none`` starts from scratch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import mobilenet_v3_large, resnet18, resnet50
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import (
+    BackboneWithFPN,
+    _mobilenet_extractor,
+    _resnet_fpn_extractor,
+)
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from pneumodet.config import ModelConfig
+from pneumodet.errors import UserError
+
+CLASS_NAMES = ("background", "opacity")
+WEIGHT_URLS = {
+    ("resnet50_fpn", "coco"): "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth",
+    ("resnet50_fpn_v2", "coco"): "https://download.pytorch.org/models/maskrcnn_resnet50_fpn_v2_coco-73cbd019.pth",
+    ("mobilenet_v3_fpn", "coco"):
+        "https://download.pytorch.org/models/fasterrcnn_mobilenet_v3_large_fpn-fb6a3cc7.pth",
+    ("resnet50_fpn", "imagenet"): "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    ("resnet50_fpn_v2", "imagenet"): "https://download.pytorch.org/models/resnet50-11ad3fa6.pth",
+    ("resnet18_fpn", "imagenet"): "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    ("mobilenet_v3_fpn", "imagenet"): "https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth",
+}
+#: predictor layers replaced for the two-class task (never loaded from COCO)
+PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+
+
+class CacheSizeTransform(GeneralizedRCNNTransform):
+    """torchvision's transform, minus the resize when the image already has the cache size."""
+
+    def resize(self, image, target=None):
+        if tuple(image.shape[-2:]) == (self.min_size[0], self.max_size):
+            return image, target
+        return super().resize(image, target)
+
+
+def weights_file(url: str) -> Path:
+    """Return where torch.hub keeps the file for ``url`` (``$TORCH_HOME/hub/checkpoints/NAME``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
+def fetch_weights(url: str) -> dict:
+    """Return the state_dict at ``url``, from the torch.hub cache or downloaded; fail fast offline."""
+    from pneumodet.io.kaggle import can_reach
+
+    path = weights_file(url)
+    if not path.is_file():
+        if not can_reach("download.pytorch.org", 443, timeout_s=0.8):
+            raise UserError(f"offline: cannot download {Path(url).name}; place it at {path} "
+                            f"(from {url}) or use model.weights=none")
+        torch.hub.download_url_to_file(url, str(path.with_suffix(".part")), progress=True)
+        path.with_suffix(".part").replace(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _conv_bn(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+def tiny_fpn(channels=(24, 48, 96, 160), out_channels: int = 64) -> BackboneWithFPN:
+    """Return a small plain CNN + FPN (strides 4-32, 64 channels) that trains from scratch on a CPU.
+
+    For the offline demo: no pretrained weights exist for it, and at 128-256 px it runs ~8x faster
+    than ResNet-18 FPN, whose 256-channel FPN and RPN at stride 4 dominate the cost.
+    """
+    c1, c2, c3, c4 = channels
+    body = nn.Sequential(OrderedDict(
+        stem=nn.Sequential(_conv_bn(3, c1 // 2, 2), _conv_bn(c1 // 2, c1, 2)),  # 3 channels: the transform's output
+        layer1=nn.Sequential(_conv_bn(c1, c1, 1)),
+        layer2=nn.Sequential(_conv_bn(c1, c2, 2), _conv_bn(c2, c2, 1)),
+        layer3=nn.Sequential(_conv_bn(c2, c3, 2), _conv_bn(c3, c3, 1)),
+        layer4=nn.Sequential(_conv_bn(c3, c4, 2), _conv_bn(c4, c4, 1)),
+    ))
+    return BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+                           list(channels), out_channels)
+
+
+def _backbone(cfg: ModelConfig, norm_layer) -> nn.Module:
+    layers = cfg.trainable_layers
+    if cfg.backbone == "tiny_fpn":
+        return tiny_fpn()
+    if cfg.backbone in ("resnet50_fpn", "resnet50_fpn_v2"):
+        return _resnet_fpn_extractor(resnet50(norm_layer=norm_layer), layers)
+    if cfg.backbone == "resnet18_fpn":
+        return _resnet_fpn_extractor(resnet18(norm_layer=norm_layer), layers)
+    if cfg.backbone == "mobilenet_v3_fpn":
+        return _mobilenet_extractor(mobilenet_v3_large(norm_layer=norm_layer), True, min(layers, 6))
+    raise UserError(f"unknown model.backbone {cfg.backbone!r}")
+
+
+def build_model(cfg: ModelConfig, image_size: int) -> MaskRCNN:
+    """Return a Mask R-CNN for (background, opacity) taking [C, image_size, image_size] images in [0, 1]."""
+    norm_layer = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
+    backbone = _backbone(cfg, norm_layer)
+    levels = 3 if cfg.backbone == "mobilenet_v3_fpn" else 5
+    sizes = (tuple(cfg.anchor_sizes),) * 3 if levels == 3 else tuple((s,) for s in cfg.anchor_sizes)
+    anchors = AnchorGenerator(sizes, (tuple(cfg.anchor_ratios),) * levels)
+    v2 = cfg.backbone == "resnet50_fpn_v2"
+    kwargs = {}
+    mask_layers = [cfg.mask_head_channels] * cfg.mask_head_convs
+    channels = backbone.out_channels
+    box_features = 1024
+    if cfg.backbone == "tiny_fpn":
+        box_features = 256
+        kwargs["box_head"] = TwoMLPHead(channels * 7 * 7, box_features)
+    if v2:  # the v2 heads (Li et al. 2021): deeper RPN head, conv box head, normalised mask head
+        kwargs["box_head"] = FastRCNNConvFCHead((256, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d)
+        kwargs["mask_head"] = MaskRCNNHeads(256, mask_layers, 1, norm_layer=nn.BatchNorm2d)
+    else:
+        kwargs["mask_head"] = MaskRCNNHeads(channels, mask_layers, 1)
+    kwargs["box_predictor"] = FastRCNNPredictor(box_features, len(CLASS_NAMES))
+    kwargs["mask_predictor"] = MaskRCNNPredictor(cfg.mask_head_channels, cfg.mask_head_channels, len(CLASS_NAMES))
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,  # given by the predictors
+        min_size=image_size,
+        max_size=image_size,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=2 if v2 else 1),
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_train,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_test,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_test,
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        box_batch_size_per_image=cfg.rois_per_image,
+        box_positive_fraction=cfg.roi_positive_fraction,
+        box_detections_per_img=cfg.detections_per_image,
+        box_score_thresh=cfg.min_score,
+        box_nms_thresh=cfg.box_nms,
+        **kwargs,
+    )
+    model.transform = CacheSizeTransform(image_size, image_size, model.transform.image_mean,
+                                         model.transform.image_std)
+    if not cfg.masks:
+        model.roi_heads.mask_roi_pool = model.roi_heads.mask_head = model.roi_heads.mask_predictor = None
+    _load_weights(model, cfg)
+    return model
+
+
+def _load_weights(model: MaskRCNN, cfg: ModelConfig) -> None:
+    weights = cfg.weights
+    if weights == "none":
+        return
+    if weights in ("coco", "imagenet"):
+        url = WEIGHT_URLS.get((cfg.backbone, weights))
+        if url is None:
+            raise UserError(f"no {weights} weights for model.backbone={cfg.backbone}; use imagenet or none")
+        state = fetch_weights(url)
+        if weights == "imagenet":
+            target = model.backbone.body
+            state = {k.removeprefix("features."): v for k, v in state.items()} \
+                if cfg.backbone == "mobilenet_v3_fpn" else state
+        else:
+            target = model
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise UserError(f"model.weights: {path} not found (use coco, imagenet, none or a file)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = state.get("state_dict", state)
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+        target = model
+    own = target.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape
+              and not k.startswith(PREDICTOR_PREFIXES if weights == "coco" else ())}
+    if not usable:
+        raise UserError(f"model.weights={weights}: no tensor matches model.backbone={cfg.backbone}")
+    target.load_state_dict(usable, strict=False)
+
+
+@contextlib.contextmanager
+def boxes_only(model: MaskRCNN):
+    """Within the block, inference skips the mask branch (boxes and scores are all we report)."""
+    heads = model.roi_heads
+    saved = heads.mask_roi_pool, heads.mask_head, heads.mask_predictor
+    heads.mask_roi_pool = heads.mask_head = heads.mask_predictor = None
+    try:
+        yield model
+    finally:
+        heads.mask_roi_pool, heads.mask_head, heads.mask_predictor = saved
+
+
+def head_parameters(model: MaskRCNN) -> list[nn.Parameter]:
+    """Return the parameters the seed's "heads" stage trains: FPN, RPN and RoI heads."""
+    return [p for name, p in model.named_parameters() if not name.startswith("backbone.body.")]

@@ -1,0 +1,188 @@
+"""The run folder: one place for everything a run writes, never overwritten; checkpoints in and out.
+
+```
+runs/NAME/  config.yaml env.txt metrics.csv weights/{best,last}.ckpt plots/ predictions/ metrics.json
+```
+Checkpoints hold plain types only and load with ``torch.load(..., weights_only=True)``; this module
+loads a trained model without Lightning.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pneumodet import __version__
+from pneumodet.config import RunConfig, from_dict
+from pneumodet.errors import UserError
+
+LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
+LOSS_NAMES = ("loss",) + LOSS_KEYS
+#: metrics.csv columns, in order
+METRIC_COLUMNS = (["epoch"] + [f"train_{k}" for k in LOSS_NAMES] + [f"val_{k}" for k in LOSS_NAMES]
+                  + ["val_rsna_map", "val_threshold", "lr", "epoch_time_s", "skipped_steps"])
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def env(self) -> Path:
+        return self.root / "env.txt"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def weights(self) -> Path:
+        return self.root / "weights"
+
+    @property
+    def best(self) -> Path:
+        return self.weights / "best.ckpt"
+
+    @property
+    def last(self) -> Path:
+        return self.weights / "last.ckpt"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    def make(self) -> RunPaths:
+        for folder in (self.root, self.weights, self.plots, self.predictions):
+            folder.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def new_run_dir(base: str | Path, name: str) -> Path:
+    """Return ``base/name``, or ``base/name-2``, ``-3``... : the first that does not exist yet."""
+    base = Path(base)
+    candidate, n = base / name, 1
+    while candidate.exists():
+        n += 1
+        candidate = base / f"{name}-{n}"
+    return candidate
+
+
+def write_env(path: Path, argv: list[str] | None = None) -> None:
+    """Write versions, hardware and the git commit, so a run can be reproduced."""
+    import lightning
+    import torchvision
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        commit = "unknown"
+    lines = [f"pneumodet {__version__}", f"git commit {commit}", f"python {platform.python_version()}",
+             f"torch {torch.__version__}", f"torchvision {torchvision.__version__}",
+             f"lightning {lightning.__version__}", f"platform {platform.platform()}",
+             f"cpus {os.cpu_count()}", f"torch threads {torch.get_num_threads()}",
+             f"cuda devices {torch.cuda.device_count() if torch.cuda.is_available() else 0}",
+             f"command {' '.join(argv or sys.argv)}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def find_run(run: str | Path) -> RunPaths:
+    """Return the paths of an existing run folder that holds a checkpoint."""
+    paths = RunPaths(Path(run))
+    if not paths.root.is_dir():
+        raise UserError(f"{run}: run folder not found")
+    if not paths.best.is_file() and not paths.last.is_file():
+        raise UserError(f"{run}: no weights/best.ckpt or weights/last.ckpt; train first")
+    return paths
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Return a pneumodet checkpoint loaded with weights_only=True; a clear error if it is not one."""
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: checkpoint not found") from None
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if "pneumodet" not in checkpoint or "state_dict" not in checkpoint:
+        raise UserError(f"{path}: not a pneumodet checkpoint")
+    return checkpoint
+
+
+def load_trained(run: str | Path, which: str = "best"):
+    """Return (model in eval mode, RunConfig, checkpoint info) from a run folder, without Lightning."""
+    from pneumodet.model import build_model
+
+    paths = find_run(run)
+    path = paths.best if which == "best" and paths.best.is_file() else paths.last
+    checkpoint = read_checkpoint(path)
+    info = checkpoint["pneumodet"]
+    config: RunConfig = from_dict(info["config"])
+    model = build_model(_no_download(config).model, config.data.image_size)
+    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    model.load_state_dict(state)
+    model.eval()
+    return model, config, {**info, "path": str(path)}
+
+
+def _no_download(config: RunConfig) -> RunConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, weights="none"))
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """Return metrics.csv rows as dicts of floats (empty cells are NaN)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+    tmp.replace(path)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

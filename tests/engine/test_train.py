@@ -1,0 +1,157 @@
+import math
+
+import pytest
+import torch
+import yaml
+
+from pneumodet.engine.module import DetectionModule, TrainingDiverged, losses_without_learning, stage_for
+from pneumodet.engine.train import train
+from pneumodet.errors import UserError
+from pneumodet.runs import LOSS_NAMES, METRIC_COLUMNS, load_trained, read_checkpoint, read_metrics
+from tests.conftest import tiny_config
+
+
+def test_a_run_folder_with_every_loss_for_train_and_val(tiny_cache, tmp_path):
+    result = train(tiny_config(), tiny_cache, runs_base=tmp_path, progress=False)
+    assert result.run == tmp_path / "tiny" and result.epochs == 2
+    rows = read_metrics(result.run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    header = (result.run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == METRIC_COLUMNS
+    for row in rows:
+        for split in ("train", "val"):
+            for name in LOSS_NAMES:
+                assert math.isfinite(row[f"{split}_{name}"]) and row[f"{split}_{name}"] >= 0, (split, name)
+        assert 0 <= row["val_rsna_map"] <= 1 and row["epoch_time_s"] > 0 and row["lr"] == pytest.approx(1e-3)
+    for name in ("config.yaml", "env.txt", "weights/best.ckpt", "weights/last.ckpt", "plots/loss_curves.png",
+                 "plots/val_map.png", "plots/augmentations.png"):
+        assert (result.run / name).is_file(), name
+    saved = yaml.safe_load((result.run / "config.yaml").read_text())
+    assert saved["data"]["image_size"] == 64 and saved["model"]["backbone"] == "tiny_fpn"
+    checkpoint = torch.load(result.run / "weights" / "last.ckpt", weights_only=True)  # plain types only
+    assert checkpoint["pneumodet"]["epoch"] == 2 and checkpoint["pneumodet"]["class_names"] == ["background", "opacity"]
+    model, config, info = load_trained(result.run)
+    assert not model.training and config.data.image_size == 64
+    # a second run with the same name gets its own folder
+    again = train(tiny_config("train.epochs=1"), tiny_cache, runs_base=tmp_path, progress=False)
+    assert again.run == tmp_path / "tiny-2"
+
+
+def test_resume_continues_epochs_and_optimizer_state(tiny_cache, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    train(tiny_config("train.epochs=1"), tiny_cache, run=run, progress=False)
+    first = read_checkpoint(run / "weights" / "last.ckpt")
+    saved_state = first["optimizer_states"][0]["state"]
+    assert saved_state and first["epoch"] == 0
+    # as if the run had been killed after its first epoch of two
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["epochs"] = 2
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    restored = {}
+
+    def capture(self):
+        state = self.optimizers().optimizer.state_dict()["state"]  # live tensors: later steps change them
+        restored.update({k: {n: t.clone() for n, t in v.items()} for k, v in state.items()})
+
+    monkeypatch.setattr(DetectionModule, "on_train_start", capture, raising=False)
+    result = train(None, tiny_cache, run=run, resume=True, progress=False)
+    assert result.epochs == 2
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(restored) == set(saved_state)
+    key = next(iter(saved_state))
+    assert torch.equal(restored[key]["exp_avg"], saved_state[key]["exp_avg"])
+    last = read_checkpoint(run / "weights" / "last.ckpt")
+    assert last["pneumodet"]["epoch"] == 2 and last["global_step"] == 2 * first["global_step"]
+
+
+def test_existing_run_folder_is_never_overwritten(tiny_cache, tmp_path):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "something").write_text("x")
+    with pytest.raises(UserError, match="--resume"):
+        train(tiny_config(), tiny_cache, run=tmp_path / "taken", progress=False)
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(None, tiny_cache, run=tmp_path / "empty", resume=True, progress=False)
+
+
+def test_non_finite_losses_skip_steps_then_stop_the_run(tiny_cache, tmp_path, monkeypatch):
+    real_step = DetectionModule.training_step
+    calls = {"n": 0}
+
+    def one_nan(self, batch, batch_idx):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            self.model.forward = lambda *a, **k: {"loss_classifier": torch.tensor(float("nan"))}
+            try:
+                return real_step(self, batch, batch_idx)
+            finally:
+                del self.model.forward
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(DetectionModule, "training_step", one_nan)
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        result = train(tiny_config("train.epochs=1", "train.stages=[{'until_epoch': 1}]"), tiny_cache,
+                       run=tmp_path / "one", progress=False)
+    assert read_metrics(result.run / "metrics.csv")[0]["skipped_steps"] == 1
+
+    def always_nan(self, batch, batch_idx):
+        self.model.forward = lambda *a, **k: {"loss_classifier": torch.tensor(float("inf"))}
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(DetectionModule, "training_step", always_nan)
+    with pytest.raises(TrainingDiverged, match="2 non-finite losses in a row"), pytest.warns(UserWarning):
+        train(tiny_config("train.max_nonfinite=2", "train.limit_train_batches=3"), tiny_cache,
+              run=tmp_path / "diverged", progress=False)
+
+
+def test_val_losses_leave_batchnorm_statistics_alone():
+    from pneumodet.model import build_model
+
+    config = tiny_config()
+    model = build_model(config.model, 64)
+    model.eval()
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    images = [torch.rand(1, 64, 64)]
+    targets = [{"boxes": torch.tensor([[5.0, 5.0, 30.0, 40.0]]), "labels": torch.tensor([1]),
+                "masks": torch.ones(1, 64, 64, dtype=torch.uint8)}]
+    losses = losses_without_learning(model, images, targets)
+    assert "loss_mask" in losses and not losses["loss_mask"].requires_grad
+    assert torch.equal(bn.running_mean, before) and not model.training
+
+
+def test_stage_schedule():
+    config = tiny_config()
+    stages = config.train.stages
+    assert stage_for(stages, 0).layers == "heads" and stage_for(stages, 1).layers == "all"
+    assert stage_for(stages, 9).layers == "all"  # past the end: the last stage
+
+
+def test_cpu_runs_repeat_with_a_seed(tiny_cache, tmp_path):
+    config = tiny_config("train.epochs=1", "train.stages=[{'until_epoch': 1}]")
+    a = train(config, tiny_cache, run=tmp_path / "a", progress=False)
+    b = train(config, tiny_cache, run=tmp_path / "b", progress=False)
+    row_a, row_b = read_metrics(a.run / "metrics.csv")[0], read_metrics(b.run / "metrics.csv")[0]
+    assert row_a["train_loss"] == row_b["train_loss"] and row_a["val_loss"] == row_b["val_loss"]
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_ddp(tiny_cache, tmp_path):
+    """Lightning DDP over gloo: two processes, two steps each; one run folder, one metrics row."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(tiny_config("train.epochs=1", "train.stages=[{'until_epoch': 1}]",
+                                                 "train.threads=1").to_dict()))
+    proc = subprocess.run(
+        [sys.executable, "-m", "pneumodet.cli", "train", "--config", str(config), "--data", str(tiny_cache),
+         "--run", str(tmp_path / "ddp"), "--set", "train.accelerator='cpu'", "--set", "train.devices=2",
+         "--set", "train.strategy='ddp'", "--set", "train.limit_train_batches=2"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "best val RSNA mAP" in proc.stdout
+    rows = read_metrics(tmp_path / "ddp" / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1]
+    checkpoint = read_checkpoint(tmp_path / "ddp" / "weights" / "last.ckpt")
+    assert checkpoint["global_step"] == 2  # 2 steps per process, in lock step

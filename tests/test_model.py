@@ -1,0 +1,121 @@
+import time
+
+import pytest
+import torch
+
+from pneumodet.config import ModelConfig
+from pneumodet.errors import UserError
+from pneumodet.model import boxes_only, build_model, head_parameters
+
+SIZE = 64
+
+
+def _batch():
+    images = [torch.rand(1, SIZE, SIZE), torch.rand(1, SIZE, SIZE)]
+    masks = torch.zeros(1, SIZE, SIZE, dtype=torch.uint8)
+    masks[0, 10:40, 5:30] = 1
+    targets = [{"boxes": torch.tensor([[5.0, 10.0, 30.0, 40.0]]), "labels": torch.tensor([1]), "masks": masks},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                "masks": torch.zeros(0, SIZE, SIZE, dtype=torch.uint8)}]  # a negative image
+    return images, targets
+
+
+@pytest.mark.parametrize("backbone", ["resnet18_fpn", "mobilenet_v3_fpn", "resnet50_fpn", "resnet50_fpn_v2"])
+def test_every_backbone_trains_and_detects(backbone):
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=backbone, weights="none", frozen_bn=False, detections_per_image=3, min_score=0.0)
+    model = build_model(cfg, SIZE)
+    model.train()
+    losses = model(*_batch())
+    assert set(losses) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        detections = model(_batch()[0])
+    assert len(detections) == 2
+    for det in detections:
+        assert det["boxes"].shape[1] == 4 and len(det["boxes"]) <= 3
+        assert (det["labels"] == 1).all()
+        assert det["boxes"].min() >= 0 and det["boxes"].max() <= SIZE
+
+
+def test_speed_settings_reach_torchvision():
+    cfg = ModelConfig(backbone="resnet18_fpn", weights="none", rois_per_image=16, rpn_post_nms_train=123,
+                      rpn_post_nms_test=45, detections_per_image=2, box_nms=0.2, masks=False)
+    model = build_model(cfg, 96)
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 16
+    assert model.rpn._post_nms_top_n == {"training": 123, "testing": 45}
+    assert model.roi_heads.detections_per_img == 2 and model.roi_heads.nms_thresh == 0.2
+    assert not model.roi_heads.has_mask()
+    assert model.transform.min_size == (96,) and model.transform.max_size == 96
+
+
+def test_cache_sized_images_are_not_resized_again():
+    model = build_model(ModelConfig(backbone="resnet18_fpn", weights="none"), SIZE)
+    image = torch.rand(1, SIZE, SIZE)
+    same, _ = model.transform.resize(image, None)
+    assert same is image
+    other, _ = model.transform.resize(torch.rand(1, 32, 48), None)
+    assert max(other.shape[-2:]) == SIZE
+
+
+def test_weights_from_a_file(tmp_path):
+    cfg = ModelConfig(backbone="resnet18_fpn", weights="none")
+    torch.manual_seed(1)
+    source = build_model(cfg, SIZE)
+    torch.save({"state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}, tmp_path / "w.ckpt")
+    torch.manual_seed(2)
+    loaded = build_model(ModelConfig(backbone="resnet18_fpn", weights=str(tmp_path / "w.ckpt")), SIZE)
+    for (name, a), (_, b) in zip(source.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(UserError, match="not found"):
+        build_model(ModelConfig(backbone="resnet18_fpn", weights=str(tmp_path / "nope.pth")), SIZE)
+
+
+def test_offline_download_fails_fast_naming_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr("pneumodet.io.kaggle.can_reach", lambda *a, **k: False)
+    start = time.perf_counter()
+    with pytest.raises(UserError) as info:
+        build_model(ModelConfig(backbone="resnet50_fpn", weights="coco"), SIZE)
+    message = str(info.value)
+    assert "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth" in message and str(tmp_path) in message
+    assert time.perf_counter() - start < 5  # model construction included; the check itself is instant
+    with pytest.raises(UserError, match="no coco weights"):
+        build_model(ModelConfig(backbone="resnet18_fpn", weights="coco"), SIZE)
+
+
+def test_coco_weights_from_the_hub_cache_replace_the_predictors(tmp_path, monkeypatch):
+    """A COCO-shaped state_dict placed where torch.hub looks is loaded; the 91-class predictors are not."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(3)
+    coco = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(coco.state_dict(), tmp_path / "hub" / "checkpoints" / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
+    model = build_model(ModelConfig(backbone="resnet50_fpn", weights="coco"), SIZE)
+    ours, theirs = model.state_dict(), coco.state_dict()
+    assert torch.equal(ours["backbone.body.layer1.0.conv1.weight"], theirs["backbone.body.layer1.0.conv1.weight"])
+    assert torch.equal(ours["rpn.head.conv.0.0.weight"], theirs["rpn.head.conv.0.0.weight"])
+    assert ours["roi_heads.box_predictor.cls_score.weight"].shape == (2, 1024)
+    assert ours["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[0] == 2
+
+
+def test_boxes_only_skips_and_restores_the_mask_branch():
+    model = build_model(ModelConfig(backbone="resnet18_fpn", weights="none", min_score=0.0), SIZE).eval()
+    with boxes_only(model), torch.no_grad():
+        assert not model.roi_heads.has_mask()
+        detections = model([torch.rand(1, SIZE, SIZE)])
+    assert "masks" not in detections[0]
+    assert model.roi_heads.has_mask()
+
+
+def test_heads_are_everything_but_the_backbone_body():
+    model = build_model(ModelConfig(backbone="resnet18_fpn", weights="none"), SIZE)
+    heads = {id(p) for p in head_parameters(model)}
+    named = dict(model.named_parameters())
+    assert id(named["backbone.fpn.inner_blocks.0.0.weight"]) in heads
+    assert id(named["roi_heads.box_predictor.cls_score.weight"]) in heads
+    assert id(named["backbone.body.conv1.weight"]) not in heads
