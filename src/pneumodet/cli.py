@@ -63,18 +63,65 @@ def cmd_prepare(args) -> None:
         print(f"split: {result.split_csv}")
 
 
-def cmd_demo(args) -> None:
-    from pneumodet.data.prepare import prepare
-    from pneumodet.data.synth import synthesize
+def cmd_train(args) -> None:
+    from pneumodet.config import load_config
 
-    out = Path(args.out)
-    data, cache = out / "data", out / "cache"
-    print(f"[1/2] synth: {args.train} train + {args.test} test images -> {data}")
-    synthesize(data, args.train, args.test, seed=0)
-    print(f"[2/2] prepare: quality control, {args.size}px cache and split -> {cache}")
-    result = prepare(data, cache, size_px=args.size)
-    print(json.dumps(result.summary["problems"]) if result.summary["problems"] else "no QC problems")
-    print(f"done. data: {data}  cache: {result.cache_dir}  QC: {result.qc_csv}  split: {result.split_csv}")
+    if args.resume and (args.config or args.overrides):
+        raise UserError("--resume continues a run with its own config.yaml: drop --config and --set")
+    if not args.resume and args.config is None:
+        raise UserError("--config YAML is required (e.g. configs/demo.yaml), unless --resume")
+    config = None if args.resume else load_config(args.config, args.overrides)
+    from pneumodet.engine.train import train
+
+    result = train(config, args.data, run=args.run, resume=args.resume, runs_base=args.runs)
+    print(f"best val RSNA mAP {result.best_map:.4f} at epoch {result.best_epoch}/{result.epochs}; "
+          f"run: {result.run}")
+
+
+def cmd_evaluate(args) -> None:
+    from pneumodet.evaluate import evaluate
+
+    result = evaluate(args.run, args.data, reuse_predictions=args.reuse)
+    pp = result["postprocess"]
+    image = result["image_level"]
+    print(f"val RSNA mAP {result['rsna_map']:.4f} (before tuning {result['rsna_map_before_tuning']:.4f}) on "
+          f"{result['n_images']} images; threshold {pp['score_threshold']}, NMS {pp['nms_iou']}, "
+          f"max {pp['max_boxes']} boxes, shrink {pp['shrink']}")
+    print(f"image level: ROC AUC {image['roc_auc']}, sensitivity {image['sensitivity']}, "
+          f"specificity {image['specificity']}")
+    for view, m in result["by_view"].items():
+        print(f"  {view}: RSNA mAP {m['rsna_map']:.4f}, ROC AUC {m['roc_auc']}, {m['images']} images")
+    print(f"wrote {Path(args.run) / 'metrics.json'} and plots in {Path(args.run) / 'plots'}")
+
+
+def cmd_predict(args) -> None:
+    from pneumodet.submit import predict_folder
+
+    overrides = {"score_threshold": args.threshold, "nms_iou": args.nms, "max_boxes": args.max_boxes,
+                 "shrink": args.shrink}
+    summary = predict_folder(args.run, args.images, args.out, overrides=overrides, hflip_tta=args.tta,
+                             workers=args.workers, batch_size=args.batch_size)
+    print(f"{summary.images} images ({summary.unreadable} unreadable), {summary.with_boxes} with boxes; "
+          f"post-processing {summary.postprocess}")
+    print(f"wrote {summary.submission} and {summary.boxes_csv}")
+
+
+def cmd_score(args) -> None:
+    from pneumodet.report.submission import score_submission
+
+    print(json.dumps(score_submission(args.submission, args.labels), indent=2))
+
+
+def cmd_serve(args) -> None:
+    from pneumodet.service.app import serve
+
+    serve(args.run, args.host, args.port, args.max_upload_mb)
+
+
+def cmd_demo(args) -> None:
+    from pneumodet.demo import run_demo
+
+    run_demo(args.out, args.train, args.test, args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,12 +165,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
     p.set_defaults(func=cmd_prepare)
 
+    p = sub.add_parser("train", help="train Mask R-CNN on a prepared cache",
+                       description="Train Mask R-CNN with Lightning into a run folder (config.yaml, env.txt, "
+                       "metrics.csv, weights/best.ckpt and last.ckpt, plots/). --resume continues a run from "
+                       "its last checkpoint with the same schedule.")
+    p.add_argument("--config", type=Path, default=None, help="YAML configuration (configs/demo.yaml, seed.yaml, "
+                   "rsna.yaml)")
+    p.add_argument("--data", type=Path, required=True, help="cache folder written by pneumodet prepare "
+                   "(its size must equal data.image_size)")
+    p.add_argument("--run", type=Path, default=None, help="run folder (default: runs/NAME, auto-incremented)")
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="where new run folders go (default ./runs)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration value, e.g. --set train.epochs=4 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run from weights/last.ckpt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run on val, tune post-processing, draw plots",
+                       description="Predict the val split, tune score threshold / NMS IoU / max boxes / box "
+                       "shrink on it, and write RUN/metrics.json (rsna_map, per-threshold precision, image-level "
+                       "ROC AUC, sensitivity, specificity, by view) and RUN/plots (threshold.png, roc.png, "
+                       "val_examples/).")
+    p.add_argument("run", type=Path, help="run folder written by pneumodet train")
+    p.add_argument("--data", type=Path, default=None, help="cache folder (default: the one the run trained on)")
+    p.add_argument("--reuse", action="store_true", help="re-score RUN/predictions/val.csv without the model")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict a folder of DICOMs into a Kaggle submission",
+                       description="Predict every .dcm in IMAGES_DIR and write a Kaggle submission "
+                       "(patientId,PredictionString in each image's own pixels) plus predictions.csv (one row "
+                       "per box) beside it. Uses the run's tuned post-processing (metrics.json) unless overridden.")
+    p.add_argument("run", type=Path, help="run folder")
+    p.add_argument("images", type=Path, help="folder of .dcm files (e.g. stage_2_test_images)")
+    p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
+    p.add_argument("--threshold", type=float, default=None, help="score threshold (default: tuned)")
+    p.add_argument("--nms", type=float, default=None, help="NMS IoU between boxes (default: tuned)")
+    p.add_argument("--max-boxes", type=int, default=None, help="boxes per image at most (default: tuned)")
+    p.add_argument("--shrink", type=float, default=None, help="box shrink factor (default: tuned)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="horizontal-flip test-time augmentation, boxes merged by weighted box fusion")
+    p.add_argument("--workers", type=_positive_int, default=2, help="data-loading processes (default 2)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: config)")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("score", help="score a submission against Kaggle-format labels (RSNA mAP)",
+                       description="Print JSON with rsna_map and per-threshold precision of SUBMISSION "
+                       "against LABELS_CSV (patientId,x,y,width,height,Target).")
+    p.add_argument("submission", type=Path, help="submission CSV (patientId,PredictionString)")
+    p.add_argument("--labels", type=Path, required=True, help="labels CSV in the Kaggle format")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("serve", help="web page and HTTP API to review predictions and run the model",
+                       description="Start the review web application for a run: overview (metrics, plots), "
+                       "review (val images, true and predicted boxes, worst first) and try-it (upload DICOMs). "
+                       "JSON API: POST /api/predict, GET /api/health. Listens on 127.0.0.1 unless told otherwise.")
+    p.add_argument("run", type=Path, help="run folder (evaluate it first for the review page)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    p.add_argument("--max-upload-mb", type=float, default=64, help="largest accepted upload in MB (default 64)")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("demo", help="run the whole pipeline on synthetic data",
                        description="Run the pipeline end to end on synthetic data and print where each result is.")
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")
-    p.add_argument("--train", type=_positive_int, default=600, help="synthetic training images (default 600)")
+    p.add_argument("--train", type=_positive_int, default=1000, help="synthetic training images (default 1000)")
     p.add_argument("--test", type=_positive_int, default=50, help="synthetic test images (default 50)")
-    p.add_argument("--size", type=_positive_int, default=256, help="image size in pixels (default 256)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override configs/demo.yaml, e.g. --set train.epochs=2 (repeatable)")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -135,6 +242,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"pneumodet {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        from pneumodet.errors import is_expected_failure
+
+        if not is_expected_failure(exc):
+            raise
+        print(f"pneumodet {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"pneumodet {args.command}: interrupted", file=sys.stderr)
         return 130

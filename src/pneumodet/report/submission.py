@@ -1,0 +1,130 @@
+"""Kaggle submission files: ``patientId,PredictionString`` with ``conf x y width height`` groups.
+
+With io/labels.py, the only module that knows these column names.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pneumodet.boxes import as_boxes, xywh_to_xyxy, xyxy_to_xywh
+from pneumodet.errors import UserError
+from pneumodet.metrics import Prediction
+
+SUBMISSION_COLUMNS = ["patientId", "PredictionString"]
+BOX_COLUMNS = ["patient_id", "score", "x", "y", "width", "height"]
+
+
+def format_prediction(boxes_xyxy, scores) -> str:
+    """Return 'conf x y w h ...' with the highest confidence first (empty for no boxes)."""
+    boxes, scores = xyxy_to_xywh(boxes_xyxy), np.asarray(scores, dtype=np.float64).reshape(-1)
+    order = np.argsort(-scores, kind="stable")
+    return " ".join(f"{scores[i]:.4f} {boxes[i, 0]:.1f} {boxes[i, 1]:.1f} {boxes[i, 2]:.1f} {boxes[i, 3]:.1f}"
+                    for i in order)
+
+
+def _atomic_csv(path: Path, header: list[str], rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def write_submission(path: str | Path, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Write ``patient_id -> (boxes_xyxy, scores)`` (original pixels) as a Kaggle submission, atomically."""
+    path = Path(path)
+    _atomic_csv(path, SUBMISSION_COLUMNS, ([pid, format_prediction(b, s)] for pid, (b, s) in results.items()))
+    return path
+
+
+def write_boxes(path: str | Path, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """Write one row per box: patient_id,score,x,y,width,height (re-score or re-plot without the model)."""
+    path = Path(path)
+    rows = []
+    for pid, (boxes, scores) in results.items():
+        for (x, y, w, h), s in zip(xyxy_to_xywh(boxes), np.asarray(scores).reshape(-1), strict=True):
+            rows.append([pid, f"{s:.5f}", f"{x:.1f}", f"{y:.1f}", f"{w:.1f}", f"{h:.1f}"])
+    _atomic_csv(path, BOX_COLUMNS, rows)
+    return path
+
+
+def read_boxes(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Return patient_id -> (boxes_xyxy, scores) from a file written by :func:`write_boxes`."""
+    frame = pd.read_csv(path, dtype={"patient_id": str})
+    out = {}
+    for pid, group in frame.groupby("patient_id", sort=False):
+        xywh = group[["x", "y", "width", "height"]].to_numpy(dtype=np.float64)
+        xyxy = as_boxes(xywh).copy()
+        xyxy[:, 2:] += xyxy[:, :2]
+        out[pid] = (xyxy, group["score"].to_numpy(dtype=np.float64))
+    return out
+
+
+def parse_prediction_string(text, where: str) -> Prediction:
+    """Return the Prediction in one PredictionString; UserError naming ``where`` if malformed."""
+    if text is None or (isinstance(text, float) and math.isnan(text)) or not str(text).strip():
+        return Prediction.empty()
+    parts = str(text).split()
+    if len(parts) % 5:
+        raise UserError(f"{where}: PredictionString has {len(parts)} numbers, not a multiple of 5 "
+                        "(conf x y width height ...)")
+    try:
+        values = np.array([float(p) for p in parts]).reshape(-1, 5)
+    except ValueError:
+        bad = next(p for p in parts if not _is_number(p))
+        raise UserError(f"{where}: PredictionString has a non-numeric value {bad!r}") from None
+    if not np.isfinite(values).all():
+        raise UserError(f"{where}: PredictionString has a non-finite value")
+    if (values[:, 3:] < 0).any():
+        raise UserError(f"{where}: PredictionString has a negative width or height")
+    return Prediction.from_xywh(values[:, 1:], values[:, 0])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def read_submission(path: str | Path) -> dict[str, Prediction]:
+    """Return patient_id -> Prediction from a Kaggle submission; one-line errors naming the row."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: submission not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable CSV ({exc})") from None
+    if list(frame.columns[:2]) != SUBMISSION_COLUMNS:
+        raise UserError(f"{path}: expected columns patientId,PredictionString, found {','.join(frame.columns)}")
+    out: dict[str, Prediction] = {}
+    for line, (pid, text) in enumerate(zip(frame["patientId"], frame["PredictionString"], strict=True), start=2):
+        if pid in out:
+            raise UserError(f"{path}:{line}: patientId {pid} appears twice")
+        out[pid] = parse_prediction_string(text, f"{path}:{line} ({pid})")
+    return out
+
+
+def score_submission(submission: Path, labels_csv: Path) -> dict:
+    """Return the RSNA score of a submission file against a Kaggle-format labels file."""
+    from pneumodet.io.labels import read_labels
+    from pneumodet.metrics import rsna_map
+
+    predictions = read_submission(submission)
+    labels = read_labels(labels_csv).annotations
+    ids = list(labels)
+    score = rsna_map([xywh_to_xyxy(labels[pid].boxes_xywh) for pid in ids],
+                     [predictions.get(pid, Prediction.empty()) for pid in ids])
+    return {**score.to_dict(), "images_in_labels": len(ids),
+            "missing_from_submission": sum(pid not in predictions for pid in ids),
+            "not_in_labels": len(set(predictions) - set(labels))}

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from pneumodet.errors import UserError
+from pneumodet.report.submission import (
+    format_prediction,
+    parse_prediction_string,
+    read_boxes,
+    read_submission,
+    score_submission,
+    write_boxes,
+    write_submission,
+)
+
+
+def test_format_orders_by_confidence_in_xywh():
+    text = format_prediction(np.array([[10, 20, 40, 80], [100, 100, 150, 130]]), [0.3, 0.9])
+    assert text == "0.9000 100.0 100.0 50.0 30.0 0.3000 10.0 20.0 30.0 60.0"
+    assert format_prediction(np.zeros((0, 4)), []) == ""
+
+
+def test_write_and_read_round_trip(tmp_path):
+    results = {"a": (np.array([[10.0, 20.0, 40.0, 80.0]]), np.array([0.75])), "b": (np.zeros((0, 4)), np.zeros(0))}
+    path = write_submission(tmp_path / "sub.csv", results)
+    lines = path.read_text().splitlines()
+    assert lines == ["patientId,PredictionString", "a,0.7500 10.0 20.0 30.0 60.0", "b,"]
+    parsed = read_submission(path)
+    assert parsed["a"].boxes_xyxy.tolist() == [[10, 20, 40, 80]] and parsed["a"].scores.tolist() == [0.75]
+    assert len(parsed["b"].scores) == 0
+    write_boxes(tmp_path / "boxes.csv", results)
+    back = read_boxes(tmp_path / "boxes.csv")
+    assert set(back) == {"a"} and np.allclose(back["a"][0], results["a"][0])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("0.5 1 2 3", "not a multiple of 5"),
+    ("0.5 1 2 -3 4", "negative width or height"),
+    ("0.5 1 two 3 4", "non-numeric value 'two'"),
+    ("0.5 1 2 nan 4", "non-finite"),
+])
+def test_malformed_prediction_strings_name_the_row(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(f"patientId,PredictionString\nok,0.9 1 2 3 4\nbad-one,{text}\n")
+    with pytest.raises(UserError) as info:
+        read_submission(path)
+    assert message in str(info.value) and "bad.csv:3 (bad-one)" in str(info.value)
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "cols.csv").write_text("id,pred\na,\n")
+    with pytest.raises(UserError, match="expected columns patientId,PredictionString"):
+        read_submission(tmp_path / "cols.csv")
+    (tmp_path / "dup.csv").write_text("patientId,PredictionString\na,\na,\n")
+    with pytest.raises(UserError, match="appears twice"):
+        read_submission(tmp_path / "dup.csv")
+    with pytest.raises(UserError, match="not found"):
+        read_submission(tmp_path / "missing.csv")
+    assert parse_prediction_string("", "x").scores.size == 0
+
+
+def test_score_against_kaggle_labels(tmp_path):
+    (tmp_path / "labels.csv").write_text("patientId,x,y,width,height,Target\n"
+                                         "pos,10,10,20,20,1\nneg,,,,,0\nquiet,,,,,0\nmissing,5,5,10,10,1\n")
+    (tmp_path / "sub.csv").write_text("patientId,PredictionString\npos,0.9 10 10 20 20\nneg,0.5 0 0 5 5\n"
+                                      "quiet,\nextra,0.4 1 1 2 2\n")
+    result = score_submission(tmp_path / "sub.csv", tmp_path / "labels.csv")
+    # pos 1.0, neg 0 (false alarm), quiet left out, missing 0 (no prediction) -> 1/3
+    assert result["rsna_map"] == pytest.approx(1 / 3) and result["n_images"] == 3
+    assert result["missing_from_submission"] == 1 and result["not_in_labels"] == 1
+    assert set(result["per_threshold"]) == {"0.40", "0.45", "0.50", "0.55", "0.60", "0.65", "0.70", "0.75"}

@@ -1,0 +1,60 @@
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+
+from pneumodet.data.synth import TEST_IMAGES, TEST_TRUTH
+from pneumodet.io.dicom import read_dicom
+from pneumodet.submit import predict_folder
+from tests.conftest import gradient
+
+
+def test_predict_a_folder_with_an_unreadable_and_a_non_square_file(trained_run, synth_data, tmp_path, make_dicom,
+                                                                      capsys):
+    images = tmp_path / "images"
+    shutil.copytree(synth_data / TEST_IMAGES, images)
+    (images / "broken.dcm").write_text("not a dicom at all\n" * 10)
+    make_dicom("wide", gradient(256, 512), folder=images)
+    summary = predict_folder(trained_run, images, tmp_path / "out" / "submission.csv", workers=0,
+                             overrides={"score_threshold": 0.0, "max_boxes": 4}, progress=False)
+    assert summary.images == 8 and summary.unreadable == 1
+    assert "broken.dcm" in capsys.readouterr().err
+    sub = pd.read_csv(tmp_path / "out" / "submission.csv", keep_default_na=False)
+    assert list(sub.columns) == ["patientId", "PredictionString"]
+    assert sorted(sub["patientId"]) == sorted(p.stem for p in images.glob("*.dcm"))
+    assert sub.set_index("patientId").at["broken", "PredictionString"] == ""
+    boxes = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert list(boxes.columns) == ["patient_id", "score", "x", "y", "width", "height"]
+    # every box lies in its own image's pixels; the 512 x 256 image maps back to its size
+    for pid, group in boxes.groupby("patient_id"):
+        height, width = read_dicom(images / f"{pid}.dcm").original_size
+        assert (group["x"] >= 0).all() and (group["x"] + group["width"] <= width + 0.1).all()
+        assert (group["y"] >= 0).all() and (group["y"] + group["height"] <= height + 0.1).all()
+    for text in sub["PredictionString"]:
+        values = np.array(text.split(), dtype=float).reshape(-1, 5) if text else np.zeros((0, 5))
+        assert (np.diff(values[:, 0]) <= 0).all()  # highest confidence first
+
+
+def test_cli_predict_then_score(trained_run, synth_data, tmp_path):
+    out = tmp_path / "sub.csv"
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "predict", str(trained_run),
+                           str(synth_data / TEST_IMAGES), "--out", str(out), "--workers", "0", "--tta"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "score", str(out), "--labels",
+                           str(synth_data / TEST_TRUTH)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    result = json.loads(proc.stdout)
+    assert 0 <= result["rsna_map"] <= 1 and result["images_in_labels"] == 6
+
+
+def test_cli_score_reports_a_malformed_row(tmp_path):
+    (tmp_path / "sub.csv").write_text("patientId,PredictionString\na,0.5 1 2 3\n")
+    (tmp_path / "labels.csv").write_text("patientId,x,y,width,height,Target\na,,,,,0\n")
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "score", str(tmp_path / "sub.csv"), "--labels",
+                           str(tmp_path / "labels.csv")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "sub.csv:2 (a)" in proc.stderr and "Traceback" not in proc.stderr
