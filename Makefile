@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast demo bench lint clean
+.PHONY: setup browser test test-fast demo bench lint clean
 
 setup: $(STAMP)
 
@@ -16,7 +16,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: setup
+# Debian's Chromium and its driver, for the end-to-end page test (no browser download at test time).
+browser:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else \
+	    echo "chromium/chromium-driver missing and not root: the browser test will be skipped"; \
+	    echo "  (sudo apt-get install chromium chromium-driver)"; \
+	  fi; \
+	fi
+
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

@@ -1,0 +1,196 @@
+"""``create_app(run)``: FastAPI app with the overview, review and try-it pages and a JSON API.
+
+The model is loaded once; inference runs one request at a time behind a lock (requests queue,
+never crash each other). Uploads stay in memory; nothing is written anywhere. Logs carry no
+patient data: URLs name images by index, and uvicorn's access log is off.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+from pneumodet.errors import UserError
+from pneumodet.io.dicom import DicomError, read_dicom_bytes
+from pneumodet.predict import PostProcess, Predictor, postprocess, to_original
+from pneumodet.runs import find_run, load_trained
+from pneumodet.service.review import OUTCOMES, build_items, load_val_predictions, render_png
+from pneumodet.submit import image_tensor, tuned_postprocess
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_MAX_UPLOAD_MB = 64
+log = logging.getLogger("pneumodet.service")
+
+
+class ModelService:
+    """The loaded model and its tuned post-processing; ``predict`` runs one request at a time."""
+
+    def __init__(self, run: Path):
+        self.paths = find_run(run)
+        self.model, self.config, self.info = load_trained(run)
+        self.pp: PostProcess = tuned_postprocess(self.paths, PostProcess.from_config(self.config.predict))
+        self.predictor = Predictor(self.model, self.config.data.image_size, hflip_tta=self.config.predict.hflip_tta)
+        self.lock = threading.Lock()
+        self.active = 0
+        self.max_active = 0  # the most inferences ever running at once (tests check it stays 1)
+        self.served = 0
+
+    def predict(self, data: bytes, filename: str) -> dict:
+        image = read_dicom_bytes(data, filename, max_decode_size=self.config.data.image_size)
+        tensor = image_tensor(image, self.config.data.image_size)
+        with self.lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            try:
+                boxes, scores = self.predictor([tensor])[0]
+            finally:
+                self.active -= 1
+                self.served += 1
+        height, width = image.original_size
+        size = self.config.data.image_size
+        boxes = to_original(boxes, size / width, size / height, height, width)
+        loose_scores = postprocess(boxes, scores, PostProcess(0.0, self.pp.nms_iou, self.pp.max_boxes, 1.0))[1]
+        kept, kept_scores = postprocess(boxes, scores, self.pp)
+        return {
+            "patient_id": image.patient_id,
+            "boxes": [{"x": round(float(x1), 1), "y": round(float(y1), 1), "width": round(float(x2 - x1), 1),
+                       "height": round(float(y2 - y1), 1), "score": round(float(s), 4)}
+                      for (x1, y1, x2, y2), s in zip(kept, kept_scores, strict=True)],
+            "image_score": round(float(loose_scores.max()), 4) if len(loose_scores) else 0.0,
+            "view": image.view_position, "age": image.age, "sex": image.sex,
+            "original_size": {"height": height, "width": width},
+            "_pixels": image.pixels, "_boxes": kept, "_scores": kept_scores,
+            "_scale": (image.pixels.shape[1] / width, image.pixels.shape[0] / height),
+        }
+
+
+def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
+    """Return the app for a run folder (model loaded now, once)."""
+    service = ModelService(Path(run))
+    max_bytes = int(max_upload_mb * 1024 * 1024)
+    app = FastAPI(title="pneumodet", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.state.service = service
+    review = _load_review(service)
+    app.state.review = review
+
+    @app.get("/", response_class=HTMLResponse)
+    def overview():
+        return (STATIC / "index.html").read_text()
+
+    @app.get("/review", response_class=HTMLResponse)
+    def review_page():
+        return (STATIC / "review.html").read_text()
+
+    @app.get("/try", response_class=HTMLResponse)
+    def try_page():
+        return (STATIC / "try.html").read_text()
+
+    @app.get("/static/{name}")
+    def static(name: str):
+        path = (STATIC / name).resolve()
+        if path.parent != STATIC.resolve() or not path.is_file():
+            raise HTTPException(404, "not found")
+        return FileResponse(path)
+
+    @app.get("/api/health")
+    def health():
+        return {"status": "ok", "run": service.paths.root.name, "backbone": service.config.model.backbone,
+                "image_size": service.config.data.image_size, "served": service.served}
+
+    @app.get("/api/summary")
+    def summary():
+        metrics = json.loads(service.paths.metrics_json.read_text()) if service.paths.metrics_json.is_file() else None
+        plots = sorted(p.name for p in service.paths.plots.glob("*.png"))
+        return {"run": service.paths.root.name, "metrics": metrics, "plots": plots,
+                "postprocess": service.pp.__dict__, "review_items": len(review["items"]),
+                "review_note": review["note"]}
+
+    @app.get("/plots/{name}")
+    def plot(name: str):
+        path = (service.paths.plots / name).resolve()
+        if path.parent != service.paths.plots.resolve() or path.suffix != ".png" or not path.is_file():
+            raise HTTPException(404, "no such plot")
+        return FileResponse(path, media_type="image/png")
+
+    @app.get("/api/review")
+    def review_list(outcome: Annotated[str | None, Query()] = None, view: Annotated[str | None, Query()] = None):
+        if outcome and outcome not in OUTCOMES:
+            raise HTTPException(400, f"unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}")
+        items = [it for it in review["items"] if (not outcome or it.outcome == outcome)
+                 and (not view or it.view == view)]
+        return {"items": [it.to_json() for it in items], "total": len(review["items"]), "note": review["note"],
+                "views": sorted({it.view for it in review["items"]})}
+
+    @app.get("/api/review/{index}/image.png")
+    def review_image(index: int):
+        items = review["items"]
+        if not 0 <= index < len(items):
+            raise HTTPException(404, "no such review item")
+        item = items[index]
+        pixels = np.asarray(review["cache"].pixels[item.row])
+        png = render_png(pixels, item.truth_xyxy, item.pred_xyxy, item.pred_scores, item.scale)
+        return Response(png, media_type="image/png")
+
+    @app.post("/api/predict")
+    async def predict(request: Request, file: Annotated[UploadFile, File()], image: Annotated[bool, Query()] = False):
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > max_bytes + 64 * 1024:
+            raise HTTPException(413, f"upload larger than the {max_upload_mb:g} MB limit")
+        data = await file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise HTTPException(413, f"upload larger than the {max_upload_mb:g} MB limit")
+        if not data:
+            raise HTTPException(400, "empty upload")
+        name = Path(file.filename or "upload.dcm").name
+        start = time.perf_counter()
+        try:
+            from starlette.concurrency import run_in_threadpool
+
+            result = await run_in_threadpool(service.predict, data, name)
+        except DicomError as exc:
+            status = 415 if "not a DICOM" in exc.reason else 422
+            raise HTTPException(status, f"{name}: {exc.reason}") from None
+        log.info("prediction in %.3f s", time.perf_counter() - start)  # no file name, no patient data
+        pixels, boxes, scores, scale = (result.pop(k) for k in ("_pixels", "_boxes", "_scores", "_scale"))
+        if image:
+            png = render_png(pixels, None, boxes, scores, scale)
+            result["image_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
+        return JSONResponse(result)
+
+    return app
+
+
+def _load_review(service: ModelService) -> dict:
+    from pneumodet.data.cache import open_cache
+    from pneumodet.data.dataset import read_split
+
+    cache_root = service.info.get("cache")
+    raw_path = service.paths.predictions / "val.csv"
+    if not raw_path.is_file():
+        return {"items": [], "cache": None, "note": f"no {raw_path.name}: run pneumodet evaluate {service.paths.root}"}
+    try:
+        cache = open_cache(cache_root, service.config.data.image_size)
+        split = read_split(Path(cache_root) / "split.csv")
+    except (UserError, TypeError) as exc:
+        return {"items": [], "cache": None, "note": f"val images unavailable: {exc}"}
+    ids = list(split.loc[split["split"] == "val", "patient_id"])
+    items = build_items(cache, ids, load_val_predictions(raw_path), service.pp)
+    return {"items": items, "cache": cache, "note": ""}
+
+
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
+    """Start uvicorn with the app (access log off: URLs stay out of the logs)."""
+    import uvicorn
+
+    app = create_app(run, max_upload_mb)
+    print(f"pneumodet: serving {run} on http://{host}:{port}/  (review: /review, try it: /try)", flush=True)
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")

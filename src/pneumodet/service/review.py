@@ -1,0 +1,92 @@
+"""The run's val images with truth, predictions, per-image RSNA score and outcome, for the review page."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pneumodet.boxes import xywh_to_xyxy
+from pneumodet.metrics import image_precisions
+from pneumodet.predict import PostProcess, postprocess
+
+OUTCOMES = ("miss", "false alarm", "hit", "true negative")
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    index: int
+    patient_id: str
+    view: str
+    outcome: str
+    score: float | None  # per-image RSNA score; None for a true negative (it does not count)
+    truth_xyxy: np.ndarray  # original pixels
+    pred_xyxy: np.ndarray
+    pred_scores: np.ndarray
+    row: int  # cache row
+    scale: tuple[float, float]
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "view": self.view, "outcome": self.outcome, "score": self.score,
+                "n_truth": len(self.truth_xyxy), "n_pred": len(self.pred_scores),
+                "top_score": float(self.pred_scores.max()) if len(self.pred_scores) else None}
+
+
+def outcome_of(truth: np.ndarray, pred: np.ndarray, scores: np.ndarray) -> tuple[str, float | None]:
+    """Return (outcome, per-image RSNA score) of one image."""
+    precisions = image_precisions(truth, pred, scores)
+    if precisions is None:
+        return "true negative", None
+    score = float(precisions.mean())
+    if len(truth) == 0:
+        return "false alarm", score
+    return ("hit" if precisions[0] > 0 else "miss"), score
+
+
+def build_items(cache, patient_ids: list[str], raw: dict, pp: PostProcess) -> list[ReviewItem]:
+    """Return the review items sorted worst first (lowest per-image score; true negatives last)."""
+    images = cache.images.set_index("patient_id")
+    boxes = {pid: g[["x", "y", "width", "height"]].to_numpy(float) for pid, g in cache.boxes.groupby("patient_id")}
+    items = []
+    for pid in patient_ids:
+        if pid not in images.index:
+            continue
+        record = images.loc[pid]
+        truth = xywh_to_xyxy(boxes.get(pid, np.zeros((0, 4))))
+        pred, scores = postprocess(*raw.get(pid, (np.zeros((0, 4)), np.zeros(0))), pp)
+        outcome, score = outcome_of(truth, pred, scores)
+        view = record["view"] if isinstance(record["view"], str) else "unknown"
+        items.append(ReviewItem(0, pid, view, outcome, score, truth, pred, scores, int(record["row"]),
+                                (float(record["scale_x"]), float(record["scale_y"]))))
+    items.sort(key=lambda it: (it.score is None, it.score if it.score is not None else 0.0, it.patient_id))
+    return [replace(it, index=i) for i, it in enumerate(items)]
+
+
+def render_png(pixels: np.ndarray, truth_xyxy=None, pred_xyxy=None, pred_scores=None, scale=(1.0, 1.0),
+               size: int = 512) -> bytes:
+    """Return a PNG of the image with truth (green) and predicted (red, with scores) boxes."""
+    image = Image.fromarray(pixels).convert("RGB")
+    factor = size / max(image.size)
+    image = image.resize((round(image.width * factor), round(image.height * factor)), Image.BILINEAR)
+    draw = ImageDraw.Draw(image)
+    sx, sy = scale[0] * factor, scale[1] * factor
+    for boxes, color, scores in ((truth_xyxy, (0, 220, 0), None), (pred_xyxy, (255, 40, 40), pred_scores)):
+        if boxes is None:
+            continue
+        for i, (x1, y1, x2, y2) in enumerate(np.asarray(boxes).reshape(-1, 4)):
+            rect = [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
+            draw.rectangle(rect, outline=color, width=3)
+            if scores is not None:
+                draw.text((rect[0] + 3, rect[1] + 2), f"{scores[i]:.2f}", fill=color)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def load_val_predictions(path: Path) -> dict:
+    from pneumodet.report.submission import read_boxes
+
+    return read_boxes(path) if path.is_file() else {}
