@@ -39,3 +39,26 @@ def test_bad_option_value_exits_2(capsys):
         main(["synth", "x", "--train", "many"])
     assert info.value.code == 2
     assert "expected a whole number" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_in_miniature(tmp_path):
+    """The whole pipeline behind make demo, shrunk: every result it promises is written."""
+    import json
+
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "demo", "--out", str(out), "--train", "40",
+                           "--test", "4", "--set", "train.epochs=1", "--set", "train.stages=[{'until_epoch': 1}]",
+                           "--set", "data.num_workers=0"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert {"val_rsna_map_untrained", "val_rsna_map_trained", "test_rsna_map", "wall_time_s"} <= set(summary)
+    run = out / "runs" / "demo"
+    for name in ("metrics.csv", "metrics.json", "weights/best.ckpt", "plots/loss_curves.png", "plots/roc.png",
+                 "plots/threshold.png", "plots/augmentations.png"):
+        assert (run / name).is_file(), name
+    assert (out / "submission.csv").read_text().startswith("patientId,PredictionString")
+    assert "val RSNA mAP: untrained" in proc.stdout and str(out / "submission.csv") in proc.stdout
+    again = subprocess.run([sys.executable, "-m", "pneumodet.cli", "demo", "--out", str(out)], capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 2 and "earlier demo" in again.stderr

@@ -112,6 +112,8 @@ class PredictConfig:
     shrink: float = 1.0  # scale boxes about their centres (the winners used ~0.875)
     hflip_tta: bool = False
     batch_size: int = 8
+    bf16: bool = False  # bf16 autocast at inference (CPU with AVX-512 BF16, or GPU): check boxes on val first
+    channels_last: bool = True  # NHWC convolutions: faster on this CPU, identical results
 
 
 @dataclass(frozen=True)

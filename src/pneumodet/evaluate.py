@@ -15,7 +15,7 @@ from pneumodet.boxes import xywh_to_xyxy
 from pneumodet.data.dataset import PneumoniaDataset
 from pneumodet.errors import UserError
 from pneumodet.metrics import Prediction, roc_auc, rsna_map, sensitivity_specificity
-from pneumodet.predict import PostProcess, Predictor, postprocess, to_original
+from pneumodet.predict import PostProcess, Predictor, postprocess, predictor_for, to_original
 from pneumodet.report.submission import read_boxes, write_boxes
 from pneumodet.runs import find_run, load_trained
 
@@ -97,7 +97,7 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
         empty = (np.zeros((0, 4)), np.zeros(0))
         raw = [saved.get(pid, empty) for pid in dataset.records["patient_id"]]
     else:
-        predictor = Predictor(model, config.data.image_size, hflip_tta=config.predict.hflip_tta)
+        predictor = predictor_for(model, config)
         raw = predict_dataset(predictor, dataset, config.predict.batch_size, progress)
         paths.predictions.mkdir(parents=True, exist_ok=True)
         write_boxes(raw_csv, dict(zip(dataset.records["patient_id"], raw, strict=True)))

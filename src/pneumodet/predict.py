@@ -12,7 +12,7 @@ import torch
 from torchvision.ops import nms
 
 from pneumodet.boxes import as_boxes, iou_xyxy, shrink_xyxy
-from pneumodet.config import PredictConfig
+from pneumodet.config import PredictConfig, RunConfig
 from pneumodet.model import boxes_only
 
 #: raw inference keeps more than any tuned setting will: post-processing decides the rest
@@ -77,12 +77,21 @@ def fuse_boxes(sets: list[tuple[np.ndarray, np.ndarray]], iou: float = 0.55) -> 
     return out_boxes[order], out_scores[order]
 
 
+def predictor_for(model, config: RunConfig, hflip_tta: bool | None = None) -> Predictor:
+    """Return a Predictor with the run's inference settings (TTA, bf16, channels-last)."""
+    p = config.predict
+    return Predictor(model, config.data.image_size, hflip_tta=p.hflip_tta if hflip_tta is None else hflip_tta,
+                     bf16=p.bf16, channels_last=p.channels_last)
+
+
 class Predictor:
     """Run a trained model on cache-sized images; return raw boxes in those images' pixels."""
 
     def __init__(self, model, image_size: int, hflip_tta: bool = False, device: str | torch.device = "cpu",
-                 bf16: bool = False):
+                 bf16: bool = False, channels_last: bool = False):
         self.model = model.to(device).eval()
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.image_size, self.hflip_tta, self.device, self.bf16 = image_size, hflip_tta, torch.device(device), bf16
 
     @contextlib.contextmanager

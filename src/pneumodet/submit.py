@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomError, DicomImage, read_dicom
-from pneumodet.predict import PostProcess, Predictor, postprocess, to_original
+from pneumodet.predict import PostProcess, postprocess, predictor_for, to_original
 from pneumodet.report.submission import write_boxes, write_submission
 from pneumodet.runs import RunPaths, find_run, load_trained
 
@@ -80,7 +80,7 @@ def predict_folder(run: str | Path, images_dir: str | Path, out: str | Path, *, 
     pp = tuned_postprocess(paths, PostProcess.from_config(config.predict))
     pp = replace(pp, **{k: v for k, v in (overrides or {}).items() if v is not None})
     tta = config.predict.hflip_tta if hflip_tta is None else hflip_tta
-    predictor = Predictor(model, config.data.image_size, hflip_tta=tta)
+    predictor = predictor_for(model, config, hflip_tta=tta)
     loader = DataLoader(DicomFolder(files, config.data.image_size), batch_size=batch_size or config.predict.batch_size,
                         num_workers=workers, collate_fn=lambda b: b)
     results: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -23,9 +23,9 @@ from pneumodet.data.cache import (
 )
 from pneumodet.data.qc import check_boxes, match_files, summarise, write_qc
 from pneumodet.data.split import read_groups, split_images
-from pneumodet.data.synth import CLASS_INFO, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
 from pneumodet.errors import UserError
 from pneumodet.io.labels import Annotation, Problem, read_labels
+from pneumodet.io.layout import CLASS_INFO, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
 
 
 @dataclass(frozen=True)

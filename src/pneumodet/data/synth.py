@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from pneumodet.io.dicom import write_dicom
 from pneumodet.io.labels import CLASSES, Annotation, write_labels
+from pneumodet.io.layout import CLASS_INFO, SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS  # noqa: F401  (re-exported: tests and tools name them from here)
 
 SIZE_PX = 1024
 DRAW_PX = 512
@@ -30,11 +31,6 @@ P_AP = 12173 / 26684
 P_POSITIVE = {"AP": 0.38, "PA": 0.09}
 P_NOT_NORMAL = 11821 / (11821 + 8851)
 BOX_COUNTS = np.array([2614, 3266, 119, 13]) / 6012
-TRAIN_LABELS = "stage_2_train_labels.csv"
-CLASS_INFO = "stage_2_detailed_class_info.csv"
-SAMPLE_SUBMISSION = "stage_2_sample_submission.csv"
-TRAIN_IMAGES = "stage_2_train_images"
-TEST_IMAGES = "stage_2_test_images"
 #: not part of the Kaggle layout: the truth for the synthetic test images, for `pneumodet score`
 TEST_TRUTH = "synthetic_test_labels.csv"
 

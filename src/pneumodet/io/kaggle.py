@@ -15,17 +15,12 @@ import zipfile
 from pathlib import Path
 
 from pneumodet.errors import UserError
+from pneumodet.io.layout import CLASS_INFO, SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
 
 COMPETITION = "rsna-pneumonia-detection-challenge"
 KAGGLE_HOST = "www.kaggle.com"
 #: what a complete download holds: file or folder -> expected count of .dcm files (None: a file)
-EXPECTED = {
-    "stage_2_train_labels.csv": None,
-    "stage_2_detailed_class_info.csv": None,
-    "stage_2_sample_submission.csv": None,
-    "stage_2_train_images": 26684,
-    "stage_2_test_images": 3000,
-}
+EXPECTED = {TRAIN_LABELS: None, CLASS_INFO: None, SAMPLE_SUBMISSION: None, TRAIN_IMAGES: 26684, TEST_IMAGES: 3000}
 HOW_TO = (
     "put kaggle.json (kaggle.com > Settings > API > Create New Token) in ~/.kaggle/ "
     "(or set KAGGLE_USERNAME and KAGGLE_KEY), and accept the competition rules at "

@@ -21,13 +21,14 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomError, read_dicom_bytes
-from pneumodet.predict import PostProcess, Predictor, postprocess, to_original
+from pneumodet.predict import PostProcess, postprocess, predictor_for, to_original
 from pneumodet.runs import find_run, load_trained
 from pneumodet.service.review import OUTCOMES, build_items, load_val_predictions, render_png
 from pneumodet.submit import image_tensor, tuned_postprocess
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 64
+DISPLAY_PX = 512
 log = logging.getLogger("pneumodet.service")
 
 
@@ -38,14 +39,16 @@ class ModelService:
         self.paths = find_run(run)
         self.model, self.config, self.info = load_trained(run)
         self.pp: PostProcess = tuned_postprocess(self.paths, PostProcess.from_config(self.config.predict))
-        self.predictor = Predictor(self.model, self.config.data.image_size, hflip_tta=self.config.predict.hflip_tta)
+        self.predictor = predictor_for(self.model, self.config)
         self.lock = threading.Lock()
         self.active = 0
         self.max_active = 0  # the most inferences ever running at once (tests check it stays 1)
         self.served = 0
 
-    def predict(self, data: bytes, filename: str) -> dict:
-        image = read_dicom_bytes(data, filename, max_decode_size=self.config.data.image_size)
+    def predict(self, data: bytes, filename: str) -> tuple[dict, tuple]:
+        """Return (the API's JSON body, (pixels, boxes, scores, scale) for drawing it)."""
+        # decoded at display size (the page shows it); resized to the model's size below
+        image = read_dicom_bytes(data, filename, max_decode_size=max(DISPLAY_PX, self.config.data.image_size))
         tensor = image_tensor(image, self.config.data.image_size)
         with self.lock:
             self.active += 1
@@ -68,9 +71,7 @@ class ModelService:
             "image_score": round(float(loose_scores.max()), 4) if len(loose_scores) else 0.0,
             "view": image.view_position, "age": image.age, "sex": image.sex,
             "original_size": {"height": height, "width": width},
-            "_pixels": image.pixels, "_boxes": kept, "_scores": kept_scores,
-            "_scale": (image.pixels.shape[1] / width, image.pixels.shape[0] / height),
-        }
+        }, (image.pixels, kept, kept_scores, (image.pixels.shape[1] / width, image.pixels.shape[0] / height))
 
 
 def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
@@ -155,13 +156,13 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) ->
         try:
             from starlette.concurrency import run_in_threadpool
 
-            result = await run_in_threadpool(service.predict, data, name)
+            result, drawing = await run_in_threadpool(service.predict, data, name)
         except DicomError as exc:
             status = 415 if "not a DICOM" in exc.reason else 422
             raise HTTPException(status, f"{name}: {exc.reason}") from None
         log.info("prediction in %.3f s", time.perf_counter() - start)  # no file name, no patient data
-        pixels, boxes, scores, scale = (result.pop(k) for k in ("_pixels", "_boxes", "_scores", "_scale"))
         if image:
+            pixels, boxes, scores, scale = drawing
             png = render_png(pixels, None, boxes, scores, scale)
             result["image_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
         return JSONResponse(result)

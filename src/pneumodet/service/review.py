@@ -80,7 +80,7 @@ def render_png(pixels: np.ndarray, truth_xyxy=None, pred_xyxy=None, pred_scores=
             rect = [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
             draw.rectangle(rect, outline=color, width=3)
             if scores is not None:
-                draw.text((rect[0] + 3, rect[1] + 2), f"{scores[i]:.2f}", fill=color)
+                draw.text((rect[0] + 3, rect[1] + 2), f"{scores[i]:.2f}", fill=color, font_size=18)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
