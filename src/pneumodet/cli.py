@@ -15,7 +15,7 @@ from pneumodet import __version__
 from pneumodet.errors import UserError
 
 
-def _positive_int(text: str) -> int:
+def _count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -135,10 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "a sample submission, 1024x1024 JPEG Baseline DICOMs, and synthetic_test_labels.csv "
                        "(the test truth, for pneumodet score).")
     p.add_argument("out", type=Path, help="output folder (created)")
-    p.add_argument("--train", type=_positive_int, default=200, help="number of training images (default 200)")
-    p.add_argument("--test", type=_positive_int, default=50, help="number of test images (default 50)")
+    p.add_argument("--train", type=_count, default=200, help="number of training images (default 200)")
+    p.add_argument("--test", type=_count, default=50, help="number of test images (default 50)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
-    p.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=_count, default=None, help="processes (default: all cores)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("download", help="download the competition data with the Kaggle API",
@@ -155,14 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path, help="folder in the Kaggle layout (stage_2_train_labels.csv, "
                    "stage_2_train_images/, ...)")
     p.add_argument("--out", type=Path, required=True, help="cache folder")
-    p.add_argument("--size", type=_positive_int, default=256, help="cached image size in pixels (default 256)")
+    p.add_argument("--size", type=_count, default=256, help="cached image size in pixels (default 256)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of images for validation (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--groups", type=Path, default=None, help="CSV patientId,group: images of one group "
                    "(e.g. one person) stay in one split")
     p.add_argument("--subset", choices=["train", "test"], default="train",
                    help="train (labelled, split) or test (stage_2_test_images, no labels)")
-    p.add_argument("--workers", type=_positive_int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=_count, default=None, help="processes (default: all cores)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train Mask R-CNN on a prepared cache",
@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shrink", type=float, default=None, help="box shrink factor (default: tuned)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="horizontal-flip test-time augmentation, boxes merged by weighted box fusion")
-    p.add_argument("--workers", type=_positive_int, default=2, help="data-loading processes (default 2)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per batch (default: config)")
+    p.add_argument("--workers", type=_count, default=2, help="data-loading processes (default 2)")
+    p.add_argument("--batch-size", type=_count, default=None, help="images per batch (default: config)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("score", help="score a submission against Kaggle-format labels (RSNA mAP)",
@@ -220,15 +220,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "JSON API: POST /api/predict, GET /api/health. Listens on 127.0.0.1 unless told otherwise.")
     p.add_argument("run", type=Path, help="run folder (evaluate it first for the review page)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_positive_int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=_count, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=float, default=64, help="largest accepted upload in MB (default 64)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="run the whole pipeline on synthetic data",
                        description="Run the pipeline end to end on synthetic data and print where each result is.")
     p.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default ./demo)")
-    p.add_argument("--train", type=_positive_int, default=1000, help="synthetic training images (default 1000)")
-    p.add_argument("--test", type=_positive_int, default=50, help="synthetic test images (default 50)")
+    p.add_argument("--train", type=_count, default=1000, help="synthetic training images (default 1000)")
+    p.add_argument("--test", type=_count, default=50, help="synthetic test images (default 50)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override configs/demo.yaml, e.g. --set train.epochs=2 (repeatable)")
     p.set_defaults(func=cmd_demo)

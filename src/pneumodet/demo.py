@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from pneumodet.config import load_config
-from pneumodet.errors import UserError
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -40,9 +39,7 @@ def run_demo(out: str | Path, n_train: int, n_test: int, overrides: list[str] = 
     from pneumodet.evaluate import evaluate
     from pneumodet.submit import predict_folder
 
-    out = Path(out)
-    if (out / "runs").exists() and any((out / "runs").iterdir()):
-        raise UserError(f"{out}: holds an earlier demo; remove it or pass --out NEW_DIR")
+    out = Path(out)  # run again: same data (deterministic), a new run folder (runs/demo-2, ...)
     config = load_config(DEMO_CONFIG, overrides)
     data, cache = out / "data", out / "cache"
     start = time.perf_counter()
