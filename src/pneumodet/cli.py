@@ -81,10 +81,10 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from pneumodet.evaluate import evaluate
 
-    result = evaluate(args.run, args.data, reuse_predictions=args.reuse)
+    result = evaluate(args.run, args.data, split=args.split, reuse_predictions=args.reuse)
     pp = result["postprocess"]
     image = result["image_level"]
-    print(f"val RSNA mAP {result['rsna_map']:.4f} (before tuning {result['rsna_map_before_tuning']:.4f}) on "
+    print(f"{args.split} RSNA mAP {result['rsna_map']:.4f} (before tuning {result['rsna_map_before_tuning']:.4f}) on "
           f"{result['n_images']} images; threshold {pp['score_threshold']}, NMS {pp['nms_iou']}, "
           f"max {pp['max_boxes']} boxes, shrink {pp['shrink']}")
     print(f"image level: ROC AUC {image['roc_auc']}, sensitivity {image['sensitivity']}, "
@@ -187,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "val_examples/).")
     p.add_argument("run", type=Path, help="run folder written by pneumodet train")
     p.add_argument("--data", type=Path, default=None, help="cache folder (default: the one the run trained on)")
-    p.add_argument("--reuse", action="store_true", help="re-score RUN/predictions/val.csv without the model")
+    p.add_argument("--split", choices=["val", "all"], default="val",
+                   help="which images of the cache: its val split (default) or all of them (another labelled set)")
+    p.add_argument("--reuse", action="store_true", help="re-score RUN/predictions/SPLIT.csv without the model")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict a folder of DICOMs into a Kaggle submission",
