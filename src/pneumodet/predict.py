@@ -78,10 +78,11 @@ def fuse_boxes(sets: list[tuple[np.ndarray, np.ndarray]], iou: float = 0.55) -> 
 
 
 def predictor_for(model, config: RunConfig, hflip_tta: bool | None = None) -> Predictor:
-    """Return a Predictor with the run's inference settings (TTA, bf16, channels-last)."""
+    """Return a Predictor with the run's inference settings (TTA, bf16, channels-last), on a GPU if there is one."""
     p = config.predict
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     return Predictor(model, config.data.image_size, hflip_tta=p.hflip_tta if hflip_tta is None else hflip_tta,
-                     bf16=p.bf16, channels_last=p.channels_last)
+                     device=device, bf16=p.bf16, channels_last=p.channels_last)
 
 
 class Predictor:
