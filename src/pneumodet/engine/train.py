@@ -112,17 +112,17 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
         limit_val_batches=cfg.limit_val_batches or None,
         default_root_dir=paths.root,
     )
-    if trainer.is_global_zero and not resume:
+    if not is_follower() and not resume:  # before fit, Lightning does not know the ranks yet
         _draw_augmentations(datamodule, config, paths)
-    if trainer.is_global_zero and resume:  # forget rows of epochs the checkpoint does not have
+    if not is_follower() and resume:  # forget rows of epochs the checkpoint does not have
         done = read_checkpoint(paths.last)["pneumodet"]["epoch"]
         write_metrics(paths.metrics_csv, [r for r in read_metrics(paths.metrics_csv) if r["epoch"] <= done])
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(paths.last) if resume else None)
     rows = read_metrics(paths.metrics_csv)
     scores = [r["val_rsna_map"] for r in rows]
-    best = max(range(len(rows)), key=lambda i: -1 if math.isnan(scores[i]) else scores[i]) if rows else -1
-    return TrainResult(paths.root, scores[best] if rows else math.nan,
-                       int(rows[best]["epoch"]) if rows else 0, len(rows))
+    top = max(range(len(rows)), key=lambda i: -1 if math.isnan(scores[i]) else scores[i]) if rows else -1
+    return TrainResult(paths.root, scores[top] if rows else math.nan,
+                       int(rows[top]["epoch"]) if rows else 0, len(rows))
 
 
 def _draw_augmentations(datamodule: DetectionDataModule, config: RunConfig, paths: RunPaths) -> None:
