@@ -47,8 +47,9 @@ class ModelService:
 
     def predict(self, data: bytes, filename: str) -> tuple[dict, tuple]:
         """Return (the API's JSON body, (pixels, boxes, scores, scale) for drawing it)."""
-        # decoded at display size (the page shows it); resized to the model's size below
-        image = read_dicom_bytes(data, filename, max_decode_size=max(DISPLAY_PX, self.config.data.image_size))
+        # decoded as prepare and predict decode (the same pixels reach the model), and again at display size
+        image = read_dicom_bytes(data, filename, max_decode_size=self.config.data.image_size)
+        shown = read_dicom_bytes(data, filename, max_decode_size=max(DISPLAY_PX, self.config.data.image_size))
         tensor = image_tensor(image, self.config.data.image_size)
         with self.lock:
             self.active += 1
@@ -71,7 +72,7 @@ class ModelService:
             "image_score": round(float(loose_scores.max()), 4) if len(loose_scores) else 0.0,
             "view": image.view_position, "age": image.age, "sex": image.sex,
             "original_size": {"height": height, "width": width},
-        }, (image.pixels, kept, kept_scores, (image.pixels.shape[1] / width, image.pixels.shape[0] / height))
+        }, (shown.pixels, kept, kept_scores, (shown.pixels.shape[1] / width, shown.pixels.shape[0] / height))
 
 
 def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
