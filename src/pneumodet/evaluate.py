@@ -15,7 +15,7 @@ from pneumodet.boxes import xywh_to_xyxy
 from pneumodet.data.dataset import PneumoniaDataset
 from pneumodet.errors import UserError
 from pneumodet.metrics import Prediction, roc_auc, rsna_map, sensitivity_specificity
-from pneumodet.predict import PostProcess, Predictor, postprocess, predictor_for, to_original
+from pneumodet.predict import PostProcess, Predictor, image_score, postprocess, predictor_for, to_original
 from pneumodet.report.submission import read_boxes, write_boxes
 from pneumodet.runs import find_run, load_trained
 
@@ -67,14 +67,14 @@ def tune(val: ValSet, start: PostProcess, rounds: int = 2) -> tuple[PostProcess,
     return best, best_score
 
 
-def image_metrics(val: ValSet, pp: PostProcess, mask=None) -> dict:
-    """Image-level metrics (image score = its highest box score after NMS, before the threshold)."""
-    loose = replace(pp, score_threshold=0.0)
-    scores = np.array([s.max() if len(s) else 0.0 for _, s in (postprocess(b, s, loose) for b, s in val.raw)])
-    labels = np.array([len(t) > 0 for t in val.truths])
-    if mask is not None:
-        scores, labels = scores[mask], labels[mask]
-    sens, spec = sensitivity_specificity(labels, scores, pp.score_threshold)
+def image_scores(val: ValSet, pp: PostProcess) -> np.ndarray:
+    """Return every image's score (its highest box score after NMS, before the threshold)."""
+    return np.array([image_score(b, s, pp) for b, s in val.raw])
+
+
+def image_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Image-level metrics: ROC AUC, and sensitivity and specificity at ``threshold``."""
+    sens, spec = sensitivity_specificity(labels, scores, threshold)
     return {"images": int(len(labels)), "positives": int(labels.sum()), "roc_auc": roc_auc(labels, scores),
             "sensitivity": sens, "specificity": spec}
 
@@ -108,13 +108,15 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
     score = rsna_map(val.truths, apply(val, tuned))
     untuned = rsna_map(val.truths, apply(val, start)).rsna_map
     views = np.array(val.views)
+    labels = np.array([len(t) > 0 for t in val.truths])
+    scores = image_scores(val, tuned)
     by_view = {}
     for view in sorted(set(val.views)):
         mask = views == view
         sub = ValSet([], [], [t for t, m in zip(val.truths, mask, strict=True) if m],
                      [r for r, m in zip(val.raw, mask, strict=True) if m])
         by_view[view] = {"rsna_map": rsna_map(sub.truths, apply(sub, tuned)).rsna_map,
-                         **image_metrics(val, tuned, mask)}
+                         **image_metrics(labels[mask], scores[mask], tuned.score_threshold)}
     result = {
         "rsna_map": score.rsna_map,
         "per_threshold": score.per_threshold,
@@ -126,14 +128,16 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
         "postprocess": asdict(tuned),
         "rsna_map_before_tuning": untuned,
         "postprocess_before_tuning": asdict(start),
-        "image_level": image_metrics(val, tuned),
+        "image_level": image_metrics(labels, scores, tuned.score_threshold),
         "by_view": by_view,
     }
     tmp = paths.metrics_json.with_name(".metrics.json.tmp")
     tmp.write_text(json.dumps(_finite(result), indent=2) + "\n")
     tmp.replace(paths.metrics_json)
-    plot_threshold(val, tuned, apply, paths.plots / "threshold.png")
-    plot_roc(val, tuned, paths.plots / "roc.png")
+    thresholds = GRID["score_threshold"]
+    curve = [rsna_map(val.truths, apply(val, replace(tuned, score_threshold=t))).rsna_map for t in thresholds]
+    plot_threshold(thresholds, curve, tuned, paths.plots / "threshold.png")
+    plot_roc(labels, scores, result["image_level"], tuned.score_threshold, paths.plots / "roc.png")
     plot_examples(dataset, val, apply(val, tuned), score.per_image, paths.plots / "val_examples")
     return result
 

@@ -48,6 +48,14 @@ def postprocess(boxes_xyxy, scores, pp: PostProcess) -> tuple[np.ndarray, np.nda
     return boxes, scores
 
 
+def image_score(boxes_xyxy, scores, pp: PostProcess) -> float:
+    """Return an image's score: its highest box score after NMS and max boxes, before the threshold."""
+    from dataclasses import replace
+
+    kept = postprocess(boxes_xyxy, scores, replace(pp, score_threshold=0.0, shrink=1.0))[1]
+    return float(kept.max()) if len(kept) else 0.0
+
+
 def fuse_boxes(sets: list[tuple[np.ndarray, np.ndarray]], iou: float = 0.55) -> tuple[np.ndarray, np.ndarray]:
     """Return weighted box fusion of several predictions of one image (e.g. an image and its flip).
 

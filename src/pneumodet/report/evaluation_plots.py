@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from pneumodet.metrics import roc_auc, rsna_map
 from pneumodet.report.plots import _save, draw_boxes, plt
 
 
-def plot_threshold(val, tuned, apply, out: Path) -> Path:
-    """RSNA mAP on val against the score threshold, the other tuned settings fixed."""
-    thresholds = np.round(np.arange(0.05, 0.951, 0.05), 2)
-    scores = [rsna_map(val.truths, apply(val, replace(tuned, score_threshold=float(t)))).rsna_map for t in thresholds]
+def plot_threshold(thresholds, curve, tuned, out: Path) -> Path:
+    """RSNA mAP on val (``curve``) against the score threshold, the other tuned settings fixed."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(thresholds, scores, "-o", markersize=3)
+    ax.plot(thresholds, curve, "-o", markersize=3)
     ax.axvline(tuned.score_threshold, color="red", linestyle=":", label=f"chosen {tuned.score_threshold:.2f}")
     ax.set_xlabel("score threshold")
     ax.set_ylabel("val RSNA mAP")
@@ -26,23 +22,16 @@ def plot_threshold(val, tuned, apply, out: Path) -> Path:
     return _save(fig, out)
 
 
-def plot_roc(val, tuned, out: Path) -> Path:
-    """Image-level ROC (image score = highest box score) with the chosen operating point."""
-    from pneumodet.evaluate import image_metrics
-    from pneumodet.predict import postprocess
-
-    loose = replace(tuned, score_threshold=0.0)
-    scores = np.array([s.max() if len(s) else 0.0 for _, s in (postprocess(b, s, loose) for b, s in val.raw)])
-    labels = np.array([len(t) > 0 for t in val.truths])
+def plot_roc(labels: np.ndarray, scores: np.ndarray, point: dict, threshold: float, out: Path) -> Path:
+    """Image-level ROC (image score = highest box score) with the operating point ``point`` at ``threshold``."""
     fig, ax = plt.subplots(figsize=(5, 5))
     if labels.any() and (~labels).any():
         cuts = np.unique(np.concatenate([[np.inf], scores, [-np.inf]]))[::-1]
         tpr = [(scores[labels] >= c).mean() for c in cuts]
         fpr = [(scores[~labels] >= c).mean() for c in cuts]
-        ax.plot(fpr, tpr, label=f"AUC {roc_auc(labels, scores):.3f}")
-        point = image_metrics(val, tuned)
+        ax.plot(fpr, tpr, label=f"AUC {point['roc_auc']:.3f}")
         ax.plot(1 - point["specificity"], point["sensitivity"], "ro",
-                label=f"threshold {tuned.score_threshold:.2f}: sens {point['sensitivity']:.2f}, "
+                label=f"threshold {threshold:.2f}: sens {point['sensitivity']:.2f}, "
                       f"spec {point['specificity']:.2f}")
     ax.plot([0, 1], [0, 1], ":", color="gray")
     ax.set_xlabel("false positive rate (1 - specificity)")

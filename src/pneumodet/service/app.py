@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomError, read_dicom_bytes
-from pneumodet.predict import PostProcess, postprocess, predictor_for, to_original
+from pneumodet.predict import PostProcess, image_score, postprocess, predictor_for, to_original
 from pneumodet.runs import find_run, load_trained
 from pneumodet.service.review import OUTCOMES, build_items, load_val_predictions, render_png
 from pneumodet.submit import image_tensor, tuned_postprocess
@@ -62,14 +62,13 @@ class ModelService:
         height, width = image.original_size
         size = self.config.data.image_size
         boxes = to_original(boxes, size / width, size / height, height, width)
-        loose_scores = postprocess(boxes, scores, PostProcess(0.0, self.pp.nms_iou, self.pp.max_boxes, 1.0))[1]
         kept, kept_scores = postprocess(boxes, scores, self.pp)
         return {
             "patient_id": image.patient_id,
             "boxes": [{"x": round(float(x1), 1), "y": round(float(y1), 1), "width": round(float(x2 - x1), 1),
                        "height": round(float(y2 - y1), 1), "score": round(float(s), 4)}
                       for (x1, y1, x2, y2), s in zip(kept, kept_scores, strict=True)],
-            "image_score": round(float(loose_scores.max()), 4) if len(loose_scores) else 0.0,
+            "image_score": round(image_score(boxes, scores, self.pp), 4),
             "view": image.view_position, "age": image.age, "sex": image.sex,
             "original_size": {"height": height, "width": width},
         }, (shown.pixels, kept, kept_scores, (shown.pixels.shape[1] / width, shown.pixels.shape[0] / height))
