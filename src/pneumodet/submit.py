@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from pneumodet.data.cache import to_cache_size
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomError, DicomImage, read_dicom
 from pneumodet.predict import PostProcess, postprocess, predictor_for, to_original
@@ -21,10 +21,8 @@ from pneumodet.runs import RunPaths, find_run, load_trained
 
 
 def image_tensor(image: DicomImage, size_px: int) -> torch.Tensor:
-    """Return the DICOM's pixels resized to the cache size, float [1, size, size] in [0, 1]."""
-    pixels = image.pixels
-    if pixels.shape != (size_px, size_px):
-        pixels = np.asarray(Image.fromarray(pixels).resize((size_px, size_px), Image.BILINEAR))
+    """Return the DICOM's pixels prepared as the cache prepares them, float [1, size, size] in [0, 1]."""
+    pixels = to_cache_size(image.pixels, size_px)
     return torch.from_numpy(np.array(pixels, dtype=np.uint8)).unsqueeze(0).float().div_(255.0)
 
 

@@ -69,6 +69,13 @@ def find_cache(root: str | Path, params: CacheParams, source: str | None = None)
     return folder
 
 
+def to_cache_size(pixels: np.ndarray, size_px: int) -> np.ndarray:
+    """Return (H, W) uint8 pixels resized to the cache's square size (bilinear), as every cached image is."""
+    if pixels.shape == (size_px, size_px):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((size_px, size_px), Image.BILINEAR))
+
+
 # Worker state: each process opens the output memmap once.
 _WORKER: dict = {}
 
@@ -89,9 +96,7 @@ def _cache_one(job: tuple[int, str]) -> dict:
     if pixels.std() < 1.0:
         return {"row": row, "error": f"blank image (all pixels about {int(pixels.mean())})", "file": path,
                 "problem": "blank image"}
-    if pixels.shape != (size_px, size_px):
-        pixels = np.asarray(Image.fromarray(pixels).resize((size_px, size_px), Image.BILINEAR))
-    _WORKER["array"][row] = pixels
+    _WORKER["array"][row] = to_cache_size(pixels, size_px)
     height, width = image.original_size
     return {"row": row, "patient_id": image.patient_id, "original_height": height, "original_width": width,
             "scale_x": size_px / width, "scale_y": size_px / height, "view": image.view_position,
