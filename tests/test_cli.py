@@ -59,3 +59,18 @@ def test_demo_end_to_end_in_miniature(tmp_path):
         assert (run / name).is_file(), name
     assert (out / "submission.csv").read_text().startswith("patientId,PredictionString")
     assert "val RSNA mAP: untrained" in proc.stdout and str(out / "submission.csv") in proc.stdout
+
+
+def test_a_diverged_run_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    from pneumodet.engine import train as train_module
+    from pneumodet.engine.module import TrainingDiverged
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("5 non-finite losses in a row at epoch 3: training diverged")
+
+    monkeypatch.setattr(train_module, "train", diverge)
+    from pneumodet.demo import DEMO_CONFIG
+
+    assert main(["train", "--config", str(DEMO_CONFIG), "--data", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "pneumodet train: error: 5 non-finite losses in a row at epoch 3: training diverged"

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from pneumodet import __version__
-from pneumodet.errors import UserError
+from pneumodet.errors import RunFailure, UserError
 
 
 def _count(text: str) -> int:
@@ -244,11 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"pneumodet {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:
-        from pneumodet.errors import is_expected_failure
-
-        if not is_expected_failure(exc):
-            raise
+    except RunFailure as exc:
         print(f"pneumodet {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

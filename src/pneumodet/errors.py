@@ -1,10 +1,9 @@
-"""The error a user can fix: the CLI prints its one line and exits with code 2."""
+"""Errors the CLI turns into one line: UserError (the user can fix it, exit 2) and RunFailure (exit 1)."""
 
 
 class UserError(Exception):
     """A problem with the user's input (file, option, credentials); the message says what to do."""
 
 
-def is_expected_failure(exc: BaseException) -> bool:
-    """Return whether ``exc`` is a known failure that deserves one line, not a traceback (exit code 1)."""
-    return type(exc).__name__ in {"TrainingDiverged"}
+class RunFailure(RuntimeError):
+    """A known way for a run to fail (e.g. training diverged): one line on stderr, exit code 1."""

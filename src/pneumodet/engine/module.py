@@ -13,12 +13,13 @@ from torch import nn
 
 from pneumodet import __version__
 from pneumodet.config import RunConfig, Stage
+from pneumodet.errors import RunFailure
 from pneumodet.metrics import Prediction, best_threshold, rsna_map
 from pneumodet.model import CLASS_NAMES, build_model, head_parameters
 from pneumodet.runs import LOSS_NAMES
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(RunFailure):
     """Too many non-finite losses in a row: the run stops with this message."""
 
 
@@ -164,8 +165,9 @@ class DetectionModule(L.LightningModule):
         truths = [o[0] for o in outputs]
         predictions = [Prediction(o[1], o[2]) for o in outputs]
         threshold, score = best_threshold(truths, predictions) if outputs else (0.0, 0.0)
-        if outputs and rsna_map(truths, predictions).rsna_map > score:  # no threshold beats all boxes
-            threshold, score = 0.0, rsna_map(truths, predictions).rsna_map
+        every_box = rsna_map(truths, predictions).rsna_map if outputs else 0.0
+        if every_box > score:  # no threshold beats keeping every box
+            threshold, score = 0.0, every_box
         train, val = self._reduced("train"), self._reduced("val")
         row = {"epoch": self.current_epoch + 1}
         row.update({f"train_{k}": train[k] for k in LOSS_NAMES})
