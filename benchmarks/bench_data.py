@@ -14,8 +14,9 @@ from PIL import Image
 def run(n_images: int = 400) -> list[tuple[str, str]]:
     from pneumodet.data.dataset import PneumoniaDataset
     from pneumodet.data.prepare import prepare
-    from pneumodet.data.synth import TRAIN_IMAGES, synthesize
+    from pneumodet.data.synth import synthesize
     from pneumodet.io.dicom import read_dicom
+    from pneumodet.io.layout import TRAIN_IMAGES
 
     cores = os.cpu_count()
     rows = []

@@ -95,7 +95,8 @@ def bf16_agreement(run: Path, images: Path) -> str:
 
 def run() -> list[tuple[str, str]]:
     from pneumodet.config import load_config
-    from pneumodet.data.synth import TEST_IMAGES, synthesize
+    from pneumodet.data.synth import synthesize
+    from pneumodet.io.layout import TEST_IMAGES
     from pneumodet.submit import predict_folder
 
     rows = []

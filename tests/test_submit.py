@@ -5,8 +5,9 @@ import sys
 import numpy as np
 import pandas as pd
 
-from pneumodet.data.synth import TEST_IMAGES, TEST_TRUTH
+from pneumodet.data.synth import TEST_TRUTH
 from pneumodet.io.dicom import read_dicom
+from pneumodet.io.layout import TEST_IMAGES
 from pneumodet.submit import predict_folder
 from tests.conftest import gradient
 

@@ -34,9 +34,10 @@ def untrained_map(config, cache: Path) -> float:
 def run_demo(out: str | Path, n_train: int, n_test: int, overrides: list[str] = ()) -> dict:
     """Run synth -> prepare -> train -> evaluate -> predict -> score under ``out``; return the summary."""
     from pneumodet.data.prepare import prepare
-    from pneumodet.data.synth import TEST_IMAGES, TEST_TRUTH, synthesize
+    from pneumodet.data.synth import TEST_TRUTH, synthesize
     from pneumodet.engine.train import train
     from pneumodet.evaluate import evaluate
+    from pneumodet.io.layout import TEST_IMAGES
     from pneumodet.submit import predict_folder
 
     out = Path(out)  # run again: same data (deterministic), a new run folder (runs/demo-2, ...)

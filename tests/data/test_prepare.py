@@ -8,9 +8,9 @@ import pytest
 from pneumodet.data import cache as cache_module
 from pneumodet.data.cache import open_cache
 from pneumodet.data.prepare import prepare
-from pneumodet.data.synth import TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
 from pneumodet.errors import UserError
 from pneumodet.io.labels import read_labels
+from pneumodet.io.layout import TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
 from tests.conftest import gradient
 
 

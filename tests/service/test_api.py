@@ -3,7 +3,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
-from pneumodet.data.synth import TEST_IMAGES
+from pneumodet.io.layout import TEST_IMAGES
 from pneumodet.service.app import create_app
 from tests.conftest import gradient
 

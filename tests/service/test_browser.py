@@ -1,6 +1,6 @@
 import pytest
 
-from pneumodet.data.synth import TEST_IMAGES
+from pneumodet.io.layout import TEST_IMAGES
 from pneumodet.service.screenshots import browser_available, take_screenshots
 
 pytestmark = [pytest.mark.slow,

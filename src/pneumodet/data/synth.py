@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from pneumodet.io.dicom import write_dicom
 from pneumodet.io.labels import CLASSES, Annotation, write_labels
-from pneumodet.io.layout import CLASS_INFO, SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS  # noqa: F401  (re-exported: tests and tools name them from here)
+from pneumodet.io.layout import CLASS_INFO, SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
 
 SIZE_PX = 1024
 DRAW_PX = 512
