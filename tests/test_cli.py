@@ -74,3 +74,15 @@ def test_a_diverged_run_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
     assert main(["train", "--config", str(DEMO_CONFIG), "--data", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "pneumodet train: error: 5 non-finite losses in a row at epoch 3: training diverged"
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--shrink", "0"], "--shrink: expected a number in (0, 1.5], got 0"),
+    (["--nms", "1.2"], "--nms: expected a number in [0, 1], got 1.2"),
+    (["--threshold", "high"], "--threshold: expected a number, got 'high'"),
+    (["--max-boxes", "-1"], "--max-boxes: expected a number >= 0, got -1"),
+])
+def test_predict_post_processing_overrides_are_checked(option, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "run", "images", "--out", "sub.csv", *option])
+    assert info.value.code == 2 and message in capsys.readouterr().err
