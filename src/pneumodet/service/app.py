@@ -171,21 +171,17 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) ->
 
 
 def _load_review(service: ModelService) -> dict:
-    from pneumodet.data.cache import open_cache
-    from pneumodet.data.dataset import read_split
+    from pneumodet.data.dataset import PneumoniaDataset
 
-    cache_root = service.info.get("cache")
     raw_path = service.paths.predictions / "val.csv"
     if not raw_path.is_file():
         return {"items": [], "cache": None, "note": f"no {raw_path.name}: run pneumodet evaluate {service.paths.root}"}
     try:
-        cache = open_cache(cache_root, service.config.data.image_size)
-        split = read_split(Path(cache_root) / "split.csv")
+        dataset = PneumoniaDataset(service.info.get("cache"), service.config.data.image_size, "val")
     except (UserError, TypeError) as exc:
         return {"items": [], "cache": None, "note": f"val images unavailable: {exc}"}
-    ids = list(split.loc[split["split"] == "val", "patient_id"])
-    items = build_items(cache, ids, load_val_predictions(raw_path), service.pp)
-    return {"items": items, "cache": cache, "note": ""}
+    items = build_items(dataset, load_val_predictions(raw_path), service.pp)
+    return {"items": items, "cache": dataset.cache, "note": ""}
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):

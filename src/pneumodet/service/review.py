@@ -46,16 +46,12 @@ def outcome_of(truth: np.ndarray, pred: np.ndarray, scores: np.ndarray) -> tuple
     return ("hit" if precisions[0] > 0 else "miss"), score
 
 
-def build_items(cache, patient_ids: list[str], raw: dict, pp: PostProcess) -> list[ReviewItem]:
-    """Return the review items sorted worst first (lowest per-image score; true negatives last)."""
-    images = cache.images.set_index("patient_id")
-    boxes = {pid: g[["x", "y", "width", "height"]].to_numpy(float) for pid, g in cache.boxes.groupby("patient_id")}
+def build_items(dataset, raw: dict, pp: PostProcess) -> list[ReviewItem]:
+    """Return review items for a PneumoniaDataset (the val split), sorted worst first (true negatives last)."""
     items = []
-    for pid in patient_ids:
-        if pid not in images.index:
-            continue
-        record = images.loc[pid]
-        truth = xywh_to_xyxy(boxes.get(pid, np.zeros((0, 4))))
+    for i, record in dataset.records.iterrows():
+        pid = record["patient_id"]
+        truth = xywh_to_xyxy(dataset.boxes_xywh(i))
         pred, scores = postprocess(*raw.get(pid, (np.zeros((0, 4)), np.zeros(0))), pp)
         outcome, score = outcome_of(truth, pred, scores)
         view = record["view"] if isinstance(record["view"], str) else "unknown"
