@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from pneumodet.errors import UserError
+from pneumodet.files import write_text_atomic
 
 
 class ConfigError(UserError):
@@ -271,10 +272,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 def dump_config(config: RunConfig, path: str | Path) -> None:
     """Write the resolved configuration as YAML, atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def validate(config: RunConfig) -> RunConfig:

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from pneumodet.boxes import xywh_to_xyxy
 from pneumodet.data.dataset import PneumoniaDataset
 from pneumodet.errors import UserError
+from pneumodet.files import write_text_atomic
 from pneumodet.metrics import Prediction, roc_auc, rsna_map, sensitivity_specificity
 from pneumodet.predict import PostProcess, Predictor, image_score, postprocess, predictor_for, to_original
 from pneumodet.report.submission import read_boxes, write_boxes
@@ -131,9 +132,7 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
         "image_level": image_metrics(labels, scores, tuned.score_threshold),
         "by_view": by_view,
     }
-    tmp = paths.metrics_json.with_name(".metrics.json.tmp")
-    tmp.write_text(json.dumps(_finite(result), indent=2) + "\n")
-    tmp.replace(paths.metrics_json)
+    write_text_atomic(paths.metrics_json, json.dumps(_finite(result), indent=2) + "\n")
     thresholds = GRID["score_threshold"]
     curve = [rsna_map(val.truths, apply(val, replace(tuned, score_threshold=t))).rsna_map for t in thresholds]
     plot_threshold(thresholds, curve, tuned, paths.plots / "threshold.png")

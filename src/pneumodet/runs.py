@@ -23,6 +23,7 @@ import torch
 from pneumodet import __version__
 from pneumodet.config import RunConfig, from_dict
 from pneumodet.errors import UserError
+from pneumodet.files import atomic_path
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 LOSS_NAMES = ("loss",) + LOSS_KEYS
@@ -108,11 +109,8 @@ def write_env(path: Path, argv: list[str] | None = None) -> None:
 
 def atomic_save(obj, path: str | Path) -> None:
     """torch.save to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def find_run(run: str | Path) -> RunPaths:
@@ -171,13 +169,11 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
-    tmp.replace(path)
 
 
 def _fmt(value) -> str:

@@ -24,6 +24,7 @@ from pneumodet.data.cache import (
 from pneumodet.data.qc import check_boxes, match_files, summarise, write_qc
 from pneumodet.data.split import read_groups, split_images
 from pneumodet.errors import UserError
+from pneumodet.files import atomic_path
 from pneumodet.io.labels import Annotation, Problem, read_labels
 from pneumodet.io.layout import CLASS_INFO, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
 
@@ -86,9 +87,8 @@ def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction:
     if subset == "train":
         split = split_images(images, val_fraction, seed, groups)
         split_csv = out / "split.csv"
-        tmp = split_csv.with_name(".split.csv.tmp")
-        split.to_csv(tmp, index=False)
-        tmp.replace(split_csv)
+        with atomic_path(split_csv) as tmp:
+            split.to_csv(tmp, index=False)
     return PrepareResult(cache_dir, reused, summary, qc_csv, split_csv)
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pneumodet.boxes import clip_xyxy, xywh_to_xyxy, xyxy_to_xywh
+from pneumodet.files import atomic_path, write_text_atomic
 from pneumodet.io.labels import Annotation, Problem
 
 QC_COLUMNS = ["patient_id", "file", "problem", "detail"]
@@ -72,10 +73,7 @@ def write_qc(out_dir: Path, problems: list[Problem], summary: dict, suffix: str 
     """Write qc{suffix}.csv (one row per problem) and qc{suffix}.json atomically; return both paths."""
     csv_path, json_path = out_dir / f"qc{suffix}.csv", out_dir / f"qc{suffix}.json"
     rows = [[p.patient_id, p.file, p.problem, p.detail] for p in problems]
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp")
-    pd.DataFrame(rows, columns=QC_COLUMNS).to_csv(tmp, index=False)
-    tmp.replace(csv_path)
-    tmp = json_path.with_name(f".{json_path.name}.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(json_path)
+    with atomic_path(csv_path) as tmp:
+        pd.DataFrame(rows, columns=QC_COLUMNS).to_csv(tmp, index=False)
+    write_text_atomic(json_path, json.dumps(summary, indent=2) + "\n")
     return csv_path, json_path

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pneumodet.files import atomic_path, write_text_atomic
 from pneumodet.io.dicom import write_dicom
 from pneumodet.io.labels import CLASSES, Annotation, write_labels
 from pneumodet.io.layout import CLASS_INFO, SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
@@ -219,18 +220,15 @@ def synthesize(out: str | Path, n_train: int = 200, n_test: int = 50, seed: int 
     train, test = cases[:n_train], cases[n_train:]
     _write_csv_atomic(out / TRAIN_LABELS, out / CLASS_INFO, [c.annotation for c in train])
     _write_csv_atomic(out / TEST_TRUTH, None, [c.annotation for c in test])
-    sample = out / SAMPLE_SUBMISSION
-    tmp = sample.with_name(f".{sample.name}.tmp")
-    tmp.write_text("patientId,PredictionString\n" + "".join(
+    write_text_atomic(out / SAMPLE_SUBMISSION, "patientId,PredictionString\n" + "".join(
         f"{c.annotation.patient_id},0.5 0 0 100 100\n" for c in test))
-    tmp.replace(sample)
     return {"train": train, "test": test}
 
 
 def _write_csv_atomic(labels: Path, classes: Path | None, annotations: list[Annotation]) -> None:
-    tmp_labels = labels.with_name(f".{labels.name}.tmp")
-    tmp_classes = classes.with_name(f".{classes.name}.tmp") if classes else None
-    write_labels(annotations, tmp_labels, tmp_classes)
-    tmp_labels.replace(labels)
-    if classes and tmp_classes:
-        tmp_classes.replace(classes)
+    if classes is None:
+        with atomic_path(labels) as tmp_labels:
+            write_labels(annotations, tmp_labels, None)
+        return
+    with atomic_path(labels) as tmp_labels, atomic_path(classes) as tmp_classes:
+        write_labels(annotations, tmp_labels, tmp_classes)

@@ -20,6 +20,7 @@ from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 
 from pneumodet.errors import UserError
+from pneumodet.files import atomic_path
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 #: Compressed syntaxes that Pillow's JPEG decoder reads (8-bit lossy JPEG).
@@ -279,6 +280,5 @@ def write_dicom(
         warnings.simplefilter("ignore")  # PatientAge "51" (as in the real files) is not a valid AS
         for keyword, value in (tags or {}).items():
             setattr(ds, keyword, value)
-        tmp = path.with_name(f".{path.name}.tmp")
-        ds.save_as(tmp, enforce_file_format=True)
-    tmp.replace(path)
+        with atomic_path(path) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 from pneumodet.errors import UserError
+from pneumodet.files import atomic_path
 from pneumodet.io.layout import CLASS_INFO, SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
 
 COMPETITION = "rsna-pneumonia-detection-challenge"
@@ -95,12 +96,9 @@ def extract(archive: str | Path, dest: str | Path) -> None:
                     continue
                 if target.exists() and target.stat().st_size == member.file_size:
                     continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(f".{target.name}.part")
-                with zf.open(member) as src, open(tmp, "wb") as out:
+                with atomic_path(target) as tmp, zf.open(member) as src, open(tmp, "wb") as out:
                     while chunk := src.read(1 << 20):
                         out.write(chunk)
-                tmp.replace(target)
     except zipfile.BadZipFile:
         raise UserError(f"{archive}: not a valid zip archive (interrupted download?); delete it and retry") from None
     Path(archive).unlink()

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pneumodet.files import atomic_path  # noqa: E402
+
 LOSS_TITLES = {
     "loss": "total",
     "loss_objectness": "RPN objectness",
@@ -22,11 +24,11 @@ LOSS_TITLES = {
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 from pneumodet.boxes import as_boxes, xywh_to_xyxy, xyxy_to_xywh
 from pneumodet.errors import UserError
+from pneumodet.files import atomic_path
 from pneumodet.metrics import Prediction
 
 SUBMISSION_COLUMNS = ["patientId", "PredictionString"]
@@ -29,13 +30,10 @@ def format_prediction(boxes_xyxy, scores) -> str:
 
 
 def _atomic_csv(path: Path, header: list[str], rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
-    tmp.replace(path)
 
 
 def write_submission(path: str | Path, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
