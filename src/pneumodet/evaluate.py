@@ -12,7 +12,7 @@ import torch
 from tqdm import tqdm
 
 from pneumodet.boxes import xywh_to_xyxy
-from pneumodet.data.dataset import PneumoniaDataset
+from pneumodet.data.dataset import PneumoniaDataset, collate
 from pneumodet.errors import UserError
 from pneumodet.files import write_text_atomic
 from pneumodet.metrics import Prediction, roc_auc, rsna_map, sensitivity_specificity
@@ -40,7 +40,7 @@ def predict_dataset(predictor: Predictor, dataset: PneumoniaDataset, batch_size:
                     progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
     """Return raw predictions in original pixels for every image of ``dataset``."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
-                                         collate_fn=lambda b: tuple(zip(*b, strict=True)))
+                                         collate_fn=collate)
     results, index = [], 0
     for images, _ in tqdm(loader, desc="predict val", unit="batch", disable=not progress):
         for boxes, scores in predictor(list(images)):

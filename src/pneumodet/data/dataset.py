@@ -17,6 +17,11 @@ from pneumodet.errors import UserError
 SPLITS = ("train", "val", "all")
 
 
+def collate(batch):
+    """Return (images, targets) tuples: detection models take lists, not stacked tensors."""
+    return tuple(zip(*batch, strict=True))
+
+
 def read_split(path: str | Path) -> pd.DataFrame:
     """Return the (patient_id, split) table written by ``prepare``."""
     path = Path(path)

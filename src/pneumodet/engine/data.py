@@ -8,14 +8,9 @@ import lightning as L
 from torch.utils.data import DataLoader, Subset
 
 from pneumodet.config import RunConfig
-from pneumodet.data.dataset import PneumoniaDataset
+from pneumodet.data.dataset import PneumoniaDataset, collate
 from pneumodet.data.transforms import train_transforms
 from pneumodet.errors import UserError
-
-
-def collate(batch):
-    """Return (images, targets) tuples: detection models take lists, not stacked tensors."""
-    return tuple(zip(*batch, strict=True))
 
 
 class DetectionDataModule(L.LightningDataModule):
