@@ -5,7 +5,7 @@ mapping back to each image's original pixels. Works without Lightning (the web s
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -50,8 +50,6 @@ def postprocess(boxes_xyxy, scores, pp: PostProcess) -> tuple[np.ndarray, np.nda
 
 def image_score(boxes_xyxy, scores, pp: PostProcess) -> float:
     """Return an image's score: its highest box score after NMS and max boxes, before the threshold."""
-    from dataclasses import replace
-
     kept = postprocess(boxes_xyxy, scores, replace(pp, score_threshold=0.0, shrink=1.0))[1]
     return float(kept.max()) if len(kept) else 0.0
 
