@@ -215,10 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("images", type=Path, help="folder of .dcm files (e.g. stage_2_test_images)")
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
-    p.add_argument("--threshold", type=_between(0, 1), default=None, help="score threshold (default: tuned)")
-    p.add_argument("--nms", type=_between(0, 1), default=None, help="NMS IoU between boxes (default: tuned)")
+    p.add_argument("--threshold", type=_between(0, 1), default=None, help="score threshold in [0, 1] (default: tuned)")
+    p.add_argument("--nms", type=_between(0, 1), default=None, help="NMS IoU between boxes, in [0, 1] (default: tuned)")
     p.add_argument("--max-boxes", type=_count, default=None, help="boxes per image at most (default: tuned)")
-    p.add_argument("--shrink", type=_between(0, 1.5, low_open=True), default=None, help="box shrink factor (default: tuned)")
+    p.add_argument("--shrink", type=_between(0, 1.5, low_open=True), default=None, help="box shrink factor about each centre, in (0, 1.5] (default: tuned)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="horizontal-flip test-time augmentation, boxes merged by weighted box fusion")
     p.add_argument("--workers", type=_count, default=2, help="data-loading processes (default 2)")
