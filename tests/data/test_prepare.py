@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 
 import numpy as np
@@ -24,11 +25,15 @@ def messy(tmp_path, synth_data, make_dicom):
     blob = good[0].read_bytes()
     (images / "truncated.dcm").write_bytes(blob[: len(blob) // 2])
     (images / "notdicom.dcm").write_text("hello\n" * 50)
+    header = bytearray(good[2].read_bytes())  # PatientAge's VR "AS" becomes "A\xac": pydicom cannot convert it
+    at = header.index(b"\x10\x00\x10\x10AS")
+    header[at + 5] = 0xAC
+    (images / "badheader.dcm").write_bytes(bytes(header))
     make_dicom("blank", np.full((64, 64), 7, np.uint8), folder=images)
     make_dicom("unlabelled", folder=images)
     make_dicom("wide", gradient(512, 1024), folder=images)
     labels = (data / TRAIN_LABELS).read_text()
-    labels += "truncated,,,,,0\nnotdicom,,,,,0\nblank,,,,,0\nghost,,,,,0\n"
+    labels += "truncated,,,,,0\nnotdicom,,,,,0\nblank,,,,,0\nghost,,,,,0\nbadheader,,,,,0\n"
     labels += "wide,900,100,300,200,1\nwide,100,100,200,100,1\nwide,1100,10,50,50,1\n"
     labels += f"{good[1].stem},10,10,-5,30,1\n"
     (data / TRAIN_LABELS).write_text(labels)
@@ -43,19 +48,24 @@ def test_qc_reports_each_problem_and_goes_on(messy, tmp_path):
     found = set(zip(qc["patient_id"], qc["problem"], strict=True))
     assert ("truncated", "unreadable file") in found
     assert ("notdicom", "unreadable file") in found
+    assert ("badheader", "unreadable file") in found
+    detail = dict(zip(qc["patient_id"], qc["detail"], strict=False))
+    assert detail["truncated"].startswith("truncated file") and "corrupt header" in detail["badheader"]
+    # an unreadable file is not also "label without image"
+    assert {pid for pid, problem in found if problem == "label without image"} == {"ghost"}
     assert ("blank", "blank image") in found
     assert ("ghost", "label without image") in found
     assert ("unlabelled", "image without label") in found
     assert ("wide", "box outside image") in found
     summary = json.loads((out / "qc.json").read_text())
     assert summary == result.summary
-    assert summary["images"] == 35 and summary["readable"] == 32 and summary["usable"] == 31
+    assert summary["images"] == 36 and summary["readable"] == 32 and summary["usable"] == 31
     assert summary["sizes"] == {"1024x1024": 30, "1024x512": 1}
-    assert summary["problems"]["unreadable file"] == 2
+    assert summary["problems"]["unreadable file"] == 3
     assert set(summary["transfer_syntaxes"]) == {"1.2.840.10008.1.2.4.50"}
     cache = open_cache(out, 64)
     assert len(cache.images) == 31
-    assert not {"truncated", "notdicom", "blank", "unlabelled"} & set(cache.images["patient_id"])
+    assert not {"truncated", "notdicom", "blank", "unlabelled", "badheader"} & set(cache.images["patient_id"])
 
 
 def test_boxes_scale_with_the_image(messy, tmp_path):
@@ -134,13 +144,44 @@ def test_interrupted_prepare_leaves_no_complete_cache(synth_data, tmp_path, monk
 
 def test_commit_replaces_an_old_cache_atomically(tmp_path):
     final = tmp_path / "train-64px"
-    final.mkdir()
+    final.mkdir()  # a cache from before versioned folders
     (final / "stale").write_text("old")
-    tmp = tmp_path / ".tmp"
-    tmp.mkdir()
-    cache_module.commit(tmp, final, {"params": {}})
-    assert not (final / "stale").exists() and (final / "meta.json").is_file()
-    assert [p.name for p in tmp_path.iterdir()] == ["train-64px"]
+    versions = []
+    for n in range(2):
+        tmp = tmp_path / f".tmp-train-64px-{n}"
+        tmp.mkdir()
+        (tmp / "images.npy").write_bytes(b"new")
+        cache_module.commit(tmp, final, {"params": {"n": n}})
+        assert final.is_symlink() and json.loads((final / "meta.json").read_text()) == {"params": {"n": n}}
+        assert not (final / "stale").exists()
+        versions.append(final.resolve())
+        # only the link and the version it points at: the previous version and temporary files are gone
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["train-64px", versions[-1].name])
+    assert versions[0] != versions[1]
+
+
+def test_stale_build_folders_of_dead_runs_are_removed(synth_data, tmp_path):
+    out = tmp_path / "cache"
+    out.mkdir()
+    dead = _dead_pid()
+    for name in (f".tmp-train-64px-{dead}-1", f"train-64px@{dead}-2", f".old-train-64px-{dead}"):
+        (out / name).mkdir()
+        (out / name / "images.npy").write_bytes(b"x" * 100)
+    alive = out / f".tmp-train-64px-{os.getpid()}-3"  # another prepare still running: left alone
+    alive.mkdir()
+    prepare(synth_data, out, size_px=64, progress=False, workers=1)
+    names = sorted(p.name for p in out.iterdir())
+    assert not [n for n in names if str(dead) in n]
+    assert alive.name in names and (out / "train-64px").is_symlink()
+
+
+def _dead_pid() -> int:
+    """Return the id of a process that has just exited."""
+    import subprocess
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def test_nothing_usable_is_a_user_error(tmp_path):
@@ -150,6 +191,8 @@ def test_nothing_usable_is_a_user_error(tmp_path):
     (data / TRAIN_LABELS).write_text("patientId,x,y,width,height,Target\na,,,,,0\n")
     with pytest.raises(UserError, match="no usable images"):
         prepare(data, tmp_path / "cache", size_px=64, progress=False, workers=1)
+    qc = pd.read_csv(tmp_path / "cache" / "qc.csv")  # the reasons are still written down
+    assert qc[["patient_id", "problem"]].values.tolist() == [["a", "unreadable file"]]
 
 
 def test_test_images_prepare_without_labels(synth_data, tmp_path):

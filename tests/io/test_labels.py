@@ -72,3 +72,17 @@ def test_write_then_read_round_trip(tmp_path):
     assert back.annotations["a"].boxes_xywh.tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
     assert back.annotations["b"].label_class == "No Lung Opacity / Not Normal"
     assert (tmp_path / "c.csv").read_text().count("a,Lung Opacity") == 2  # repeated per box, as Kaggle's
+
+
+def test_rows_that_would_vanish_are_reported(tmp_path):
+    (tmp_path / "labels.csv").write_text("patientId,x,y,width,height,Target\nneg,,,,,0\nneg,,,,,0\n,,,,,0\n"
+                                         ",10,10,20,20,1\nok,10,10,20,20,1\n")
+    (tmp_path / "classes.csv").write_text("patientId,class\nneg,Normal\n,Normal\nok,Lung Opacity\n")
+    labels = read_labels(tmp_path / "labels.csv", tmp_path / "classes.csv")
+    found = [(p.patient_id, p.problem, p.detail) for p in labels.problems]
+    assert ("neg", "duplicate row", "the Target=0 row is repeated; counted once") in found
+    unnamed = [d for pid, problem, d in found if problem == "missing patientId"]
+    assert unnamed == ["labels.csv line 4: row without a patientId; left out",
+                       "labels.csv line 5: row without a patientId; left out",
+                       "classes.csv line 3: row without a patientId; left out"]
+    assert set(labels.annotations) == {"neg", "ok"}

@@ -3,15 +3,22 @@
 ``CACHE/{subset}-{size}px/`` holds ``images.npy`` (N, size, size) uint8, ``images.csv`` (one row per
 usable image: row, original size, per-axis scale, view, age, sex, class), ``boxes.csv`` (boxes in
 original pixels, clipped) and ``meta.json`` (the preprocessing parameters and a fingerprint of the
-source files). It is built in a temporary folder and renamed into place only when complete.
+source files). It is built in a hidden temporary folder (``.tmp-{name}-PID-*``), flushed to disk,
+renamed to a versioned folder (``{name}@PID-TIME``), and published by atomically replacing the
+symlink ``{name}`` with one that points at it: a reader, or a run killed at any instant, sees the old
+complete cache or the new one, never a half-built one and never none. Versions no link points at, and
+temporary folders of processes that are gone, are removed by the next prepare.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import shutil
+import signal
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +28,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from pneumodet.files import fsync_path, pid_alive, remove_stale
 from pneumodet.io.dicom import DicomError, read_dicom
 
 CACHE_VERSION = 1
@@ -80,7 +88,20 @@ def to_cache_size(pixels: np.ndarray, size_px: int) -> np.ndarray:
 _WORKER: dict = {}
 
 
-def _init_worker(images_path: str, size_px: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
+    """Make this worker process get SIGKILL when its parent dies (Linux), so a killed prepare leaves none."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown is all there is
+        pass
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _init_worker(images_path: str, size_px: int, parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     _WORKER["array"] = np.load(images_path, mmap_mode="r+")
     _WORKER["size_px"] = size_px
 
@@ -92,6 +113,8 @@ def _cache_one(job: tuple[int, str]) -> dict:
         image = read_dicom(path, max_decode_size=size_px)
     except DicomError as exc:
         return {"row": row, "error": exc.reason, "file": path}
+    except Exception as exc:  # never lose the whole cache to one file: report it and go on
+        return {"row": row, "error": f"cannot read ({type(exc).__name__}: {exc})"[:200], "file": path}
     pixels = image.pixels
     if pixels.std() < 1.0:
         return {"row": row, "error": f"blank image (all pixels about {int(pixels.mean())})", "file": path,
@@ -124,27 +147,65 @@ def decode_into(images_path: Path, files: list[Path], size_px: int, workers: int
             bar.update()
         _WORKER.clear()
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(images_path), size_px)) as pool:
-            for result in pool.map(_cache_one, jobs, chunksize=32):
+        with ProcessPoolExecutor(workers, initializer=_init_worker,
+                                 initargs=(str(images_path), size_px, os.getpid())) as pool:
+            for result in pool.map(_cache_one, jobs, chunksize=8):
                 results.append(result)
                 bar.update()
     bar.close()
+    fsync_path(images_path)  # the workers' pages reach the disk before anything calls the cache complete
     return results
 
 
-def commit(tmp_dir: Path, final_dir: Path, meta: dict) -> None:
-    """Mark ``tmp_dir`` complete (meta.json written last) and move it to ``final_dir`` atomically."""
+def new_build_dir(root: Path, params: CacheParams) -> Path:
+    """Return a new hidden folder under ``root`` to build a cache in (its name carries this process id)."""
+    folder = root / f".tmp-{params.name}-{os.getpid()}-{time.time_ns()}"
+    folder.mkdir()
+    return folder
+
+
+def commit(tmp_dir: Path, final: Path, meta: dict) -> Path:
+    """Publish the cache built in ``tmp_dir`` as ``final`` (a symlink to a versioned folder); return ``final``.
+
+    Every file is fsynced and meta.json, which marks the cache complete, is written last; the one
+    rename that replaces the link is the commit. The version the link pointed at before is removed.
+    """
+    for item in tmp_dir.iterdir():
+        fsync_path(item)
     tmp_meta = tmp_dir / ".meta.json.tmp"
     tmp_meta.write_text(json.dumps(meta, indent=2) + "\n")
+    fsync_path(tmp_meta)
     tmp_meta.replace(tmp_dir / "meta.json")
-    tmp_dir.chmod(0o755)  # mkdtemp makes it private
-    old = None
-    if final_dir.exists():
-        old = final_dir.with_name(f".old-{final_dir.name}-{os.getpid()}")
-        final_dir.rename(old)
-    tmp_dir.rename(final_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    tmp_dir.chmod(0o755)
+    version = final.with_name(f"{final.name}@{os.getpid()}-{time.time_ns()}")
+    tmp_dir.rename(version)
+    fsync_path(final.parent)
+    previous = final.resolve() if final.is_symlink() else None
+    if final.exists() and not final.is_symlink():  # a cache from before versioned folders
+        previous = final.with_name(f".old-{final.name}-{os.getpid()}")
+        final.rename(previous)
+    link = final.with_name(f".tmp-{final.name}-link-{os.getpid()}")
+    link.unlink(missing_ok=True)
+    link.symlink_to(version.name)
+    link.replace(final)  # the commit: one atomic rename
+    fsync_path(final.parent)
+    if previous is not None and previous != version.resolve():
+        shutil.rmtree(previous, ignore_errors=True)
+    remove_stale(final.parent)
+    return final
+
+
+def clean_cache_root(root: Path) -> None:
+    """Remove what dead prepare runs left under ``root``: temporary folders and unpublished versions."""
+    remove_stale(root)
+    published = {p.resolve() for p in root.iterdir() if p.is_symlink()}
+    for entry in root.iterdir():
+        name, _, owner = entry.name.partition("@")
+        if not owner or entry.is_symlink() or entry.resolve() in published:
+            continue
+        pid = owner.split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,15 +15,17 @@ from pneumodet.data.cache import (
     BOX_COLUMNS,
     IMAGE_COLUMNS,
     CacheParams,
+    clean_cache_root,
     commit,
     decode_into,
     find_cache,
     fingerprint,
+    new_build_dir,
 )
 from pneumodet.data.qc import check_boxes, match_files, summarise, write_qc
 from pneumodet.data.split import read_groups, split_images
 from pneumodet.errors import UserError
-from pneumodet.files import atomic_path
+from pneumodet.files import atomic_path, check_output_dir
 from pneumodet.io.labels import Annotation, Problem, read_labels
 from pneumodet.io.layout import CLASS_INFO, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
 
@@ -68,7 +69,7 @@ def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction:
             raise UserError(f"{labels_paths[0]}: labels file not found")
         labels = read_labels(labels_paths[0], labels_paths[1] if labels_paths[1].is_file() else None)
     groups = read_groups(groups_csv) if groups_csv else None
-    out.mkdir(parents=True, exist_ok=True)
+    check_output_dir(out)
     params = CacheParams(size_px=size_px, subset=subset)
     source = fingerprint(files, labels_paths)
     suffix = "" if subset == "train" else f"_{subset}"
@@ -93,21 +94,23 @@ def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction:
 
 
 def _build(out: Path, params: CacheParams, source: str, files: list[Path], labels, workers, progress) -> Path:
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".tmp-{params.name}-", dir=out))
+    clean_cache_root(out)
+    tmp_dir = new_build_dir(out, params)
     try:
         results = decode_into(tmp_dir / "images.npy", files, params.size_px, workers, progress)
         problems: list[Problem] = list(labels.problems) if labels else []
         rows, box_rows = [], []
-        usable = {}
+        usable, unreadable = {}, set()
         for result in results:
             if "error" in result:
                 pid = Path(result["file"]).stem
+                unreadable.add(pid)
                 problems.append(Problem(pid, result.get("problem", "unreadable file"), result["error"],
                                         result["file"]))
             else:
                 usable[result["patient_id"]] = result
         if labels is not None:
-            problems += match_files(labels.annotations, {pid: files[r["row"]] for pid, r in usable.items()})
+            problems += match_files(labels.annotations, {f.stem: f for f in files}, unreadable)
         for pid, result in usable.items():
             annotation = labels.annotations.get(pid) if labels else Annotation(pid, np.zeros((0, 4)), None)
             if annotation is None:
@@ -117,16 +120,17 @@ def _build(out: Path, params: CacheParams, source: str, files: list[Path], label
             rows.append({**result, "label_class": annotation.label_class, "n_boxes": len(annotation.boxes_xywh)})
             box_rows += [[pid, *box] for box in annotation.boxes_xywh.tolist()]
         if not rows:
+            empty = pd.DataFrame(columns=IMAGE_COLUMNS)
+            qc_csv, _ = write_qc(out, problems, summarise(empty, empty, problems, len(files), len(usable)),
+                                 "" if params.subset == "train" else f"_{params.subset}")
             raise UserError(f"no usable images among {len(files)} files in {files[0].parent} "
-                            f"(see the first problem: {problems[0].detail if problems else 'none'})")
+                            f"(first problem: {problems[0].detail if problems else 'none'}; all in {qc_csv})")
         pd.DataFrame(rows, columns=IMAGE_COLUMNS).to_csv(tmp_dir / "images.csv", index=False)
         pd.DataFrame(box_rows, columns=BOX_COLUMNS).to_csv(tmp_dir / "boxes.csv", index=False)
         pd.DataFrame([[p.patient_id, p.file, p.problem, p.detail] for p in problems],
                      columns=["patient_id", "file", "problem", "detail"]).to_csv(tmp_dir / "problems.csv", index=False)
-        final = out / params.name
-        commit(tmp_dir, final, {"params": asdict(params), "source": source, "n_images": len(rows),
+        return commit(tmp_dir, out / params.name, {"params": asdict(params), "source": source, "n_images": len(rows),
                                 "n_files": len(files), "n_readable": len(usable), "pid": os.getpid()})
-        return final
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

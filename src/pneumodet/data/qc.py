@@ -34,12 +34,16 @@ def check_boxes(annotation: Annotation, height: int, width: int) -> tuple[Annota
     return Annotation(annotation.patient_id, boxes_xywh, annotation.label_class), problems
 
 
-def match_files(annotations: dict[str, Annotation], files: dict[str, Path]) -> list[Problem]:
-    """Return a problem for each label without an image file and each image without a label."""
+def match_files(annotations: dict[str, Annotation], files: dict[str, Path],
+                unreadable: set[str] = frozenset()) -> list[Problem]:
+    """Return a problem for each label without an image file and each image without a label.
+
+    ``files`` holds every image file; the ``unreadable`` ones have a problem of their own already.
+    """
     problems = [Problem(pid, "label without image", "no .dcm file for this patientId")
                 for pid in sorted(annotations.keys() - files.keys())]
     problems += [Problem(pid, "image without label", "not in the labels file; left out", str(files[pid]))
-                 for pid in sorted(files.keys() - annotations.keys())]
+                 for pid in sorted(files.keys() - annotations.keys() - unreadable)]
     return problems
 
 

@@ -101,15 +101,19 @@ def _first_number(value) -> float | None:
     try:
         if isinstance(value, pydicom.multival.MultiValue | list | tuple):
             value = value[0]
-        return float(value)
-    except (TypeError, ValueError, IndexError):
+        number = float(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
+    return number if np.isfinite(number) else None  # NaN/inf: as if absent, not a black image
 
 
-def _decode_pillow(ds, max_decode_size: int | None) -> np.ndarray:
-    frames = ds.get("NumberOfFrames", 1) or 1
-    frame = next(generate_frames(ds.PixelData, number_of_frames=int(frames)))
+def _decode_pillow(ds, rows: int, columns: int, max_decode_size: int | None, path: Path) -> np.ndarray:
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=max(frames, 1)))
     image = Image.open(io.BytesIO(frame))
+    if image.size != (columns, rows):  # the JPEG's own size, read before anything is decoded
+        raise DicomError(path, f"JPEG stream is {image.size[1]} x {image.size[0]} but Rows x Columns say "
+                         f"{rows} x {columns}")
     if max_decode_size:
         # DCT-domain downscaling: decodes at the smallest 1/2^k scale still >= max_decode_size
         image.draft("L", (max_decode_size, max_decode_size))
@@ -129,7 +133,7 @@ def _to_uint8(raw: np.ndarray, ds) -> np.ndarray:
     values = raw.astype(np.float32) * slope + intercept
     centre = _first_number(ds.get("WindowCenter"))
     width = _first_number(ds.get("WindowWidth"))
-    if centre is not None and width is not None and width >= 1:
+    if centre is not None and width is not None and width > 1:
         # DICOM PS3.3 C.11.2.1.2 linear VOI function
         scaled = ((values - (centre - 0.5)) / (width - 1) + 0.5).clip(0, 1)
     else:
@@ -147,70 +151,117 @@ def read_dicom(path: str | Path, max_decode_size: int | None = None) -> DicomIma
     with warnings.catch_warnings():
         # pydicom warns on values such as PatientAge "51", which is how the real RSNA files store it
         warnings.simplefilter("ignore")
-        return _read_dicom(Path(path), Path(path), max_decode_size)
+        try:
+            data = Path(path).read_bytes()  # one read: the file is parsed, and checked for truncation, in memory
+        except FileNotFoundError:
+            raise DicomError(path, "file not found") from None
+        except IsADirectoryError:
+            raise DicomError(path, "a folder, not a file") from None
+        except OSError as exc:
+            raise DicomError(path, f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
+        return _read_dicom(data, Path(path), max_decode_size)
 
 
 def read_dicom_bytes(data: bytes, name: str, max_decode_size: int | None = None) -> DicomImage:
     """Return the radiograph in ``data`` (e.g. an upload called ``name``); nothing touches the disk."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _read_dicom(io.BytesIO(data), Path(name), max_decode_size)
+        return _read_dicom(data, Path(name), max_decode_size)
 
 
-def _read_dicom(source, path: Path, max_decode_size: int | None) -> DicomImage:
+def _read_dicom(data: bytes, path: Path, max_decode_size: int | None) -> DicomImage:
     try:
-        ds = pydicom.dcmread(source)
+        ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
         raise DicomError(path, "not a DICOM file (no DICM preamble)") from None
-    except FileNotFoundError:
-        raise DicomError(path, "file not found") from None
     except Exception as exc:  # pydicom raises many kinds on damaged files
-        raise DicomError(path, f"cannot parse DICOM ({type(exc).__name__}: {exc})") from None
-    if "PixelData" not in ds:
-        raise DicomError(path, "no pixel data")
-    syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+        raise DicomError(path, f"cannot parse DICOM ({_describe(exc)})") from None
+    # pydicom converts each element when it is first read, so a damaged header value surfaces in
+    # any of the reads below: everything but our own DicomError becomes one, naming what failed
+    stage = "header"
+    try:
+        if "PixelData" not in ds:
+            # pydicom drops an element the file ends inside of, with only a warning
+            cut = PIXEL_DATA_TAG in data[132:]
+            raise DicomError(path, "truncated file: it ends inside the pixel data" if cut else "no pixel data")
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "").strip().upper()
+        rows, columns = _dimensions(ds, path)
+        meta = {"view_position": _view_position(ds), "sex": _sex(ds), "age": parse_age(ds.get("PatientAge")),
+                "pixel_spacing": _pixel_spacing(ds), "bits_stored": int(ds.get("BitsStored", 8) or 8)}
+        stage = "pixel data"
+        if syntax in PILLOW_SYNTAXES:
+            raw = _decode_pillow(ds, rows, columns, max_decode_size, path)
+        elif syntax in UNCOMPRESSED_SYNTAXES or not syntax:
+            if _truncated(ds):
+                raise DicomError(path, "truncated file: pixel data shorter than Rows x Columns")
+            raw = ds.pixel_array
+        else:
+            raise DicomError(path, f"unsupported transfer syntax {syntax}")
+        if raw.ndim == 3 and raw.shape[-1] in (3, 4) and photometric.startswith(("RGB", "YBR")):
+            raw = np.asarray(Image.fromarray(raw[..., :3].astype(np.uint8)).convert("L"))
+            photometric = "MONOCHROME2"
+        elif raw.ndim == 3:  # multi-frame: a radiograph has one, keep the first
+            raw = raw[0]
+        if raw.ndim != 2 or raw.size == 0:
+            raise DicomError(path, f"unexpected pixel array shape {raw.shape}")
+        if max_decode_size is None and raw.shape != (rows, columns):
+            raise DicomError(path, f"decoded size {raw.shape} differs from Rows x Columns {(rows, columns)}")
+        pixels = _to_uint8(raw, ds)
+    except DicomError:
+        raise
+    except MemoryError:
+        raise DicomError(path, f"{stage} asks for more memory than there is (corrupt sizes?)") from None
+    except Exception as exc:
+        raise DicomError(path, f"corrupt {stage} ({_describe(exc)})") from None
+    if photometric == "MONOCHROME1":
+        pixels = 255 - pixels
+    elif photometric not in ("MONOCHROME2", ""):
+        raise DicomError(path, f"unsupported photometric interpretation {photometric[:32]!r}")
+    return DicomImage(
+        patient_id=path.stem,
+        pixels=np.ascontiguousarray(pixels),
+        original_size=(rows, columns),
+        photometric=photometric or "MONOCHROME2",
+        transfer_syntax=syntax or "unknown",
+        **meta,
+    )
+
+
+PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+#: the largest side a radiograph may claim: real detectors are under 4,300 px
+MAX_SIDE_PX = 16384
+
+
+def _dimensions(ds, path: Path) -> tuple[int, int]:
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
     except (AttributeError, TypeError, ValueError):
         raise DicomError(path, "missing Rows/Columns") from None
-    try:
-        if syntax in PILLOW_SYNTAXES:
-            raw = _decode_pillow(ds, max_decode_size)
-        elif syntax in UNCOMPRESSED_SYNTAXES or not syntax:
-            raw = ds.pixel_array
-        else:
-            raise DicomError(path, f"unsupported transfer syntax {syntax}")
-    except DicomError:
-        raise
-    except Exception as exc:
-        raise DicomError(path, f"cannot decode pixel data ({type(exc).__name__}: {exc})") from None
-    if raw.ndim == 3 and raw.shape[-1] in (3, 4) and photometric.startswith(("RGB", "YBR")):
-        raw = np.asarray(Image.fromarray(raw[..., :3].astype(np.uint8)).convert("L"))
-        photometric = "MONOCHROME2"
-    elif raw.ndim == 3:  # multi-frame: a radiograph has one, keep the first
-        raw = raw[0]
-    if raw.ndim != 2 or raw.size == 0:
-        raise DicomError(path, f"unexpected pixel array shape {raw.shape}")
-    if max_decode_size is None and raw.shape != (rows, columns):
-        raise DicomError(path, f"decoded size {raw.shape} differs from Rows x Columns {(rows, columns)}")
-    pixels = _to_uint8(raw, ds)
-    if photometric == "MONOCHROME1":
-        pixels = 255 - pixels
-    elif photometric not in ("MONOCHROME2", ""):
-        raise DicomError(path, f"unsupported photometric interpretation {photometric}")
-    return DicomImage(
-        patient_id=path.stem,
-        pixels=np.ascontiguousarray(pixels),
-        view_position=_view_position(ds),
-        sex=_sex(ds),
-        age=parse_age(ds.get("PatientAge")),
-        pixel_spacing=_pixel_spacing(ds),
-        original_size=(rows, columns),
-        photometric=photometric or "MONOCHROME2",
-        transfer_syntax=syntax or "unknown",
-        bits_stored=int(ds.get("BitsStored", 8) or 8),
-    )
+    if not (1 <= rows <= MAX_SIDE_PX and 1 <= columns <= MAX_SIDE_PX):
+        raise DicomError(path, f"implausible Rows x Columns {rows} x {columns}")
+    return rows, columns
+
+
+def _truncated(ds) -> bool:
+    """Return whether native (uncompressed) pixel data is shorter than its dimensions need."""
+    value = ds.PixelData
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    return len(value) < rows * columns * frames * samples * max(bits, 8) // 8
+
+
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")
+
+
+def _describe(exc: BaseException) -> str:
+    """Return '<Type>: <message>' for an exception, one line, without object reprs or long dumps."""
+    message = _OBJECT_REPR.sub("the file", str(exc)).replace("\n", " ").strip()
+    if len(message) > 160:
+        message = message[:157] + "..."
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
 CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"

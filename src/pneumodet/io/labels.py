@@ -59,15 +59,24 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(columns)}")
-    frame = frame[frame["patientId"].notna()].copy()
-    frame["patientId"] = frame["patientId"].astype(str).str.strip()
+    frame["patientId"] = frame["patientId"].fillna("").astype(str).str.strip()
+    frame["csv_line"] = np.arange(len(frame)) + 2  # line 1 is the header
     return frame
+
+
+def _drop_unnamed(frame: pd.DataFrame, path: Path, problems: list[Problem]) -> pd.DataFrame:
+    """Return ``frame`` without rows that have no patientId, each reported."""
+    unnamed = frame["patientId"] == ""
+    problems += [Problem("", "missing patientId", f"{path.name} line {line}: row without a patientId; left out")
+                 for line in frame.loc[unnamed, "csv_line"]]
+    return frame[~unnamed]
 
 
 def read_labels(labels_csv: str | Path, class_csv: str | Path | None = None) -> Labels:
     """Return one :class:`Annotation` per image in ``labels_csv`` and the problems found."""
     frame = _read_csv(Path(labels_csv), LABELS_COLUMNS)
     problems: list[Problem] = []
+    frame = _drop_unnamed(frame, Path(labels_csv), problems)
     coords = frame[["x", "y", "width", "height"]].apply(pd.to_numeric, errors="coerce")
     target = pd.to_numeric(frame["Target"], errors="coerce")
     boxes: dict[str, list[list[float]]] = {}
@@ -77,6 +86,8 @@ def read_labels(labels_csv: str | Path, class_csv: str | Path | None = None) -> 
         if t not in (0, 1):
             problems.append(Problem(pid, "bad target", f"Target={t!r}, expected 0 or 1"))
             continue
+        if t == 0 and 0 in targets.get(pid, ()):
+            problems.append(Problem(pid, "duplicate row", "the Target=0 row is repeated; counted once"))
         targets.setdefault(pid, set()).add(int(t))
         if t == 0:
             continue
@@ -110,7 +121,8 @@ def read_labels(labels_csv: str | Path, class_csv: str | Path | None = None) -> 
 
 
 def _read_classes(path: Path, problems: list[Problem]) -> dict[str, str]:
-    frame = _read_csv(path, CLASS_COLUMNS).drop_duplicates()
+    frame = _drop_unnamed(_read_csv(path, CLASS_COLUMNS), path, problems)
+    frame = frame.drop(columns="csv_line").drop_duplicates()  # the real file repeats a row per box
     classes: dict[str, str] = {}
     for pid, group in frame.groupby("patientId", sort=False):
         values = group["class"].astype(str).tolist()
