@@ -86,3 +86,32 @@ def test_predict_post_processing_overrides_are_checked(option, message, capsys):
     with pytest.raises(SystemExit) as info:
         main(["predict", "run", "images", "--out", "sub.csv", *option])
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["a file", "under /proc", "read-only"])
+def test_unwritable_outputs_are_one_line_and_exit_2(where, synth_data, trained_run, tmp_path, capsys):
+    from pneumodet.io.layout import TEST_IMAGES
+
+    if where == "a file":
+        target = tmp_path / "taken"
+        target.write_text("x")
+    elif where == "under /proc":
+        target = "/proc/pneumodet-out"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        target = locked / "sub"
+        if __import__("os").geteuid() == 0:  # root writes anywhere: a read-only file system is the same case
+            target = "/proc/sys/pneumodet"
+    commands = [
+        ["synth", str(target), "--train", "2", "--test", "0", "--workers", "1"],
+        ["prepare", str(synth_data), "--out", str(target), "--size", "64", "--workers", "1"],
+        ["predict", str(trained_run), str(synth_data / TEST_IMAGES), "--out", f"{target}/sub.csv", "--workers", "0"],
+    ]
+    if where == "a file":  # predict --out pointing at an existing folder
+        commands.append(["predict", str(trained_run), str(synth_data / TEST_IMAGES), "--out", str(tmp_path),
+                         "--workers", "0"])
+    for argv in commands:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, code, err)

@@ -54,3 +54,34 @@ def test_shipped_configs_load():
     assert [(s.until_epoch, round(seed.train.lr * s.lr_scale, 6), s.layers) for s in seed.train.stages] == [
         (2, 0.012, "heads"), (6, 0.006, "all"), (16, 0.0012, "all")]
     assert (seed.model.detections_per_image, seed.predict.score_threshold, seed.model.box_nms) == (3, 0.78, 0.01)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=-1", "train.lr must be in (0, 10], got -1"),
+    ("data.num_workers=-3", "data.num_workers must be in [0, 256], got -3"),
+    ("augment.hflip_p=2", "augment.hflip_p must be in [0, 1], got 2"),
+    ("augment.scale=[1.2, 0.8]", "augment.scale is a (low, high) range, got [1.2, 0.8]; write [0.8, 1.2]"),
+    ("predict.score_threshold=5", "predict.score_threshold must be in [0, 1], got 5"),
+    ("predict.max_boxes=0", "predict.max_boxes must be in [1, 100], got 0"),
+    ("model.anchor_ratios=[-1]", "model.anchor_ratios must be in (0, 100], got [-1]"),
+    ("model.anchor_ratios=[]", "model.anchor_ratios needs at least one value"),
+    ("train.optimizer='adam'", "train.optimizer must be one of sgd, adamw, got 'adam'; did you mean adamw?"),
+    ("model.backbone='resnet18'", "did you mean resnet18_fpn?"),
+    ("train.stages=[{'until_epoch': 20, 'lr_scale': 0}]", "train.stages[].lr_scale must be > 0"),
+    ("train.stages=[{'until_epoch': 9}, {'until_epoch': 4}, {'until_epoch': 16}]", "until_epoch must be >= 1 and increasing"),
+])
+def test_out_of_range_values_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_bad_value_creates_no_run_folder(tiny_cache, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "train", "--config", "configs/demo.yaml", "--data",
+                           str(tiny_cache), "--runs", str(tmp_path / "runs"), "--set", "train.lr=-1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "train.lr must be in" in proc.stderr
+    assert not (tmp_path / "runs").exists()

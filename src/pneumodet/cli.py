@@ -44,6 +44,9 @@ def _between(low: float, high: float, low_open: bool = False):
 def cmd_synth(args) -> None:
     from pneumodet.data.synth import synthesize
 
+    from pneumodet.files import check_output_dir
+
+    check_output_dir(args.out)
     start = time.perf_counter()
     cases = synthesize(args.out, args.train, args.test, args.seed, workers=args.workers)
     elapsed = time.perf_counter() - start
@@ -263,6 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailure as exc:
         print(f"pneumodet {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        from pneumodet.files import OUTPUT_ERRNOS
+
+        if exc.errno not in OUTPUT_ERRNOS or not exc.filename:
+            raise
+        # a path the user named cannot be written (read-only, full disk, a file where a folder must be)
+        print(f"pneumodet {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"pneumodet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -275,22 +275,91 @@ def dump_config(config: RunConfig, path: str | Path) -> None:
     write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+INF = float("inf")
+#: accepted ranges, inclusive, by key; a tuple value is checked element by element; "open" excludes the low end
+RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
+    "data.image_size": (32, 4096), "data.max_boxes": (1, 100), "data.num_workers": (0, 256),
+    "data.train_limit": (0, INF), "data.val_limit": (0, INF),
+    "augment.scale": (0, 10, "open"), "augment.translate_x": (0, 0.5), "augment.translate_y": (0, 0.5),
+    "augment.rotate_deg": (0, 180), "augment.shear_deg": (0, 60), "augment.brightness": (0, 10, "open"),
+    "augment.contrast": (0, 10, "open"), "augment.blur_sigma": (0, 50), "augment.sharpen": (0, 50),
+    "augment.blur_or_sharpen_p": (0, 1), "augment.hflip_p": (0, 1),
+    "model.trainable_layers": (0, 5), "model.anchor_sizes": (1, 4096), "model.anchor_ratios": (0, 100, "open"),
+    "model.rpn_pre_nms_train": (1, 100000), "model.rpn_post_nms_train": (1, 100000),
+    "model.rpn_pre_nms_test": (1, 100000), "model.rpn_post_nms_test": (1, 100000),
+    "model.rpn_batch_size_per_image": (1, 100000), "model.rois_per_image": (1, 100000),
+    "model.roi_positive_fraction": (0, 1, "open"), "model.detections_per_image": (1, 1000),
+    "model.min_score": (0, 1), "model.box_nms": (0, 1), "model.mask_head_channels": (1, 4096),
+    "model.mask_head_convs": (1, 16),
+    "train.epochs": (1, 100000), "train.batch_size": (1, 4096), "train.lr": (0, 10, "open"),
+    "train.momentum": (0, 0.999), "train.weight_decay": (0, 1), "train.grad_clip": (0, INF),
+    "train.warmup_steps": (0, INF), "train.devices": (1, 4096), "train.num_nodes": (1, 4096),
+    "train.max_nonfinite": (1, INF), "train.limit_train_batches": (0, INF), "train.limit_val_batches": (0, INF),
+    "train.threads": (0, 4096),
+    "predict.score_threshold": (0, 1), "predict.nms_iou": (0, 1), "predict.max_boxes": (1, 100),
+    "predict.shrink": (0, 1.5, "open"), "predict.batch_size": (1, 4096),
+}
+#: the values a setting may take, by key
+CHOICES = {
+    "data.mask_shape": ("rectangle", "ellipse"),
+    "train.optimizer": ("sgd", "adamw"),
+    "train.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"),
+}
+#: (low, high) pairs whose low must not exceed high
+PAIRS = ("augment.scale", "augment.brightness", "augment.contrast", "augment.blur_sigma", "augment.sharpen")
+
+
+def _value(config: RunConfig, key: str):
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _check_range(key: str, value, bounds) -> None:
+    low, high, *mode = bounds
+    values = value if isinstance(value, tuple) else (value,)
+    if isinstance(value, tuple) and not values:
+        raise ConfigError(f"{key} needs at least one value")
+    for v in values:
+        above = v > low if mode else v >= low
+        if not (above and v <= high):
+            bracket = "(" if mode else "["
+            shown = "inf" if high == INF else f"{high:g}"
+            raise ConfigError(f"{key} must be in {bracket}{low:g}, {shown}], got {_show(value)}")
+
+
+def _show(value) -> str:
+    return f"[{', '.join(f'{v:g}' for v in value)}]" if isinstance(value, tuple) else f"{value:g}"
+
+
+def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.4)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}{hint}")
+
+
 def validate(config: RunConfig) -> RunConfig:
-    """Return ``config`` after checking values that types alone cannot (one-line errors)."""
+    """Return ``config`` after checking ranges and choices that types alone cannot (one-line errors)."""
+    for key, bounds in RANGES.items():
+        _check_range(key, _value(config, key), bounds)
+    for key, choices in {**CHOICES, "model.backbone": BACKBONES}.items():
+        _check_choice(key, _value(config, key), choices)
+    for key in PAIRS:
+        low, high = _value(config, key)
+        if low > high:
+            raise ConfigError(f"{key} is a (low, high) range, got {_show((low, high))}; write [{high:g}, {low:g}]")
+    stages = config.train.stages
     checks = [
-        (config.data.image_size >= 32, "data.image_size must be >= 32"),
-        (config.data.mask_shape in ("rectangle", "ellipse"), "data.mask_shape must be rectangle or ellipse"),
-        (config.model.backbone in BACKBONES, f"model.backbone must be one of {', '.join(BACKBONES)}"),
         (len(config.model.anchor_sizes) == 5, "model.anchor_sizes needs 5 sizes, one per FPN level (P2-P6)"),
-        (config.train.epochs >= 1, "train.epochs must be >= 1"),
-        (config.train.batch_size >= 1, "train.batch_size must be >= 1"),
-        (config.train.optimizer in ("sgd", "adamw"), "train.optimizer must be sgd or adamw"),
-        (len(config.train.stages) >= 1, "train.stages needs at least one stage"),
-        (all(s.layers in ("heads", "all") for s in config.train.stages), "train.stages[].layers: heads or all"),
-        (config.train.stages[-1].until_epoch >= config.train.epochs if config.train.stages else False,
+        (len(stages) >= 1, "train.stages needs at least one stage"),
+        (all(s.layers in ("heads", "all") for s in stages), "train.stages[].layers: heads or all"),
+        (all(s.lr_scale > 0 for s in stages), "train.stages[].lr_scale must be > 0"),
+        (all(a.until_epoch < b.until_epoch for a, b in zip(stages, stages[1:], strict=False)) and
+         all(s.until_epoch >= 1 for s in stages), "train.stages[].until_epoch must be >= 1 and increasing"),
+        (stages[-1].until_epoch >= config.train.epochs if stages else False,
          "the last of train.stages must reach train.epochs (until_epoch >= epochs)"),
-        (0 < config.predict.shrink <= 1.5, "predict.shrink must be in (0, 1.5]"),
-        (config.model.mask_head_convs >= 1, "model.mask_head_convs must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:

@@ -40,7 +40,9 @@ def run_demo(out: str | Path, n_train: int, n_test: int, overrides: list[str] = 
     from pneumodet.io.layout import TEST_IMAGES
     from pneumodet.submit import predict_folder
 
-    out = Path(out)  # run again: same data (deterministic), a new run folder (runs/demo-2, ...)
+    from pneumodet.files import check_output_dir, write_text_atomic
+
+    out = check_output_dir(out)  # run again: same data (deterministic), a new run folder (runs/demo-2, ...)
     config = load_config(DEMO_CONFIG, overrides)
     data, cache = out / "data", out / "cache"
     start = time.perf_counter()
@@ -75,7 +77,7 @@ def run_demo(out: str | Path, n_train: int, n_test: int, overrides: list[str] = 
         "wall_time_s": round(time.perf_counter() - start, 1),
         "run": str(result.run),
     }
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "demo_summary.json", json.dumps(summary, indent=2) + "\n")
     run = result.run
     print(f"\nval RSNA mAP: untrained {before:.3f} -> trained {metrics['rsna_map']:.3f}; "
           f"synthetic test RSNA mAP {test_score['rsna_map']:.3f}; {summary['wall_time_s']:.0f} s in all")

@@ -23,7 +23,7 @@ import torch
 from pneumodet import __version__
 from pneumodet.config import RunConfig, from_dict
 from pneumodet.errors import UserError
-from pneumodet.files import atomic_path
+from pneumodet.files import atomic_path, write_text_atomic
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
 LOSS_NAMES = ("loss",) + LOSS_KEYS
@@ -104,7 +104,7 @@ def write_env(path: Path, argv: list[str] | None = None) -> None:
              f"cpus {os.cpu_count()}", f"torch threads {torch.get_num_threads()}",
              f"cuda devices {torch.cuda.device_count() if torch.cuda.is_available() else 0}",
              f"command {' '.join(argv or sys.argv)}"]
-    path.write_text("\n".join(lines) + "\n")
+    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def atomic_save(obj, path: str | Path) -> None:

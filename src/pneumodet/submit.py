@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from pneumodet.data.cache import to_cache_size
 from pneumodet.errors import UserError
+from pneumodet.files import check_output_file
 from pneumodet.io.dicom import DicomError, DicomImage, read_dicom
 from pneumodet.predict import PostProcess, postprocess, predictor_for, to_original
 from pneumodet.report.submission import write_boxes, write_submission
@@ -39,9 +40,11 @@ class DicomFolder(Dataset):
         path = self.files[index]
         try:
             image = read_dicom(path, max_decode_size=self.size_px)
+            return path.stem, image_tensor(image, self.size_px), image.original_size, None
         except DicomError as exc:
             return path.stem, None, None, exc.reason
-        return path.stem, image_tensor(image, self.size_px), image.original_size, None
+        except Exception as exc:  # one bad file must never cost the submission: an empty row, named on stderr
+            return path.stem, None, None, f"cannot read ({type(exc).__name__}: {exc})"[:200]
 
 
 def tuned_postprocess(paths: RunPaths, fallback: PostProcess) -> PostProcess:
@@ -73,6 +76,7 @@ def predict_folder(run: str | Path, images_dir: str | Path, out: str | Path, *, 
     files = sorted(images_dir.glob("*.dcm"))
     if not files:
         raise UserError(f"{images_dir}: no .dcm files")
+    check_output_file(out)
     paths = find_run(run)
     model, config, _ = load_trained(run)
     pp = tuned_postprocess(paths, PostProcess.from_config(config.predict))
@@ -98,4 +102,7 @@ def predict_folder(run: str | Path, images_dir: str | Path, out: str | Path, *, 
     ordered = {f.stem: results[f.stem] for f in files}
     write_submission(out, ordered)
     boxes_csv = write_boxes(out.with_name("predictions.csv"), ordered)
+    if unreadable == len(files):
+        raise UserError(f"{images_dir}: none of the {len(files)} .dcm files could be read (reasons above); "
+                        f"{out} has only empty rows")
     return PredictSummary(out, boxes_csv, len(files), unreadable, sum(len(s) > 0 for _, s in ordered.values()), pp)
