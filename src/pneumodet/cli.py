@@ -43,7 +43,6 @@ def _between(low: float, high: float, low_open: bool = False):
 
 def cmd_synth(args) -> None:
     from pneumodet.data.synth import synthesize
-
     from pneumodet.files import check_output_dir
 
     check_output_dir(args.out)

@@ -37,10 +37,9 @@ def run_demo(out: str | Path, n_train: int, n_test: int, overrides: list[str] = 
     from pneumodet.data.synth import TEST_TRUTH, synthesize
     from pneumodet.engine.train import train
     from pneumodet.evaluate import evaluate
+    from pneumodet.files import check_output_dir, write_text_atomic
     from pneumodet.io.layout import TEST_IMAGES
     from pneumodet.submit import predict_folder
-
-    from pneumodet.files import check_output_dir, write_text_atomic
 
     out = check_output_dir(out)  # run again: same data (deterministic), a new run folder (runs/demo-2, ...)
     config = load_config(DEMO_CONFIG, overrides)
