@@ -133,7 +133,7 @@ def cmd_score(args) -> None:
 def cmd_serve(args) -> None:
     from pneumodet.service.app import serve
 
-    serve(args.run, args.host, args.port, args.max_upload_mb)
+    serve(args.run, args.host, args.port, args.max_upload_mb, token=args.token, allow_hosts=args.allow_host)
 
 
 def cmd_demo(args) -> None:
@@ -241,7 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", type=Path, help="run folder (evaluate it first for the review page)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_count, default=8000, help="port (default 8000)")
-    p.add_argument("--max-upload-mb", type=float, default=64, help="largest accepted upload in MB (default 64)")
+    p.add_argument("--max-upload-mb", type=_between(0, 4096, low_open=True), default=64,
+                   help="largest accepted upload in MB (default 64); larger ones are refused before they are read")
+    p.add_argument("--token", default=None, help="access token every request must carry (required unless --host is "
+                   "loopback; default: $PNEUMODET_TOKEN); open the printed address once and the browser keeps it")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="another Host header name to accept, e.g. a DNS name for --host ADDRESS (repeatable); "
+                   "others are refused, against DNS rebinding")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo", help="run the whole pipeline on synthetic data",

@@ -1,8 +1,9 @@
 """``create_app(run)``: FastAPI app with the overview, review and try-it pages and a JSON API.
 
 The model is loaded once; inference runs one request at a time behind a lock (requests queue,
-never crash each other). Uploads stay in memory; nothing is written anywhere. Logs carry no
-patient data: URLs name images by index, and uvicorn's access log is off.
+never crash each other). An upload is read as a stream, capped, and parsed in memory: nothing it
+holds touches the disk, and the app writes nothing. Logs carry no patient data: URLs name images by
+index, and uvicorn's access log is off. ``service.guard`` checks the Host header and the access token.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomError, read_dicom_bytes
 from pneumodet.predict import PostProcess, image_score, postprocess, predictor_for, to_original
 from pneumodet.runs import find_run, load_trained
+from pneumodet.service.guard import allowed_hosts, install_guard, is_loopback, read_upload, resolve_token
 from pneumodet.service.review import OUTCOMES, build_items, load_val_predictions, render_png
 from pneumodet.submit import image_tensor, tuned_postprocess
 
@@ -74,11 +76,18 @@ class ModelService:
         }, (shown.pixels, kept, kept_scores, (shown.pixels.shape[1] / width, shown.pixels.shape[0] / height))
 
 
-def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> FastAPI:
-    """Return the app for a run folder (model loaded now, once)."""
+def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, hosts: set[str] | None = None,
+               token: str | None = None) -> FastAPI:
+    """Return the app for a run folder (model loaded now, once).
+
+    ``hosts``: the Host header names to accept (None: any); ``token``: required on every request if set.
+    """
+    if not max_upload_mb > 0:
+        raise UserError(f"--max-upload-mb must be > 0, got {max_upload_mb:g}")
     service = ModelService(Path(run))
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="pneumodet", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    install_guard(app, hosts, token)
     app.state.service = service
     review = _load_review(service)
     app.state.review = review
@@ -142,16 +151,12 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) ->
         return Response(png, media_type="image/png")
 
     @app.post("/api/predict")
-    async def predict(request: Request, file: Annotated[UploadFile, File()], image: Annotated[bool, Query()] = False):
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > max_bytes + 64 * 1024:
-            raise HTTPException(413, f"upload larger than the {max_upload_mb:g} MB limit")
-        data = await file.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise HTTPException(413, f"upload larger than the {max_upload_mb:g} MB limit")
+    async def predict(request: Request, image: Annotated[bool, Query()] = False):
+        """Predict one DICOM: the ``file`` field of a form, or the raw body (application/dicom, ?filename=)."""
+        filename, data = await read_upload(request, max_bytes, f"{max_upload_mb:g} MB")
         if not data:
             raise HTTPException(400, "empty upload")
-        name = Path(file.filename or "upload.dcm").name
+        name = Path(filename or "upload.dcm").name[:255]
         start = time.perf_counter()
         try:
             from starlette.concurrency import run_in_threadpool
@@ -160,6 +165,9 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) ->
         except DicomError as exc:
             status = 415 if "not a DICOM" in exc.reason else 422
             raise HTTPException(status, f"{name}: {exc.reason}") from None
+        except Exception as exc:  # an upload never makes a 500: say it could not be used, log no patient data
+            log.exception("prediction failed (%s)", type(exc).__name__)
+            raise HTTPException(422, f"{name}: could not be processed ({type(exc).__name__})") from None
         log.info("prediction in %.3f s", time.perf_counter() - start)  # no file name, no patient data
         if image:
             pixels, boxes, scores, scale = drawing
@@ -184,10 +192,16 @@ def _load_review(service: ModelService) -> dict:
     return {"items": items, "cache": dataset.cache, "note": ""}
 
 
-def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
+def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+          token: str | None = None, allow_hosts: list[str] = ()):
     """Start uvicorn with the app (access log off: URLs stay out of the logs)."""
     import uvicorn
 
-    app = create_app(run, max_upload_mb)
-    print(f"pneumodet: serving {run} on http://{host}:{port}/  (review: /review, try it: /try)", flush=True)
+    token = resolve_token(host, token)  # before the model loads: a refusal is immediate
+    app = create_app(run, max_upload_mb, hosts=allowed_hosts(host, list(allow_hosts)), token=token)
+    shown = f"[{host}]" if ":" in host else host
+    access = f"?token={token}" if token else ""
+    where = "this machine only" if is_loopback(host) else "shared: every request needs the token"
+    print(f"pneumodet: serving {run} on http://{shown}:{port}/{access}  ({where}; review: /review, try it: /try)",
+          flush=True)
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
