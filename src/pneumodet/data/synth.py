@@ -194,6 +194,7 @@ def _write_case(args: tuple[str, int, str, int]) -> Case:
         folder / f"{case.annotation.patient_id}.dcm",
         pixels,
         patient_id=case.annotation.patient_id,
+        durable=False,  # thousands of files that the same seed makes again
         tags={
             "ViewPosition": case.view,
             "SeriesDescription": f"view: {case.view}",

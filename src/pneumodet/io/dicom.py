@@ -276,11 +276,13 @@ def write_dicom(
     photometric: str = "MONOCHROME2",
     tags: dict | None = None,
     jpeg_quality: int = 90,
+    durable: bool = True,
 ) -> None:
     """Write a single-frame grayscale DICOM like the RSNA files (CR, chest), atomically.
 
     ``pixels`` (H, W) uint8 for JPEG Baseline, uint8 or uint16 for uncompressed syntaxes; ``tags``
-    (keyword -> value) are added last and may override the defaults (e.g. BitsStored).
+    (keyword -> value) are added last and may override the defaults (e.g. BitsStored). ``durable=False``
+    skips the fsync, for bulk writes of files that can be made again (synthetic data).
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.encaps import encapsulate
@@ -331,5 +333,5 @@ def write_dicom(
         warnings.simplefilter("ignore")  # PatientAge "51" (as in the real files) is not a valid AS
         for keyword, value in (tags or {}).items():
             setattr(ds, keyword, value)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, durable=durable) as tmp:
             ds.save_as(tmp, enforce_file_format=True)
