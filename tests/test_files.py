@@ -29,7 +29,7 @@ def test_atomic_path_syncs_the_data_before_the_rename_and_the_folder_after(tmp_p
     monkeypatch.setattr(Path, "replace", lambda self, target: (events.append(("rename", Path(target).name)),
                                                                 real_replace(self, target))[1])
     files.write_text_atomic(tmp_path / "metrics.json", "{}")
-    assert events == [("fsync", ".metrics.json.tmp-%d" % __import__("os").getpid()), ("rename", "metrics.json"),
+    assert events == [("fsync", f".metrics.json.tmp-{__import__('os').getpid()}"), ("rename", "metrics.json"),
                       ("fsync", tmp_path.name)]
 
 
