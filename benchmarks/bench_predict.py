@@ -39,27 +39,23 @@ def _run_folder(root: Path, config) -> Path:
 
 
 def latency(run: Path, files: list[Path], repeats: int = 20) -> tuple[float, dict]:
-    """Return the median end-to-end seconds per image and its parts: decode+resize, model, post-processing."""
-    from pneumodet.io.dicom import read_dicom
-    from pneumodet.predict import PostProcess, postprocess, predictor_for, to_original
-    from pneumodet.runs import load_trained
-    from pneumodet.submit import image_tensor
+    """Return the median end-to-end seconds per image and its parts: decode+resize, model, post-processing.
 
-    model, config, _ = load_trained(run)
-    size = config.data.image_size
-    predictor = predictor_for(model, config)
-    pp = PostProcess(0.5, 0.01, 3, 1.0)
+    Each part is one step of the Detector, the path predict and serve take.
+    """
+    from pneumodet.detector import image_tensor, load_detector
+
+    detector = load_detector(run, overrides={"score_threshold": 0.5, "nms_iou": 0.01, "max_boxes": 3, "shrink": 1.0})
     parts: dict[str, list[float]] = {"decode+resize": [], "model": [], "post-processing": []}
     for i in range(repeats + 3):
         path = files[i % len(files)]
         t0 = time.perf_counter()
-        image = read_dicom(path, max_decode_size=size)
-        tensor = image_tensor(image, size)
+        image = detector.read(path)
+        tensor = image_tensor(image.pixels, detector.image_size)
         t1 = time.perf_counter()
-        boxes, scores = predictor([tensor])[0]
+        (boxes_orig_xyxy, scores), = detector.candidates([tensor], [image.original_size])
         t2 = time.perf_counter()
-        h, w = image.original_size
-        postprocess(to_original(boxes, size / w, size / h, h, w), scores, pp)
+        detector.finish(image.patient_id, boxes_orig_xyxy, scores, image.original_size)
         t3 = time.perf_counter()
         if i >= 3:
             for key, value in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
@@ -71,14 +67,14 @@ def latency(run: Path, files: list[Path], repeats: int = 20) -> tuple[float, dic
 def bf16_agreement(run: Path, images: Path) -> str:
     """Compare fp32 and bf16 predictions of a trained run on a folder of DICOMs."""
     from pneumodet.boxes import iou_xyxy
-    from pneumodet.io.dicom import read_dicom
+    from pneumodet.detector import image_tensor, load_detector
     from pneumodet.predict import Predictor
     from pneumodet.runs import load_trained
-    from pneumodet.submit import image_tensor
 
     model, config, _ = load_trained(run)
     size = config.data.image_size
-    tensors = [image_tensor(read_dicom(f, max_decode_size=size), size) for f in sorted(images.glob("*.dcm"))]
+    detector = load_detector(run)
+    tensors = [image_tensor(detector.read(f).pixels, size) for f in sorted(images.glob("*.dcm"))]
     fp32 = Predictor(model, size)(tensors)
     bf16 = Predictor(model, size, bf16=True)(tensors)
     ious, score_diffs, count_diffs = [], [], 0

@@ -53,7 +53,7 @@ def test_shipped_configs_load():
     assert (seed.data.image_size, seed.train.batch_size, seed.model.rois_per_image) == (256, 8, 32)
     assert [(s.until_epoch, round(seed.train.lr * s.lr_scale, 6), s.layers) for s in seed.train.stages] == [
         (2, 0.012, "heads"), (6, 0.006, "all"), (16, 0.0012, "all")]
-    assert (seed.model.detections_per_image, seed.predict.score_threshold, seed.model.box_nms) == (3, 0.78, 0.01)
+    assert (seed.predict.max_boxes, seed.predict.score_threshold, seed.predict.nms_iou) == (3, 0.78, 0.01)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -85,3 +85,14 @@ def test_a_bad_value_creates_no_run_folder(tiny_cache, tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "train.lr must be in" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_moved_keys_say_where_they_went_and_old_checkpoints_still_load():
+    from pneumodet.config import from_dict
+
+    with pytest.raises(ConfigError, match="model.box_nms is now predict.nms_iou"):
+        load_config(None, ["model.box_nms=0.1"])
+    with pytest.raises(ConfigError, match="model.detections_per_image is now predict.max_boxes"):
+        from_dict({"model": {"detections_per_image": 3}})
+    old = from_dict({"model": {"box_nms": 0.01, "detections_per_image": 3, "backbone": "tiny_fpn"}}, legacy=True)
+    assert old.model.backbone == "tiny_fpn"

@@ -6,7 +6,7 @@ import pytest
 
 from pneumodet.evaluate import GRID, ValSet, evaluate, tune
 from pneumodet.metrics import Prediction, rsna_map
-from pneumodet.predict import PostProcess
+from pneumodet.postprocess import PostProcess
 
 
 def test_metrics_json_plots_and_predictions(trained_run):

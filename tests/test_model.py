@@ -5,7 +5,7 @@ import torch
 
 from pneumodet.config import ModelConfig
 from pneumodet.errors import UserError
-from pneumodet.model import boxes_only, build_model, head_parameters
+from pneumodet.model import CANDIDATE_NMS_IOU, CANDIDATES_PER_IMAGE, boxes_only, build_model, head_parameters
 
 SIZE = 64
 
@@ -23,7 +23,7 @@ def _batch():
 @pytest.mark.parametrize("backbone", ["resnet18_fpn", "mobilenet_v3_fpn", "resnet50_fpn", "resnet50_fpn_v2"])
 def test_every_backbone_trains_and_detects(backbone):
     torch.manual_seed(0)
-    cfg = ModelConfig(backbone=backbone, weights="none", frozen_bn=False, detections_per_image=3, min_score=0.0)
+    cfg = ModelConfig(backbone=backbone, weights="none", frozen_bn=False, min_score=0.0)
     model = build_model(cfg, SIZE)
     model.train()
     losses = model(*_batch())
@@ -35,18 +35,20 @@ def test_every_backbone_trains_and_detects(backbone):
         detections = model(_batch()[0])
     assert len(detections) == 2
     for det in detections:
-        assert det["boxes"].shape[1] == 4 and len(det["boxes"]) <= 3
+        assert det["boxes"].shape[1] == 4 and len(det["boxes"]) <= CANDIDATES_PER_IMAGE
         assert (det["labels"] == 1).all()
         assert det["boxes"].min() >= 0 and det["boxes"].max() <= SIZE
 
 
 def test_speed_settings_reach_torchvision():
     cfg = ModelConfig(backbone="resnet18_fpn", weights="none", rois_per_image=16, rpn_post_nms_train=123,
-                      rpn_post_nms_test=45, detections_per_image=2, box_nms=0.2, masks=False)
+                      rpn_post_nms_test=45, masks=False)
     model = build_model(cfg, 96)
     assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 16
     assert model.rpn._post_nms_top_n == {"training": 123, "testing": 45}
-    assert model.roi_heads.detections_per_img == 2 and model.roi_heads.nms_thresh == 0.2
+    # candidates, not answers: post-processing (predict.*) applies NMS and max boxes the same way everywhere
+    assert model.roi_heads.detections_per_img == CANDIDATES_PER_IMAGE
+    assert model.roi_heads.nms_thresh == CANDIDATE_NMS_IOU
     assert not model.roi_heads.has_mask()
     assert model.transform.min_size == (96,) and model.transform.max_size == 96
 

@@ -1,18 +1,7 @@
 import numpy as np
 import torch
 
-from pneumodet.predict import PostProcess, Predictor, fuse_boxes, postprocess, to_original
-
-
-def test_postprocess_threshold_nms_max_and_shrink():
-    boxes = np.array([[0, 0, 100, 100], [5, 5, 105, 105], [200, 200, 300, 260], [400, 0, 420, 20]], float)
-    scores = np.array([0.9, 0.8, 0.7, 0.2])
-    kept, kept_scores = postprocess(boxes, scores, PostProcess(score_threshold=0.5, nms_iou=0.1, max_boxes=3))
-    assert kept_scores.tolist() == [0.9, 0.7]  # the overlapping 0.8 suppressed, 0.2 below threshold
-    kept, _ = postprocess(boxes, scores, PostProcess(0.5, 0.95, 1, shrink=0.5))
-    assert kept.tolist() == [[25, 25, 75, 75]]  # one box, shrunk about its centre
-    empty, empty_scores = postprocess(np.zeros((0, 4)), np.zeros(0), PostProcess())
-    assert empty.shape == (0, 4) and empty_scores.shape == (0,)
+from pneumodet.predict import Predictor, fuse_boxes, to_original
 
 
 def test_fusion_averages_agreeing_boxes_and_discounts_lonely_ones():
@@ -56,3 +45,16 @@ def test_flip_tta_unflips_and_fuses():
     # plain: [0,0,10,10]; flipped sees the corner on the right -> [54,..] -> unflipped [0,0,10,10]
     assert np.allclose(boxes, [[0, 0, 10, 10]]) and np.allclose(scores, [0.8])
     assert model.roi_heads.nms_thresh == 0.1 and model.roi_heads.detections_per_img == 3  # restored
+
+
+def test_fusion_never_merges_two_boxes_of_one_pass_and_stays_within_0_1():
+    # two plain boxes at IoU 0.49 and one flipped box between them: before, all three merged into 1.275
+    plain = (np.array([[0, 0, 100, 100], [34.2, 0, 134.2, 100]], float), np.array([0.9, 0.85]))
+    flipped = (np.array([[17, 0, 117, 100]], float), np.array([0.8]))
+    boxes, scores = fuse_boxes([plain, flipped])
+    assert len(boxes) == 2 and (scores <= 1).all() and (scores >= 0).all()
+    assert np.isclose(scores[0], (0.9 + 0.8) / 2) and np.isclose(scores[1], 0.85 / 2)
+    # many overlapping boxes from one pass stay separate findings
+    one_pass = (np.array([[0, 0, 10, 10]] * 5, float), np.array([0.99, 0.98, 0.97, 0.96, 0.95]))
+    boxes, scores = fuse_boxes([one_pass, (np.zeros((0, 4)), np.zeros(0))])
+    assert len(boxes) == 5 and scores.max() <= 0.5

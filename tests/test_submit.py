@@ -26,7 +26,7 @@ def test_predict_a_folder_with_an_unreadable_and_a_non_square_file(trained_run, 
     assert list(sub.columns) == ["patientId", "PredictionString"]
     assert sorted(sub["patientId"]) == sorted(p.stem for p in images.glob("*.dcm"))
     assert sub.set_index("patientId").at["broken", "PredictionString"] == ""
-    boxes = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    boxes = pd.read_csv(tmp_path / "out" / "submission.boxes.csv")
     assert list(boxes.columns) == ["patient_id", "score", "x", "y", "width", "height"]
     # every box lies in its own image's pixels; the 512 x 256 image maps back to its size
     for pid, group in boxes.groupby("patient_id"):

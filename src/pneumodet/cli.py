@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predict a folder of DICOMs into a Kaggle submission",
                        description="Predict every .dcm in IMAGES_DIR and write a Kaggle submission "
-                       "(patientId,PredictionString in each image's own pixels) plus predictions.csv (one row "
+                       "(patientId,PredictionString in each image's own pixels) plus NAME.boxes.csv (one row "
                        "per box) beside it. Uses the run's tuned post-processing (metrics.json) unless overridden.")
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("images", type=Path, help="folder of .dcm files (e.g. stage_2_test_images)")

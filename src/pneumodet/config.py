@@ -65,9 +65,7 @@ class ModelConfig:
     rpn_batch_size_per_image: int = 256
     rois_per_image: int = 32  # RoIs sampled per image for the box/mask heads (torchvision: 512)
     roi_positive_fraction: float = 0.33
-    detections_per_image: int = 3
-    min_score: float = 0.05  # detections below are never returned; tuning picks the real threshold
-    box_nms: float = 0.01  # NMS IoU between detections (the seed's 0.01: boxes barely overlap)
+    min_score: float = 0.05  # candidates below are never returned; post-processing picks the real threshold
     masks: bool = True  # Mask R-CNN; False gives Faster R-CNN (boxes only)
     mask_head_channels: int = 256  # torchvision: 4 convs of 256; fewer and narrower is far cheaper on a CPU
     mask_head_convs: int = 4
@@ -107,9 +105,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
+    """Post-processing of the model's candidates, applied the same way in per-epoch validation, evaluate,
+    predict and serve (evaluate tunes the first four and saves them in metrics.json)."""
+
     score_threshold: float = 0.78  # the seed's DETECTION_MIN_CONFIDENCE
-    nms_iou: float = 0.01
-    max_boxes: int = 3
+    nms_iou: float = 0.01  # NMS IoU between kept boxes (the seed's DETECTION_NMS_THRESHOLD: boxes barely overlap)
+    max_boxes: int = 3  # the seed's DETECTION_MAX_INSTANCES
     shrink: float = 1.0  # scale boxes about their centres (the winners used ~0.875)
     hflip_tta: bool = False
     batch_size: int = 8
@@ -151,7 +152,14 @@ def all_keys(cls=RunConfig, prefix: str = "") -> list[str]:
     return keys
 
 
+#: keys that moved: a config that still uses one is told where it went; a checkpoint's is dropped
+MOVED = {"model.box_nms": "predict.nms_iou", "model.detections_per_image": "predict.max_boxes"}
+
+
 def _unknown(key: str) -> ConfigError:
+    if key in MOVED:
+        return ConfigError(f"{key} is now {MOVED[key]}: post-processing applies it everywhere "
+                           "(validation, evaluate, predict, serve)")
     close = difflib.get_close_matches(key, all_keys(), n=1, cutoff=0.5)
     if not close:  # a right leaf in the wrong section: "lr" -> "train.stages"...
         leaf = key.rsplit(".", 1)[-1]
@@ -213,9 +221,16 @@ def _build(cls, values: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def from_dict(values: dict) -> RunConfig:
-    """Return a RunConfig from nested dicts (missing keys keep their defaults)."""
-    return _build(RunConfig, values or {})
+def from_dict(values: dict, legacy: bool = False) -> RunConfig:
+    """Return a RunConfig from nested dicts (missing keys keep their defaults).
+
+    ``legacy``: drop the keys in MOVED (a checkpoint written before they moved) instead of refusing them.
+    """
+    values = values or {}
+    if legacy:
+        values = {section: ({k: v for k, v in body.items() if f"{section}.{k}" not in MOVED}
+                            if isinstance(body, dict) else body) for section, body in values.items()}
+    return _build(RunConfig, values)
 
 
 def parse_override(text: str) -> tuple[list[str], object]:
@@ -288,8 +303,8 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "model.rpn_pre_nms_train": (1, 100000), "model.rpn_post_nms_train": (1, 100000),
     "model.rpn_pre_nms_test": (1, 100000), "model.rpn_post_nms_test": (1, 100000),
     "model.rpn_batch_size_per_image": (1, 100000), "model.rois_per_image": (1, 100000),
-    "model.roi_positive_fraction": (0, 1, "open"), "model.detections_per_image": (1, 1000),
-    "model.min_score": (0, 1), "model.box_nms": (0, 1), "model.mask_head_channels": (1, 4096),
+    "model.roi_positive_fraction": (0, 1, "open"),
+    "model.min_score": (0, 1), "model.mask_head_channels": (1, 4096),
     "model.mask_head_convs": (1, 16),
     "train.epochs": (1, 100000), "train.batch_size": (1, 4096), "train.lr": (0, 10, "open"),
     "train.momentum": (0, 0.999), "train.weight_decay": (0, 1), "train.grad_clip": (0, INF),

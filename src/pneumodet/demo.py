@@ -16,19 +16,24 @@ DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
 def untrained_map(config, cache: Path) -> float:
     """Return the val RSNA mAP (best threshold) of the same model with its initial random weights."""
+    from dataclasses import replace
+
     from pneumodet.boxes import xywh_to_xyxy
     from pneumodet.data.dataset import PneumoniaDataset
+    from pneumodet.detector import Detector
     from pneumodet.evaluate import predict_dataset
     from pneumodet.metrics import Prediction, best_threshold
     from pneumodet.model import build_model
-    from pneumodet.predict import Predictor
+    from pneumodet.postprocess import PostProcess, postprocess
 
     torch.manual_seed(config.train.seed)
     model = build_model(config.model, config.data.image_size)
+    detector = Detector(model, config, replace(PostProcess.from_config(config.predict), score_threshold=0.0))
     dataset = PneumoniaDataset(cache, config.data.image_size, "val")
-    raw = predict_dataset(Predictor(model, config.data.image_size), dataset, progress=False)
+    raw = predict_dataset(detector, dataset, progress=False)
     truths = [xywh_to_xyxy(dataset.boxes_xywh(i)) for i in range(len(dataset))]
-    return best_threshold(truths, [Prediction(b, s) for b, s in raw], grid=tuple(np.arange(0.0, 1.0, 0.05)))[1]
+    predictions = [Prediction(*postprocess(b, s, detector.postprocess)) for b, s in raw]
+    return best_threshold(truths, predictions, grid=tuple(np.arange(0.0, 1.0, 0.05)))[1]
 
 
 def run_demo(out: str | Path, n_train: int, n_test: int, overrides: list[str] = ()) -> dict:

@@ -13,12 +13,13 @@ from tqdm import tqdm
 
 from pneumodet.boxes import xywh_to_xyxy
 from pneumodet.data.dataset import PneumoniaDataset, collate
+from pneumodet.detector import Detector, load_detector
 from pneumodet.errors import UserError
 from pneumodet.files import write_text_atomic
 from pneumodet.metrics import Prediction, roc_auc, rsna_map, sensitivity_specificity
-from pneumodet.predict import PostProcess, Predictor, image_score, postprocess, predictor_for, to_original
+from pneumodet.postprocess import PostProcess, image_score, postprocess
 from pneumodet.report.submission import read_boxes, write_boxes
-from pneumodet.runs import find_run, load_trained
+from pneumodet.runs import find_run, run_split
 
 GRID = {
     "score_threshold": [round(t, 2) for t in np.arange(0.05, 0.951, 0.05)],
@@ -36,18 +37,16 @@ class ValSet:
     raw: list[tuple[np.ndarray, np.ndarray]]  # (boxes xyxy, scores), original pixels
 
 
-def predict_dataset(predictor: Predictor, dataset: PneumoniaDataset, batch_size: int = 8,
+def predict_dataset(detector: Detector, dataset: PneumoniaDataset, batch_size: int = 8,
                     progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Return raw predictions in original pixels for every image of ``dataset``."""
+    """Return every candidate (boxes_orig_xyxy, scores) for every image of ``dataset``, before post-processing."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
                                          collate_fn=collate)
-    results, index = [], 0
+    sizes = list(zip(dataset.records["original_height"].astype(int), dataset.records["original_width"].astype(int),
+                     strict=True))
+    results: list[tuple[np.ndarray, np.ndarray]] = []
     for images, _ in tqdm(loader, desc="predict val", unit="batch", disable=not progress):
-        for boxes, scores in predictor(list(images)):
-            record = dataset.records.iloc[index]
-            results.append((to_original(boxes, record["scale_x"], record["scale_y"], record["original_height"],
-                                        record["original_width"]), scores))
-            index += 1
+        results += detector.candidates(list(images), sizes[len(results): len(results) + len(images)])
     return results
 
 
@@ -86,20 +85,25 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
     from pneumodet.report.evaluation_plots import plot_examples, plot_roc, plot_threshold
 
     paths = find_run(run)
-    model, config, info = load_trained(run)
+    detector = load_detector(run)
+    config, info = detector.config, detector.info
     if cache is None:
         if not info.get("cache"):
             raise UserError(f"{paths.root}: the checkpoint does not say which cache it was trained on; pass --data")
         cache = info["cache"]
-    dataset = PneumoniaDataset(cache, config.data.image_size, split, mask_shape=config.data.mask_shape)
+    # the run's own split: never score a run on images it trained on, whatever the cache's split.csv says now
+    dataset = PneumoniaDataset(cache, config.data.image_size, split, mask_shape=config.data.mask_shape,
+                               split_table=run_split(paths) if split != "all" else None)
+    if len(dataset) == 0:
+        raise UserError(f"{cache}: none of the run's {split} images are in this cache; evaluate another "
+                        "labelled set with --split all")
     raw_csv = paths.predictions / f"{split}.csv"
     if reuse_predictions and raw_csv.is_file():
         saved = read_boxes(raw_csv)
         empty = (np.zeros((0, 4)), np.zeros(0))
         raw = [saved.get(pid, empty) for pid in dataset.records["patient_id"]]
     else:
-        predictor = predictor_for(model, config)
-        raw = predict_dataset(predictor, dataset, config.predict.batch_size, progress)
+        raw = predict_dataset(detector, dataset, config.predict.batch_size, progress)
         paths.predictions.mkdir(parents=True, exist_ok=True)
         write_boxes(raw_csv, dict(zip(dataset.records["patient_id"], raw, strict=True)))
     val = ValSet(list(dataset.records["patient_id"]), list(dataset.records["view"].fillna("unknown")),

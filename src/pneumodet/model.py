@@ -41,6 +41,10 @@ WEIGHT_URLS = {
     ("resnet18_fpn", "imagenet"): "https://download.pytorch.org/models/resnet18-f37072fd.pth",
     ("mobilenet_v3_fpn", "imagenet"): "https://download.pytorch.org/models/mobilenet_v3_large-8738ca79.pth",
 }
+#: the model returns candidates, not answers: post-processing (predict.nms_iou, max_boxes, threshold) decides,
+#: the same way everywhere, so these only need to keep more than any setting it may choose
+CANDIDATES_PER_IMAGE = 10
+CANDIDATE_NMS_IOU = 0.5
 #: predictor layers replaced for the two-class task (never loaded from COCO)
 PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
 
@@ -144,9 +148,9 @@ def build_model(cfg: ModelConfig, image_size: int) -> MaskRCNN:
         rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
         box_batch_size_per_image=cfg.rois_per_image,
         box_positive_fraction=cfg.roi_positive_fraction,
-        box_detections_per_img=cfg.detections_per_image,
+        box_detections_per_img=CANDIDATES_PER_IMAGE,
         box_score_thresh=cfg.min_score,
-        box_nms_thresh=cfg.box_nms,
+        box_nms_thresh=CANDIDATE_NMS_IOU,
         **kwargs,
     )
     model.transform = CacheSizeTransform(image_size, image_size, model.transform.image_mean,

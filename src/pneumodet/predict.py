@@ -4,71 +4,33 @@ mapping back to each image's original pixels. Works without Lightning (the web s
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass, replace
-
 import numpy as np
 import torch
-from torchvision.ops import nms
 
-from pneumodet.boxes import as_boxes, iou_xyxy, shrink_xyxy
-from pneumodet.config import PredictConfig, RunConfig
+from pneumodet.boxes import as_boxes, iou_xyxy
+from pneumodet.config import RunConfig
 from pneumodet.model import boxes_only
-
-#: raw inference keeps more than any tuned setting will: post-processing decides the rest
-RAW_MAX_DETECTIONS = 10
-RAW_NMS_IOU = 0.5
-
-
-@dataclass(frozen=True)
-class PostProcess:
-    """The choices evaluate tunes on val: score threshold, NMS IoU between boxes, boxes kept, shrink."""
-
-    score_threshold: float = 0.5
-    nms_iou: float = 0.1
-    max_boxes: int = 3
-    shrink: float = 1.0
-
-    @classmethod
-    def from_config(cls, cfg: PredictConfig) -> PostProcess:
-        return cls(cfg.score_threshold, cfg.nms_iou, cfg.max_boxes, cfg.shrink)
-
-
-def postprocess(boxes_xyxy, scores, pp: PostProcess) -> tuple[np.ndarray, np.ndarray]:
-    """Return (boxes (N, 4) xyxy, scores (N,)) kept by ``pp``, highest score first."""
-    boxes, scores = as_boxes(boxes_xyxy), np.asarray(scores, dtype=np.float64).reshape(-1)
-    keep = scores >= pp.score_threshold
-    boxes, scores = boxes[keep], scores[keep]
-    if len(boxes):
-        order = nms(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores, dtype=torch.float32),
-                     pp.nms_iou).numpy()[: pp.max_boxes]
-        boxes, scores = boxes[order], scores[order]
-        if pp.shrink != 1.0:
-            boxes = shrink_xyxy(boxes, pp.shrink)
-    return boxes, scores
-
-
-def image_score(boxes_xyxy, scores, pp: PostProcess) -> float:
-    """Return an image's score: its highest box score after NMS and max boxes, before the threshold."""
-    kept = postprocess(boxes_xyxy, scores, replace(pp, score_threshold=0.0, shrink=1.0))[1]
-    return float(kept.max()) if len(kept) else 0.0
 
 
 def fuse_boxes(sets: list[tuple[np.ndarray, np.ndarray]], iou: float = 0.55) -> tuple[np.ndarray, np.ndarray]:
     """Return weighted box fusion of several predictions of one image (e.g. an image and its flip).
 
-    Boxes are clustered greedily by descending score at ``iou``; a cluster's box is the
-    score-weighted mean, its score the sum of scores divided by the number of sets, so a box that
-    only one pass found is down-weighted.
+    Boxes are clustered greedily by descending score at ``iou``; a cluster takes at most one box from
+    each set (two boxes of one pass are two findings, never one). A cluster's box is the score-weighted
+    mean, its score the sum of its scores divided by the number of sets: within [0, 1], and a box that
+    only some passes found is down-weighted.
     """
-    boxes = np.concatenate([as_boxes(b) for b, _ in sets]) if sets else np.zeros((0, 4))
-    scores = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1) for _, s in sets]) if sets else np.zeros(0)
-    order = np.argsort(-scores, kind="stable")
+    if not sets:
+        return np.zeros((0, 4)), np.zeros(0)
+    boxes = np.concatenate([as_boxes(b) for b, _ in sets])
+    scores = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1) for _, s in sets])
+    origin = np.concatenate([np.full(len(as_boxes(b)), n) for n, (b, _) in enumerate(sets)])
     clusters: list[list[int]] = []
     fused: list[np.ndarray] = []
-    for i in order:
+    for i in np.argsort(-scores, kind="stable"):
         if fused:
             overlaps = iou_xyxy(boxes[i : i + 1], np.asarray(fused))[0]
+            overlaps[[origin[i] in origin[c] for c in clusters]] = -1.0  # this pass is in that cluster already
             j = int(np.argmax(overlaps))
             if overlaps[j] > iou:
                 clusters[j].append(i)
@@ -101,17 +63,6 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.image_size, self.hflip_tta, self.device, self.bf16 = image_size, hflip_tta, torch.device(device), bf16
 
-    @contextlib.contextmanager
-    def _permissive(self):
-        heads = self.model.roi_heads
-        saved = heads.nms_thresh, heads.detections_per_img
-        heads.nms_thresh, heads.detections_per_img = RAW_NMS_IOU, RAW_MAX_DETECTIONS
-        try:
-            with boxes_only(self.model):
-                yield
-        finally:
-            heads.nms_thresh, heads.detections_per_img = saved
-
     def _forward(self, images: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         with torch.inference_mode(), autocast:
@@ -119,24 +70,28 @@ class Predictor:
         return [(o["boxes"].float().cpu().numpy().astype(np.float64), o["scores"].float().cpu().numpy()) for o in outputs]
 
     def __call__(self, images: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Return per image (boxes (N, 4) xyxy, scores (N,)) for float [C, H, W] images in [0, 1]."""
-        with self._permissive():
+        """Return per image (boxes_cache_xyxy (N, 4), scores (N,)): the model's candidates, in the pixels of
+        the float [C, H, W] images in [0, 1] it was given (cache pixels), before post-processing."""
+        with boxes_only(self.model):
             plain = self._forward(images)
             if not self.hflip_tta:
                 return plain
             flipped = self._forward([im.flip(-1) for im in images])
         merged = []
-        for (boxes, scores), (fboxes, fscores) in zip(plain, flipped, strict=True):
+        for (boxes_cache_xyxy, scores), (flipped_xyxy, flipped_scores) in zip(plain, flipped, strict=True):
             width = images[0].shape[-1]
-            unflipped = fboxes.copy()
-            unflipped[:, [0, 2]] = width - fboxes[:, [2, 0]]
-            merged.append(fuse_boxes([(boxes, scores), (unflipped, fscores)]))
+            unflipped = flipped_xyxy.copy()
+            unflipped[:, [0, 2]] = width - flipped_xyxy[:, [2, 0]]
+            merged.append(fuse_boxes([(boxes_cache_xyxy, scores), (unflipped, flipped_scores)]))
         return merged
 
 
-def to_original(boxes_xyxy, scale_x: float, scale_y: float, height: int, width: int) -> np.ndarray:
-    """Return cache-pixel xyxy boxes in the image's original pixels, clipped to it."""
-    b = as_boxes(boxes_xyxy) / np.array([scale_x, scale_y, scale_x, scale_y])
+def to_original(boxes_cache_xyxy, scale_x: float, scale_y: float, height: int, width: int) -> np.ndarray:
+    """Return boxes_orig_xyxy: cache-pixel boxes in the image's own pixels, clipped to its ``height`` x ``width``.
+
+    ``scale_x`` = cache size / width and ``scale_y`` = cache size / height, as the cache records them.
+    """
+    b = as_boxes(boxes_cache_xyxy) / np.array([scale_x, scale_y, scale_x, scale_y])
     b[:, [0, 2]] = b[:, [0, 2]].clip(0, width)
     b[:, [1, 3]] = b[:, [1, 3]].clip(0, height)
     return b

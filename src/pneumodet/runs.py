@@ -65,6 +65,10 @@ class RunPaths:
         return self.weights / "last.ckpt"
 
     @property
+    def split(self) -> Path:
+        return self.root / "split.csv"
+
+    @property
     def plots(self) -> Path:
         return self.root / "plots"
 
@@ -145,7 +149,7 @@ def load_trained(run: str | Path, which: str = "best"):
     path = paths.best if which == "best" and paths.best.is_file() else paths.last
     checkpoint = read_checkpoint(path)
     info = checkpoint["pneumodet"]
-    config: RunConfig = from_dict(info["config"])
+    config: RunConfig = from_dict(info["config"], legacy=True)
     model = build_model(_no_download(config).model, config.data.image_size)
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
     model.load_state_dict(state)
@@ -157,6 +161,23 @@ def _no_download(config: RunConfig) -> RunConfig:
     import dataclasses
 
     return dataclasses.replace(config, model=dataclasses.replace(config.model, weights="none"))
+
+
+def write_split(paths: RunPaths, table) -> None:
+    """Write the (patient_id, split) table the run trains on into the run folder, atomically."""
+    with atomic_path(paths.split) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def run_split(paths: RunPaths):
+    """Return the run's own (patient_id, split) table; a run without one cannot be scored on its val split."""
+    import pandas as pd
+
+    if not paths.split.is_file():
+        raise UserError(f"{paths.split}: the run does not record the split it trained on (trained before "
+                        "pneumodet kept it), so its val images are unknown; evaluate another labelled set "
+                        "with --data CACHE --split all, or train the run again")
+    return pd.read_csv(paths.split, dtype=str)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

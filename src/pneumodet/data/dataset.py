@@ -36,18 +36,20 @@ class PneumoniaDataset(Dataset):
     Item ``i`` -> ``(image, target)``: image float [1, H, W] in [0, 1] (H = W = cache size);
     target {"boxes": float32 (N, 4) xyxy in cache pixels, "labels": int64 (N,) all 1,
     "masks": uint8 (N, H, W) made from the boxes, "image_id": int (the cache row)}.
-    ``transforms(image, target) -> (image, target)`` runs last (augmentation).
+    ``transforms(image, target) -> (image, target)`` runs last (augmentation). ``split_table``
+    (patient_id, split) chooses the images of ``split``; default: the cache's ``split.csv``.
     """
 
     def __init__(self, root: str | Path, size_px: int, split: str = "all", *,
                  transforms: Callable | None = None, mask_shape: str = "rectangle", subset: str = "train",
-                 cache: Cache | None = None):
+                 cache: Cache | None = None, split_table: pd.DataFrame | None = None):
         if split not in SPLITS:
             raise UserError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
         self.cache = cache or open_cache(root, size_px, subset)
         images = self.cache.images
         if split != "all":
-            table = read_split(Path(root) / "split.csv")
+            # a run passes the split it trained on; the cache's split.csv may have been rewritten since
+            table = read_split(Path(root) / "split.csv") if split_table is None else split_table
             chosen = set(table.loc[table["split"] == split, "patient_id"])
             images = images[images["patient_id"].isin(chosen)]
         self.records = images.reset_index(drop=True)

@@ -5,22 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 from torch.utils.data import DataLoader, Subset
 
 from pneumodet.config import RunConfig
-from pneumodet.data.dataset import PneumoniaDataset, collate
+from pneumodet.data.dataset import PneumoniaDataset, collate, read_split
 from pneumodet.data.transforms import train_transforms
 from pneumodet.errors import UserError
 
 
 class DetectionDataModule(L.LightningDataModule):
-    def __init__(self, cache_root: str | Path, config: RunConfig):
+    def __init__(self, cache_root: str | Path, config: RunConfig, split_table: pd.DataFrame | None = None):
+        """``split_table``: the (patient_id, split) table to train on; default the cache's split.csv."""
         super().__init__()
         self.root, self.config = Path(cache_root), config
+        self.split_table = read_split(self.root / "split.csv") if split_table is None else split_table
         data = config.data
         self.train_set = PneumoniaDataset(self.root, data.image_size, "train", mask_shape=data.mask_shape,
-                                          transforms=train_transforms(config.augment))
-        self.val_set = PneumoniaDataset(self.root, data.image_size, "val", mask_shape=data.mask_shape)
+                                          transforms=train_transforms(config.augment), split_table=self.split_table)
+        self.val_set = PneumoniaDataset(self.root, data.image_size, "val", mask_shape=data.mask_shape,
+                                        split_table=self.split_table)
         if data.train_limit:
             self.train_set = Subset(self.train_set, range(min(data.train_limit, len(self.train_set))))
         if data.val_limit:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import replace
 
 import lightning as L
 import numpy as np
@@ -15,7 +16,8 @@ from pneumodet import __version__
 from pneumodet.config import RunConfig, Stage
 from pneumodet.errors import RunFailure
 from pneumodet.metrics import Prediction, best_threshold, rsna_map
-from pneumodet.model import CLASS_NAMES, build_model, head_parameters
+from pneumodet.model import CLASS_NAMES, boxes_only, build_model, head_parameters
+from pneumodet.postprocess import PostProcess, postprocess
 from pneumodet.runs import LOSS_NAMES
 
 
@@ -131,7 +133,7 @@ class DetectionModule(L.LightningModule):
         if torch.isfinite(total):
             self._accumulate("val", {"loss": total, **losses}, len(images))
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), boxes_only(self.model):
             detections = self.model(images)
         for target, det in zip(targets, detections, strict=True):
             self._val_outputs.append((target["boxes"].cpu().numpy(), det["boxes"].float().cpu().numpy(),
@@ -163,7 +165,10 @@ class DetectionModule(L.LightningModule):
             torch.distributed.all_gather_object(gathered, outputs)
             outputs = [o for part in gathered for o in part]
         truths = [o[0] for o in outputs]
-        predictions = [Prediction(o[1], o[2]) for o in outputs]
+        # post-processed as evaluate and predict do (NMS, max boxes, shrink), so best.ckpt is chosen on the
+        # score the run will report; the threshold is the best on val, as evaluate's tuning would find
+        pp = replace(PostProcess.from_config(self.config.predict), score_threshold=0.0)
+        predictions = [Prediction(*postprocess(o[1], o[2], pp)) for o in outputs]
         threshold, score = best_threshold(truths, predictions) if outputs else (0.0, 0.0)
         every_box = rsna_map(truths, predictions).rsna_map if outputs else 0.0
         if every_box > score:  # no threshold beats keeping every box

@@ -18,7 +18,16 @@ from pneumodet.engine.callbacks import AtomicCheckpointIO, MetricsHistory
 from pneumodet.engine.data import DetectionDataModule
 from pneumodet.engine.module import DetectionModule
 from pneumodet.errors import UserError
-from pneumodet.runs import RunPaths, new_run_dir, read_checkpoint, read_metrics, write_env, write_metrics
+from pneumodet.runs import (
+    RunPaths,
+    new_run_dir,
+    read_checkpoint,
+    read_metrics,
+    run_split,
+    write_env,
+    write_metrics,
+    write_split,
+)
 
 
 @dataclass(frozen=True)
@@ -80,12 +89,15 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = DetectionDataModule(cache, config)
+    # a resumed run goes on with the split it started with, whatever the cache's split.csv says now
+    split = run_split(paths) if resume and paths.split.is_file() else None
+    datamodule = DetectionDataModule(cache, config, split)
     module = DetectionModule(config, cache=str(Path(cache).resolve()))
     if not resume and not is_follower():  # the folder appears once data and model are known to be good
         paths.make()
         dump_config(config, paths.config)
         write_env(paths.env)
+        write_split(paths, datamodule.split_table)  # evaluate and serve score the run on this split only
     os.environ[RUN_ENV] = str(paths.root.resolve())  # for the worker processes Lightning starts
     # two callbacks: Lightning writes save_last only when the monitored value improved
     best = ModelCheckpoint(dirpath=paths.weights, filename="best", monitor="val/rsna_map", mode="max",

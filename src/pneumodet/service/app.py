@@ -20,13 +20,13 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
+from pneumodet.detector import load_detector
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomError, read_dicom_bytes
-from pneumodet.predict import PostProcess, image_score, postprocess, predictor_for, to_original
-from pneumodet.runs import find_run, load_trained
+from pneumodet.postprocess import PostProcess
+from pneumodet.runs import find_run, run_split
 from pneumodet.service.guard import allowed_hosts, install_guard, is_loopback, read_upload, resolve_token
 from pneumodet.service.review import OUTCOMES, build_items, load_val_predictions, render_png
-from pneumodet.submit import image_tensor, tuned_postprocess
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 64
@@ -35,45 +35,43 @@ log = logging.getLogger("pneumodet.service")
 
 
 class ModelService:
-    """The loaded model and its tuned post-processing; ``predict`` runs one request at a time."""
+    """The run's Detector; ``predict`` runs one request at a time."""
 
     def __init__(self, run: Path):
+        self.detector = load_detector(run)
         self.paths = find_run(run)
-        self.model, self.config, self.info = load_trained(run)
-        self.pp: PostProcess = tuned_postprocess(self.paths, PostProcess.from_config(self.config.predict))
-        self.predictor = predictor_for(self.model, self.config)
+        self.config = self.detector.config
+        self.info = self.detector.info
+        self.pp: PostProcess = self.detector.postprocess
         self.lock = threading.Lock()
         self.active = 0
         self.max_active = 0  # the most inferences ever running at once (tests check it stays 1)
         self.served = 0
 
     def predict(self, data: bytes, filename: str) -> tuple[dict, tuple]:
-        """Return (the API's JSON body, (pixels, boxes, scores, scale) for drawing it)."""
-        # decoded as prepare and predict decode (the same pixels reach the model), and again at display size
-        image = read_dicom_bytes(data, filename, max_decode_size=self.config.data.image_size)
-        shown = read_dicom_bytes(data, filename, max_decode_size=max(DISPLAY_PX, self.config.data.image_size))
-        tensor = image_tensor(image, self.config.data.image_size)
+        """Return (the API's JSON body, (pixels, boxes_orig_xyxy, scores, scale) for drawing it)."""
+        image = self.detector.read(data, filename)  # decoded as prepare and predict decode it
         with self.lock:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
             try:
-                boxes, scores = self.predictor([tensor])[0]
+                found = self.detector.detect(image)
             finally:
                 self.active -= 1
                 self.served += 1
         height, width = image.original_size
-        size = self.config.data.image_size
-        boxes = to_original(boxes, size / width, size / height, height, width)
-        kept, kept_scores = postprocess(boxes, scores, self.pp)
+        # decoded again, larger, only to draw it
+        shown = read_dicom_bytes(data, filename, max_decode_size=max(DISPLAY_PX, self.config.data.image_size))
         return {
-            "patient_id": image.patient_id,
-            "boxes": [{"x": round(float(x1), 1), "y": round(float(y1), 1), "width": round(float(x2 - x1), 1),
-                       "height": round(float(y2 - y1), 1), "score": round(float(s), 4)}
-                      for (x1, y1, x2, y2), s in zip(kept, kept_scores, strict=True)],
-            "image_score": round(image_score(boxes, scores, self.pp), 4),
+            "patient_id": found.patient_id,
+            "boxes": [{"x": round(float(x), 1), "y": round(float(y), 1), "width": round(float(w), 1),
+                       "height": round(float(h), 1), "score": round(float(s), 4)}
+                      for (x, y, w, h), s in zip(found.boxes_orig_xywh, found.scores, strict=True)],
+            "image_score": round(found.image_score, 4),
             "view": image.view_position, "age": image.age, "sex": image.sex,
             "original_size": {"height": height, "width": width},
-        }, (shown.pixels, kept, kept_scores, (shown.pixels.shape[1] / width, shown.pixels.shape[0] / height))
+        }, (shown.pixels, found.boxes_orig_xyxy, found.scores, (shown.pixels.shape[1] / width,
+                                                                 shown.pixels.shape[0] / height))
 
 
 def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, hosts: set[str] | None = None,
@@ -185,7 +183,8 @@ def _load_review(service: ModelService) -> dict:
     if not raw_path.is_file():
         return {"items": [], "cache": None, "note": f"no {raw_path.name}: run pneumodet evaluate {service.paths.root}"}
     try:
-        dataset = PneumoniaDataset(service.info.get("cache"), service.config.data.image_size, "val")
+        dataset = PneumoniaDataset(service.info.get("cache"), service.config.data.image_size, "val",
+                                   split_table=run_split(service.paths))
     except (UserError, TypeError) as exc:
         return {"items": [], "cache": None, "note": f"val images unavailable: {exc}"}
     items = build_items(dataset, load_val_predictions(raw_path), service.pp)

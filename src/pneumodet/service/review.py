@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from pneumodet.boxes import xywh_to_xyxy
 from pneumodet.metrics import image_precisions
-from pneumodet.predict import PostProcess, postprocess
+from pneumodet.postprocess import PostProcess, postprocess
 
 OUTCOMES = ("miss", "false alarm", "hit", "true negative")
 
