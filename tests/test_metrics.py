@@ -96,3 +96,66 @@ def test_roc_auc_and_sensitivity():
     assert roc_auc([1, 0, 1, 0], [0.9, 0.8, 0.3, 0.1]) == 0.75
     assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
     assert sensitivity_specificity([1, 1, 0, 0], [0.9, 0.2, 0.1, 0.7], 0.5) == (0.5, 0.5)
+
+
+def _reference_image_score(truth_xywh: np.ndarray, pred_xywh: np.ndarray, scores: np.ndarray) -> float | None:
+    """The widely used public RSNA kernel's rule (Yicheng Chen, Kaggle "mean-average-precision-metric"),
+    written out independently here: boxes in x, y, w, h; for each threshold, each truth in turn takes the
+    first prediction (by descending score) not yet taken whose IoU is >= t; precision = TP / (TP + FN + FP).
+    Written in plain loops, with nothing shared with pneumodet.metrics."""
+    if len(truth_xywh) == 0 and len(pred_xywh) == 0:
+        return None
+    ranked = [pred_xywh[i] for i in sorted(range(len(scores)), key=lambda i: -scores[i])]
+
+    def overlap(a, b) -> float:
+        left, top = max(a[0], b[0]), max(a[1], b[1])
+        right, bottom = min(a[0] + a[2], b[0] + b[2]), min(a[1] + a[3], b[1] + b[3])
+        if right <= left or bottom <= top:
+            return 0.0
+        inter = (right - left) * (bottom - top)
+        return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+
+    total = 0.0
+    for t in [0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75]:
+        taken: set[int] = set()
+        tp = fn = 0
+        for box in truth_xywh:
+            hit = next((j for j, p in enumerate(ranked) if j not in taken and overlap(box, p) >= t), None)
+            if hit is None:
+                fn += 1
+            else:
+                taken.add(hit)
+                tp += 1
+        total += tp / (tp + fn + len(ranked) - len(taken))
+    return total / 8
+
+
+def test_agrees_with_the_public_kernel_on_random_submissions():
+    rng = np.random.default_rng(11)
+    truths, predictions, reference = [], [], []
+    for _ in range(600):
+        n_truth = rng.choice([0, 0, 1, 2, 3])
+        truth = []
+        while len(truth) < n_truth:  # as in the real data: one image's boxes do not overlap
+            w, h = rng.uniform(40, 300, 2)
+            box = np.array([rng.uniform(0, 1024 - w), rng.uniform(0, 1024 - h), w, h])
+            if all(box[0] + box[2] <= b[0] or b[0] + b[2] <= box[0] or box[1] + box[3] <= b[1]
+                   or b[1] + b[3] <= box[1] for b in truth):
+                truth.append(box)
+        preds = [b + rng.normal(0, 0.15, 4) * np.array([b[2], b[3], b[2], b[3]]) for b in truth
+                 if rng.random() < 0.8]  # near misses and near hits around each truth
+        preds += [np.array([*rng.uniform(0, 800, 2), *rng.uniform(40, 300, 2)]) for _ in range(rng.integers(0, 3))]
+        preds = [np.array([p[0], p[1], max(p[2], 5.0), max(p[3], 5.0)]) for p in preds]
+        scores = rng.uniform(0, 1, len(preds))
+        truth_xywh = np.asarray(truth).reshape(-1, 4)
+        pred_xywh = np.asarray(preds).reshape(-1, 4)
+        truths.append(truth_xywh)
+        predictions.append(Prediction.from_xywh(pred_xywh, scores))
+        reference.append(_reference_image_score(truth_xywh, pred_xywh, scores))
+    ours = rsna_map([np.c_[t[:, :2], t[:, :2] + t[:, 2:]] for t in truths], predictions)
+    counted = [r for r in reference if r is not None]
+    assert ours.n_images == len(counted) > 400
+    mismatched = [i for i, r in enumerate(reference) if r is not None and not np.isclose(ours.per_image[i], r)]
+    assert not mismatched, mismatched[:5]
+    assert np.isclose(ours.rsna_map, np.mean(counted))
+    assert 0.1 < ours.rsna_map < 0.9  # a submission with real hits, misses and false alarms

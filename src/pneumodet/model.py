@@ -65,7 +65,7 @@ def weights_file(url: str) -> Path:
 
 def fetch_weights(url: str) -> dict:
     """Return the state_dict at ``url``, from the torch.hub cache or downloaded; fail fast offline."""
-    from pneumodet.io.kaggle import can_reach
+    from pneumodet.network import can_reach
 
     path = weights_file(url)
     if not path.is_file():

@@ -94,8 +94,14 @@ def new_run_dir(base: str | Path, name: str) -> Path:
 
 def write_env(path: Path, argv: list[str] | None = None) -> None:
     """Write versions, hardware and the git commit, so a run can be reproduced."""
-    import lightning
+    from importlib.metadata import PackageNotFoundError, version
+
     import torchvision
+
+    try:
+        lightning_version = version("lightning")  # read from the metadata: runs.py never imports Lightning
+    except PackageNotFoundError:
+        lightning_version = "not installed"
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -104,7 +110,7 @@ def write_env(path: Path, argv: list[str] | None = None) -> None:
         commit = "unknown"
     lines = [f"pneumodet {__version__}", f"git commit {commit}", f"python {platform.python_version()}",
              f"torch {torch.__version__}", f"torchvision {torchvision.__version__}",
-             f"lightning {lightning.__version__}", f"platform {platform.platform()}",
+             f"lightning {lightning_version}", f"platform {platform.platform()}",
              f"cpus {os.cpu_count()}", f"torch threads {torch.get_num_threads()}",
              f"cuda devices {torch.cuda.device_count() if torch.cuda.is_available() else 0}",
              f"command {' '.join(argv or sys.argv)}"]

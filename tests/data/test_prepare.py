@@ -1,12 +1,10 @@
 import json
-import os
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pneumodet.data import cache as cache_module
 from pneumodet.data.cache import open_cache
 from pneumodet.data.prepare import prepare
 from pneumodet.errors import UserError
@@ -140,48 +138,6 @@ def test_interrupted_prepare_leaves_no_complete_cache(synth_data, tmp_path, monk
     assert list(out.iterdir()) == []  # no temporary folder left, nothing that looks complete
     with pytest.raises(UserError, match="no complete train cache"):
         open_cache(out, 64)
-
-
-def test_commit_replaces_an_old_cache_atomically(tmp_path):
-    final = tmp_path / "train-64px"
-    final.mkdir()  # a cache from before versioned folders
-    (final / "stale").write_text("old")
-    versions = []
-    for n in range(2):
-        tmp = tmp_path / f".tmp-train-64px-{n}"
-        tmp.mkdir()
-        (tmp / "images.npy").write_bytes(b"new")
-        cache_module.commit(tmp, final, {"params": {"n": n}})
-        assert final.is_symlink() and json.loads((final / "meta.json").read_text()) == {"params": {"n": n}}
-        assert not (final / "stale").exists()
-        versions.append(final.resolve())
-        # only the link and the version it points at: the previous version and temporary files are gone
-        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["train-64px", versions[-1].name])
-    assert versions[0] != versions[1]
-
-
-def test_stale_build_folders_of_dead_runs_are_removed(synth_data, tmp_path):
-    out = tmp_path / "cache"
-    out.mkdir()
-    dead = _dead_pid()
-    for name in (f".tmp-train-64px-{dead}-1", f"train-64px@{dead}-2", f".old-train-64px-{dead}"):
-        (out / name).mkdir()
-        (out / name / "images.npy").write_bytes(b"x" * 100)
-    alive = out / f".tmp-train-64px-{os.getpid()}-3"  # another prepare still running: left alone
-    alive.mkdir()
-    prepare(synth_data, out, size_px=64, progress=False, workers=1)
-    names = sorted(p.name for p in out.iterdir())
-    assert not [n for n in names if str(dead) in n]
-    assert alive.name in names and (out / "train-64px").is_symlink()
-
-
-def _dead_pid() -> int:
-    """Return the id of a process that has just exited."""
-    import subprocess
-
-    child = subprocess.Popen(["true"])
-    child.wait()
-    return child.pid
 
 
 def test_nothing_usable_is_a_user_error(tmp_path):

@@ -155,3 +155,53 @@ def test_two_cpu_processes_with_ddp(tiny_cache, tmp_path):
     assert [r["epoch"] for r in rows] == [1]
     checkpoint = read_checkpoint(tmp_path / "ddp" / "weights" / "last.ckpt")
     assert checkpoint["global_step"] == 2  # 2 steps per process, in lock step
+
+
+def test_heads_stage_freezes_the_backbone_and_stages_set_the_learning_rate(tiny_cache, tmp_path, monkeypatch):
+    seen = {"lr": [], "params": []}
+
+    def snapshot(self):
+        seen["params"].append({n: p.detach().clone() for n, p in self.model.named_parameters()})
+
+    def record_lr(self, outputs, batch, batch_idx):
+        seen["lr"].append((self.current_epoch, self.optimizers().optimizer.param_groups[0]["lr"]))
+
+    monkeypatch.setattr(DetectionModule, "on_train_start", snapshot, raising=False)
+    monkeypatch.setattr(DetectionModule, "on_train_epoch_end", snapshot, raising=False)
+    monkeypatch.setattr(DetectionModule, "on_train_batch_end", record_lr, raising=False)
+    config = tiny_config("train.stages=[{'until_epoch': 1, 'layers': 'heads'}, {'until_epoch': 2, 'lr_scale': 0.1}]")
+    result = train(config, tiny_cache, run=tmp_path / "run", progress=False)
+    start, after_heads, after_all = seen["params"]
+    backbone = [n for n in start if n.startswith("backbone.body.")]
+    heads = [n for n in start if not n.startswith("backbone.body.")]
+    assert backbone and heads
+    assert all(torch.equal(start[n], after_heads[n]) for n in backbone), "the heads stage moved the backbone"
+    assert any(not torch.equal(start[n], after_heads[n]) for n in heads), "the heads stage trained nothing"
+    assert any(not torch.equal(after_heads[n], after_all[n]) for n in backbone), "the all stage left it frozen"
+    # the optimizer really ran at each stage's rate, and metrics.csv says so
+    assert {epoch: lr for epoch, lr in seen["lr"]} == {0: pytest.approx(1e-3), 1: pytest.approx(1e-4)}
+    assert [r["lr"] for r in read_metrics(result.run / "metrics.csv")] == [pytest.approx(1e-3), pytest.approx(1e-4)]
+
+
+def test_a_run_is_scored_on_its_own_split_after_prepare_changes_it(synth_data, tmp_path):
+    import pandas as pd
+
+    from pneumodet.data.prepare import prepare
+    from pneumodet.evaluate import evaluate
+
+    cache = tmp_path / "cache"
+    prepare(synth_data, cache, size_px=64, val_fraction=0.3, seed=0, progress=False, workers=1)
+    result = train(tiny_config("model.min_score=0.0"), cache, run=tmp_path / "run", progress=False)
+    trained_on = pd.read_csv(result.run / "split.csv", dtype=str)
+    assert trained_on.equals(pd.read_csv(cache / "split.csv", dtype=str))
+    train_ids = set(trained_on.loc[trained_on["split"] == "train", "patient_id"])
+    # prepare again with another seed: the cache's split.csv now puts some training images in val
+    prepare(synth_data, cache, size_px=64, val_fraction=0.3, seed=7, progress=False, workers=1)
+    moved = pd.read_csv(cache / "split.csv", dtype=str)
+    assert set(moved.loc[moved["split"] == "val", "patient_id"]) & train_ids
+    evaluate(result.run, progress=False)
+    scored = set(pd.read_csv(result.run / "predictions" / "val.csv", dtype=str)["patient_id"])
+    assert scored and not scored & train_ids  # evaluate used the run's split, not the cache's new one
+    (result.run / "split.csv").unlink()
+    with pytest.raises(UserError, match="does not record the split"):
+        evaluate(result.run, progress=False)

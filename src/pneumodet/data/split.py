@@ -46,7 +46,7 @@ def split_images(
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     frame = images[["patient_id", "label_class", "view"]].copy()
-    frame["label_class"] = frame["label_class"].fillna("unknown").astype(str)
+    frame["label_class"] = frame["label_class"].astype(object).fillna("unknown").astype(str)
     frame["view"] = frame["view"].fillna("unknown").astype(str)
     groups = groups or {}
     frame["group"] = [groups.get(pid, f"image:{pid}") for pid in frame["patient_id"]]

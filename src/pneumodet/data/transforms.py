@@ -51,6 +51,11 @@ class RandAffine:
     def __call__(self, image, target):
         return self.apply(image, target, self.sample(*image.shape[-2:]))
 
+    def variants(self) -> list:
+        """Return scale, translate, rotate and shear each on its own (for the augmentation gallery)."""
+        return [RandAffine(self.scale, (0.0, 0.0), 0.0, 0.0), RandAffine((1.0, 1.0), self.translate, 0.0, 0.0),
+                RandAffine((1.0, 1.0), (0.0, 0.0), self.rotate, 0.0), RandAffine((1.0, 1.0), (0.0, 0.0), 0.0, self.shear)]
+
 
 def describe_affine(p: dict) -> str:
     """Return what an affine did, naming only the parts that did something."""
@@ -83,6 +88,10 @@ class RandHFlip:
     def __init__(self, p: float = 0.5):
         self.p, self.last = p, ""
 
+    def variants(self) -> list:
+        """Return this op forced to apply (for the augmentation gallery)."""
+        return [RandHFlip(1.0)]
+
     def __call__(self, image, target):
         if _uniform(0, 1) >= self.p:
             self.last = "no flip"
@@ -98,6 +107,9 @@ class RandBrightnessContrast:
     def __init__(self, brightness=(0.9, 1.1), contrast=(0.9, 1.1)):
         self.brightness, self.contrast, self.last = brightness, contrast, ""
 
+    def variants(self) -> list:
+        return [self]
+
     def __call__(self, image, target):
         b, c = _uniform(*self.brightness), _uniform(*self.contrast)
         self.last = f"brightness x{b:.2f}, contrast x{c:.2f}"
@@ -109,6 +121,11 @@ class RandBlurOrSharpen:
 
     def __init__(self, blur_sigma=(0.3, 1.0), sharpen=(1.2, 2.0), p: float = 0.5, mode: str = "either"):
         self.blur_sigma, self.sharpen, self.p, self.mode, self.last = blur_sigma, sharpen, p, mode, ""
+
+    def variants(self) -> list:
+        """Return the blur and the sharpen, each forced to apply."""
+        return [RandBlurOrSharpen(self.blur_sigma, self.sharpen, 1.0, "blur"),
+                RandBlurOrSharpen(self.blur_sigma, self.sharpen, 1.0, "sharpen")]
 
     def __call__(self, image, target):
         if _uniform(0, 1) >= self.p:
@@ -139,13 +156,27 @@ class Compose:
         return image, target
 
 
-def train_transforms(cfg: AugmentConfig) -> Compose | None:
-    """Return the training augmentation for ``cfg`` (None when disabled). Evaluation uses none."""
+def train_ops(cfg: AugmentConfig) -> list:
+    """Return the training augmentation ops for ``cfg``, in order (empty when disabled)."""
     if not cfg.enabled:
-        return None
+        return []
     ops = [RandAffine(cfg.scale, (cfg.translate_x, cfg.translate_y), cfg.rotate_deg, cfg.shear_deg),
            RandBrightnessContrast(cfg.brightness, cfg.contrast),
            RandBlurOrSharpen(cfg.blur_sigma, cfg.sharpen, cfg.blur_or_sharpen_p)]
     if cfg.hflip_p > 0:
         ops.append(RandHFlip(cfg.hflip_p))
-    return Compose(ops)
+    return ops
+
+
+def train_transforms(cfg: AugmentConfig) -> Compose | None:
+    """Return the training augmentation for ``cfg`` (None when disabled). Evaluation uses none."""
+    ops = train_ops(cfg)
+    return Compose(ops) if ops else None
+
+
+def gallery_ops(cfg: AugmentConfig) -> list:
+    """Return each effect of the training ops on its own, forced to apply: what augmentations.png shows.
+
+    Built from :func:`train_ops`, so an op added there appears here (each op says how with ``variants``).
+    """
+    return [variant for op in train_ops(cfg) for variant in op.variants()]

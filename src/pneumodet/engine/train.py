@@ -139,21 +139,14 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
 
 def _draw_augmentations(datamodule: DetectionDataModule, config: RunConfig, paths: RunPaths) -> None:
     from pneumodet.data.dataset import PneumoniaDataset
-    from pneumodet.data.transforms import RandAffine, RandBlurOrSharpen, RandBrightnessContrast, RandHFlip
+    from pneumodet.data.transforms import gallery_ops
     from pneumodet.report.plots import plot_augmentations
 
-    plain = PneumoniaDataset(datamodule.root, config.data.image_size, "train", mask_shape=config.data.mask_shape)
+    plain = PneumoniaDataset(datamodule.root, config.data.image_size, "train", mask_shape=config.data.mask_shape,
+                             split_table=datamodule.split_table)
     positives = plain.records.index[plain.records["n_boxes"] > 0]
     index = int(positives[0]) if len(positives) else 0
     image, target = plain[index]
-    a = config.augment
-    ops = [RandAffine(a.scale, (0.0, 0.0), 0.0, 0.0),
-           RandAffine((1.0, 1.0), (a.translate_x, a.translate_y), 0.0, 0.0),
-           RandAffine((1.0, 1.0), (0.0, 0.0), a.rotate_deg, 0.0),
-           RandAffine((1.0, 1.0), (0.0, 0.0), 0.0, a.shear_deg),
-           RandBrightnessContrast(a.brightness, a.contrast),
-           RandBlurOrSharpen(a.blur_sigma, a.sharpen, p=1.0, mode="blur"),
-           RandBlurOrSharpen(a.blur_sigma, a.sharpen, p=1.0, mode="sharpen"),
-           RandHFlip(p=1.0)]
+    ops = gallery_ops(config.augment)
     torch.manual_seed(config.train.seed)
     plot_augmentations(image, target, ops, paths.plots / "augmentations.png")

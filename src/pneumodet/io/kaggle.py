@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 import zipfile
 from pathlib import Path
 
 from pneumodet.errors import UserError
 from pneumodet.files import atomic_path
 from pneumodet.io.layout import CLASS_INFO, SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
+from pneumodet.network import can_reach
 
 COMPETITION = "rsna-pneumonia-detection-challenge"
 KAGGLE_HOST = "www.kaggle.com"
@@ -48,22 +47,6 @@ def find_credentials(environ: dict | None = None) -> str | None:
         raise UserError(f"{path}: needs 'username' and 'key'; {HOW_TO}")
     return None
 
-
-def can_reach(host: str = KAGGLE_HOST, port: int = 443, timeout_s: float = 0.8) -> bool:
-    """Return whether a TCP connection to host:port opens within ``timeout_s`` (DNS included)."""
-    result: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=attempt, daemon=True)  # getaddrinfo has no timeout of its own
-    thread.start()
-    thread.join(timeout_s)
-    return bool(result and result[0])
 
 
 def check_complete(dest: str | Path) -> list[str]:
@@ -111,7 +94,7 @@ def download_competition(dest: str | Path, competition: str = COMPETITION) -> Pa
         return dest
     if find_credentials() is None:
         raise UserError(f"no Kaggle credentials: {HOW_TO}")
-    if not can_reach():
+    if not can_reach(KAGGLE_HOST):
         raise UserError(f"cannot reach {KAGGLE_HOST} (offline?): download needs the network; "
                         f"or copy the competition files into {dest}")
     dest.mkdir(parents=True, exist_ok=True)

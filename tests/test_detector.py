@@ -1,0 +1,148 @@
+"""The one inference path: scales, pixels, post-processing from metrics.json, the public API."""
+
+import json
+import re
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+import pneumodet
+from pneumodet.config import load_config
+from pneumodet.data.cache import open_cache
+from pneumodet.data.prepare import prepare
+from pneumodet.detector import Detector, image_tensor, load_detector
+from pneumodet.io.layout import TRAIN_IMAGES, TRAIN_LABELS
+from pneumodet.postprocess import PostProcess
+from tests.conftest import gradient
+
+SIZE = 64
+
+
+class OneBox(torch.nn.Module):
+    """A stand-in detector: one fixed box in the pixels of the image it is given (cache pixels)."""
+
+    def __init__(self, box_cache_xyxy):
+        super().__init__()
+        self.box = torch.tensor([box_cache_xyxy], dtype=torch.float32)
+        self.roi_heads = SimpleNamespace(mask_roi_pool=None, mask_head=None, mask_predictor=None)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, images):
+        self.seen += [im.clone() for im in images]
+        return [{"boxes": self.box.clone(), "scores": torch.tensor([0.9])} for _ in images]
+
+
+def _stub_detector(box_cache_xyxy, **pp) -> Detector:
+    config = load_config(None, [f"data.image_size={SIZE}", "predict.channels_last=False"])
+    settings = {"score_threshold": 0.5, "nms_iou": 0.5, "max_boxes": 3, "shrink": 1.0, **pp}
+    return Detector(OneBox(box_cache_xyxy), config, PostProcess(**settings))
+
+
+def test_boxes_come_back_in_a_non_square_images_own_pixels(make_dicom):
+    # 200 rows x 800 columns: x scales by 800/64 = 12.5, y by 200/64 = 3.125; swapped scales would differ
+    path = make_dicom("wide", gradient(200, 800))
+    found = _stub_detector([8, 16, 24, 32]).detect(path)
+    assert found.original_size == (200, 800)
+    assert np.allclose(found.boxes_orig_xyxy, [[100, 50, 300, 100]])
+    assert np.allclose(found.boxes_orig_xywh, [[100, 50, 200, 50]])
+    assert found.scores.tolist() == [pytest.approx(0.9)] and found.image_score == pytest.approx(0.9)
+    tall = _stub_detector([8, 16, 24, 32]).detect(make_dicom("tall", gradient(800, 200)))
+    assert np.allclose(tall.boxes_orig_xyxy, [[25, 200, 75, 400]])
+
+
+def test_shrink_and_threshold_are_applied_in_original_pixels(make_dicom):
+    path = make_dicom("wide", gradient(200, 800))
+    shrunk = _stub_detector([8, 16, 24, 32], shrink=0.5).detect(path)
+    assert np.allclose(shrunk.boxes_orig_xyxy, [[150, 62.5, 250, 87.5]])
+    nothing = _stub_detector([8, 16, 24, 32], score_threshold=0.95).detect(path)
+    assert len(nothing.boxes_orig_xyxy) == 0 and nothing.image_score == pytest.approx(0.9)
+
+
+def test_prepare_predict_and_serve_feed_the_model_the_same_pixels(trained_run, tmp_path, make_dicom, monkeypatch):
+    rng = np.random.default_rng(5)
+    pixels = (gradient(300, 500).astype(int) + rng.integers(-40, 40, (300, 500))).clip(0, 255).astype(np.uint8)
+    data = tmp_path / "data"
+    path = make_dicom("odd", pixels, folder=data / TRAIN_IMAGES)
+    (data / TRAIN_LABELS).write_text("patientId,x,y,width,height,Target\nodd,,,,,0\n")
+    prepare(data, tmp_path / "cache", size_px=SIZE, val_fraction=0.0, progress=False, workers=1)
+    cached = np.asarray(open_cache(tmp_path / "cache", SIZE).pixels[0])
+
+    seen: list[torch.Tensor] = []
+    from pneumodet.predict import Predictor
+
+    real_forward = Predictor._forward
+    monkeypatch.setattr(Predictor, "_forward", lambda self, images: (seen.extend(im.clone() for im in images),
+                                                                       real_forward(self, images))[1])
+    from pneumodet.submit import predict_folder
+
+    predict_folder(trained_run, data / TRAIN_IMAGES, tmp_path / "sub.csv", workers=0, progress=False)
+    from pneumodet.service.app import create_app
+
+    client = TestClient(create_app(trained_run))
+    assert client.post("/api/predict", files={"file": ("odd.dcm", path.read_bytes())}).status_code == 200
+    assert len(seen) == 2
+    as_uint8 = [np.round(t[0].numpy() * 255).astype(np.uint8) for t in seen]
+    assert np.array_equal(as_uint8[0], cached), "predict fed the model other pixels than the cache holds"
+    assert np.array_equal(as_uint8[1], cached), "serve fed the model other pixels than the cache holds"
+    assert np.array_equal(np.round(image_tensor(cached, SIZE)[0].numpy() * 255), cached)
+
+
+def test_predict_honours_the_runs_metrics_json(trained_run, synth_data, tmp_path):
+    from pneumodet.io.layout import TEST_IMAGES
+    from pneumodet.submit import predict_folder
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    boxes = {}
+    for shrink, max_boxes in ((1.0, 4), (0.5, 1)):
+        metrics = json.loads((run / "metrics.json").read_text())
+        metrics["postprocess"] = {"score_threshold": 0.0, "nms_iou": 0.5, "max_boxes": max_boxes, "shrink": shrink}
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        out = tmp_path / f"sub-{max_boxes}.csv"
+        summary = predict_folder(run, synth_data / TEST_IMAGES, out, workers=0, progress=False)
+        assert summary.postprocess == PostProcess(0.0, 0.5, max_boxes, shrink)
+        boxes[max_boxes] = pd.read_csv(out.with_name(f"{out.stem}.boxes.csv"))
+    assert boxes[4].groupby("patient_id").size().max() > 1  # the model found several candidates...
+    assert boxes[1].groupby("patient_id").size().max() == 1  # ...and max_boxes=1 from metrics.json kept one
+    top = boxes[4].sort_values("score").groupby("patient_id").tail(1).set_index("patient_id")
+    one = boxes[1].set_index("patient_id").loc[top.index]
+    assert np.allclose(one["width"], top["width"] * 0.5, atol=0.2)  # the CSV keeps one decimal
+    assert np.allclose(one["height"], top["height"] * 0.5, atol=0.2)
+
+
+def test_load_detector_reads_bytes_paths_and_pixels(trained_run, synth_data):
+    from pneumodet.io.layout import TEST_IMAGES
+
+    detector = load_detector(trained_run, overrides={"score_threshold": 0.0})
+    path = sorted((synth_data / TEST_IMAGES).glob("*.dcm"))[0]
+    by_path, by_bytes = detector.detect(path), detector.detect(path.read_bytes(), name=path.name)
+    assert by_path.patient_id == by_bytes.patient_id == path.stem
+    assert np.array_equal(by_path.boxes_orig_xyxy, by_bytes.boxes_orig_xyxy)
+    assert len(by_path.scores) > 0  # the trained model proposes something at threshold 0
+    with pytest.raises(pneumodet.UserError, match="uint8"):
+        detector.detect(np.zeros((10, 10), np.float32))
+
+
+def test_the_public_api_docstring_example_runs(trained_run, synth_data):
+    from pathlib import Path
+
+    from pneumodet.io.layout import TEST_IMAGES
+
+    block = pneumodet.__doc__.split("::", 1)[1].split("\n\nNames load", 1)[0]
+    code = "\n".join(line[4:] for line in block.splitlines())
+    dicom = sorted((synth_data / TEST_IMAGES).glob("*.dcm"))[0]
+    config = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    code = code.replace('"runs/demo"', repr(str(trained_run))).replace('"patient.dcm"', repr(str(dicom)))
+    code = code.replace('"configs/demo.yaml"', repr(str(config)))
+    namespace = {"truths_xyxy": [np.array([[0, 0, 10, 10.0]])], "boxes_xyxy": np.array([[0, 0, 10, 10.0]]),
+                 "scores": np.array([0.9])}
+    exec(compile(code, "pneumodet docstring", "exec"), namespace)  # noqa: S102 - our own docstring
+    assert namespace["found"].patient_id == dicom.stem
+    assert namespace["image"].pixels.dtype == np.uint8 and namespace["config"].train.epochs == 4
+    assert namespace["score"].rsna_map == 1.0
+    assert re.search(r"pneumodet\.\w+", code) and set(pneumodet.__all__) <= set(dir(pneumodet))
