@@ -18,9 +18,9 @@ import torch
 
 from pneumodet.boxes import xyxy_to_xywh
 from pneumodet.config import RunConfig
-from pneumodet.data.cache import to_cache_size
+from pneumodet.data.cache import read_for_cache, to_cache_size
 from pneumodet.errors import UserError
-from pneumodet.io.dicom import DicomImage, read_dicom, read_dicom_bytes
+from pneumodet.io.dicom import DicomImage
 from pneumodet.postprocess import PostProcess, image_score, postprocess
 from pneumodet.predict import predictor_for, to_original
 from pneumodet.runs import RunPaths, find_run, load_trained
@@ -75,11 +75,7 @@ class Detector:
 
     def read(self, source: str | Path | bytes | DicomImage, name: str | None = None) -> DicomImage:
         """Return the DICOM decoded as the cache decodes it (reduced-scale JPEG decode where it can)."""
-        if isinstance(source, DicomImage):
-            return source
-        if isinstance(source, bytes | bytearray):
-            return read_dicom_bytes(bytes(source), name or "upload.dcm", max_decode_size=self.image_size)
-        return read_dicom(source, max_decode_size=self.image_size)
+        return source if isinstance(source, DicomImage) else read_for_cache(source, self.image_size, name)
 
     def candidates(self, tensors: list[torch.Tensor], original_sizes: list[tuple[int, int]]
                    ) -> list[tuple[np.ndarray, np.ndarray]]:

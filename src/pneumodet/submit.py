@@ -10,10 +10,11 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from pneumodet.data.cache import read_for_cache
 from pneumodet.detector import image_tensor, load_detector
 from pneumodet.errors import UserError
 from pneumodet.files import check_output_file
-from pneumodet.io.dicom import DicomError, read_dicom
+from pneumodet.io.dicom import DicomError
 from pneumodet.postprocess import PostProcess
 from pneumodet.report.submission import write_boxes, write_submission
 
@@ -30,7 +31,7 @@ class DicomFolder(Dataset):
     def __getitem__(self, index: int):
         path = self.files[index]
         try:
-            image = read_dicom(path, max_decode_size=self.size_px)
+            image = read_for_cache(path, self.size_px)
             return path.stem, image_tensor(image.pixels, self.size_px), image.original_size, None
         except DicomError as exc:
             return path.stem, None, None, exc.reason

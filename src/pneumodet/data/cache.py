@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pneumodet.files import fsync_path, pid_alive, remove_stale
-from pneumodet.io.dicom import DicomError, read_dicom
+from pneumodet.io.dicom import DicomError, DicomImage, read_dicom, read_dicom_bytes
 
 CACHE_VERSION = 1
 IMAGE_COLUMNS = ["patient_id", "row", "original_height", "original_width", "scale_x", "scale_y", "view",
@@ -77,6 +77,14 @@ def find_cache(root: str | Path, params: CacheParams, source: str | None = None)
     return folder
 
 
+def read_for_cache(source: str | Path | bytes, size_px: int, name: str | None = None) -> DicomImage:
+    """Return the DICOM at ``source`` (a path, or the file's bytes called ``name``) decoded for a ``size_px``
+    cache: JPEGs at the smallest reduced scale still >= size_px. prepare, predict and serve all read this way."""
+    if isinstance(source, bytes | bytearray):
+        return read_dicom_bytes(bytes(source), name or "upload.dcm", max_decode_size=size_px)
+    return read_dicom(source, max_decode_size=size_px)
+
+
 def to_cache_size(pixels: np.ndarray, size_px: int) -> np.ndarray:
     """Return (H, W) uint8 pixels resized to the cache's square size (bilinear), as every cached image is."""
     if pixels.shape == (size_px, size_px):
@@ -110,7 +118,7 @@ def _cache_one(job: tuple[int, str]) -> dict:
     row, path = job
     size_px = _WORKER["size_px"]
     try:
-        image = read_dicom(path, max_decode_size=size_px)
+        image = read_for_cache(path, size_px)
     except DicomError as exc:
         return {"row": row, "error": exc.reason, "file": path}
     except Exception as exc:  # never lose the whole cache to one file: report it and go on
