@@ -297,7 +297,7 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "data.train_limit": (0, INF), "data.val_limit": (0, INF),
     "augment.scale": (0, 10, "open"), "augment.translate_x": (0, 0.5), "augment.translate_y": (0, 0.5),
     "augment.rotate_deg": (0, 180), "augment.shear_deg": (0, 60), "augment.brightness": (0, 10, "open"),
-    "augment.contrast": (0, 10, "open"), "augment.blur_sigma": (0, 50), "augment.sharpen": (0, 50),
+    "augment.contrast": (0, 10, "open"), "augment.blur_sigma": (0, 50, "open"), "augment.sharpen": (0, 50),
     "augment.blur_or_sharpen_p": (0, 1), "augment.hflip_p": (0, 1),
     "model.trainable_layers": (0, 5), "model.anchor_sizes": (1, 4096), "model.anchor_ratios": (0, 100, "open"),
     "model.rpn_pre_nms_train": (1, 100000), "model.rpn_post_nms_train": (1, 100000),
