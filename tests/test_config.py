@@ -96,3 +96,15 @@ def test_moved_keys_say_where_they_went_and_old_checkpoints_still_load():
         from_dict({"model": {"detections_per_image": 3}})
     old = from_dict({"model": {"box_nms": 0.01, "detections_per_image": 3, "backbone": "tiny_fpn"}}, legacy=True)
     assert old.model.backbone == "tiny_fpn"
+
+
+def test_a_step_budget_trains_small_and_large_sets_equally_long():
+    from pneumodet.config import schedule_for
+
+    config = load_config(None, ["train.steps=1200", "train.batch_size=8", "train.epochs=12",
+                                "train.stages=[{'until_epoch': 9}, {'until_epoch': 12, 'lr_scale': 0.1}]"])
+    small, large = schedule_for(config, 240), schedule_for(config, 800)
+    assert (small.train.epochs, [s.until_epoch for s in small.train.stages]) == (40, [30, 40])
+    assert (large.train.epochs, [s.until_epoch for s in large.train.stages]) == (12, [9, 12])
+    assert schedule_for(small, 240) == small  # a resumed run recomputes the same schedule
+    assert schedule_for(load_config(None, ["train.epochs=3", "train.stages=[{'until_epoch': 3}]"]), 240).train.epochs == 3

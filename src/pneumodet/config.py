@@ -82,6 +82,9 @@ class Stage:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # steps > 0: the run lasts that many optimizer steps whatever the data set's size; epochs and each
+    # stage's until_epoch then only give the schedule's shape, and are scaled to the epochs it takes
+    steps: int = 0
     epochs: int = 16
     batch_size: int = 8
     optimizer: str = "sgd"  # sgd or adamw
@@ -285,6 +288,31 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         raise ConfigError(f"{path or 'configuration'}: {exc}") from None
 
 
+def schedule_for(config: RunConfig, n_train: int) -> RunConfig:
+    """Return ``config`` with epochs and stages that give ``train.steps`` optimizer steps over ``n_train`` images.
+
+    With ``train.steps`` = 0 the config is returned as it is (a schedule in epochs). Otherwise the epochs
+    become ceil(steps / steps per epoch) and each stage keeps its share of the run: 240 images train as
+    long as 800 do. Applying it twice gives the same schedule (a resumed run recomputes it).
+    """
+    cfg = config.train
+    if not cfg.steps:
+        return config
+    replicas = cfg.devices * cfg.num_nodes
+    per_epoch = max(1, -(-n_train // (cfg.batch_size * replicas)))
+    if cfg.limit_train_batches:
+        per_epoch = min(per_epoch, cfg.limit_train_batches)
+    epochs = max(1, -(-cfg.steps // per_epoch))
+    bounds, previous = [], 0
+    for stage in cfg.stages:
+        until = max(previous + 1, round(stage.until_epoch / cfg.epochs * epochs))
+        bounds.append(until)
+        previous = until
+    bounds[-1] = max(bounds[-1], epochs)
+    stages = tuple(dataclasses.replace(s, until_epoch=b) for s, b in zip(cfg.stages, bounds, strict=True))
+    return dataclasses.replace(config, train=dataclasses.replace(cfg, epochs=epochs, stages=stages))
+
+
 def dump_config(config: RunConfig, path: str | Path) -> None:
     """Write the resolved configuration as YAML, atomically."""
     write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -306,7 +334,7 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "model.roi_positive_fraction": (0, 1, "open"),
     "model.min_score": (0, 1), "model.mask_head_channels": (1, 4096),
     "model.mask_head_convs": (1, 16),
-    "train.epochs": (1, 100000), "train.batch_size": (1, 4096), "train.lr": (0, 10, "open"),
+    "train.steps": (0, 10_000_000), "train.epochs": (1, 100000), "train.batch_size": (1, 4096), "train.lr": (0, 10, "open"),
     "train.momentum": (0, 0.999), "train.weight_decay": (0, 1), "train.grad_clip": (0, INF),
     "train.warmup_steps": (0, INF), "train.devices": (1, 4096), "train.num_nodes": (1, 4096),
     "train.max_nonfinite": (1, INF), "train.limit_train_batches": (0, INF), "train.limit_val_batches": (0, INF),

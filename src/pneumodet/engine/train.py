@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from pneumodet.config import RunConfig, dump_config, load_config
+from pneumodet.config import RunConfig, dump_config, load_config, schedule_for
 from pneumodet.engine.callbacks import AtomicCheckpointIO, MetricsHistory
 from pneumodet.engine.data import DetectionDataModule
 from pneumodet.engine.module import DetectionModule
@@ -92,6 +92,8 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     # a resumed run goes on with the split it started with, whatever the cache's split.csv says now
     split = run_split(paths) if resume and paths.split.is_file() else None
     datamodule = DetectionDataModule(cache, config, split)
+    config = schedule_for(config, len(datamodule.train_set))  # train.steps: the same length on any data set
+    datamodule.config, cfg = config, config.train
     module = DetectionModule(config, cache=str(Path(cache).resolve()))
     if not resume and not is_follower():  # the folder appears once data and model are known to be good
         paths.make()
