@@ -47,7 +47,7 @@ def cmd_synth(args) -> None:
 
     check_output_dir(args.out)
     start = time.perf_counter()
-    cases = synthesize(args.out, args.train, args.test, args.seed, workers=args.workers)
+    cases = synthesize(args.out, args.train, args.test, args.seed, workers=args.workers, variant=args.variant)
     elapsed = time.perf_counter() - start
     positives = sum(c.annotation.positive for c in cases["train"])
     n = len(cases["train"]) + len(cases["test"])
@@ -156,6 +156,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=_count, default=200, help="number of training images (default 200)")
     p.add_argument("--test", type=_count, default=50, help="number of test images (default 50)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
+    p.add_argument("--variant", choices=["default", "wide", "shifted"], default="default",
+                   help="distribution to draw from: default (the real data's statistics), wide (far more variety in "
+                   "anatomy, exposure, noise, opacities, devices), shifted (smaller, fainter, patchier opacities on "
+                   "noisier films): check a recipe on a variant it was not tuned on")
     p.add_argument("--workers", type=_count, default=None, help="processes (default: all cores)")
     p.set_defaults(func=cmd_synth)
 

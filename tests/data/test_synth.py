@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pytest
 
 from pneumodet.data import synth
 from pneumodet.io.dicom import JPEG_BASELINE, read_dicom
@@ -75,3 +76,36 @@ def test_anatomy_varies_and_opacity_brightens_the_box():
     x, y, w, h = boxes[0].astype(int)
     inside = (slice(y, y + h), slice(x, x + w))
     assert with_box[inside].mean() > without[inside].mean() + 5
+
+
+def test_variants_draw_from_other_distributions():
+    def stats(variant):
+        cases = [synth.make_case(2, "train", i, variant) for i in range(60)]
+        widths = np.concatenate([c.annotation.boxes_xywh[:, 2] for c, _ in cases])
+        positive = np.mean([c.annotation.positive for c, _ in cases])
+        spread = np.std([float(p.mean()) for _, p in cases])
+        return widths.mean(), positive, spread
+
+    default, wide, shifted = stats("default"), stats("wide"), stats("shifted")
+    assert shifted[0] < 0.85 * default[0]  # smaller opacities, as the hidden test's 0.78x boxes
+    assert shifted[1] > default[1] and wide[1] > default[1]  # more positives
+    assert wide[2] > 1.3 * default[2]  # far more variety in exposure
+
+
+def test_a_monochrome1_variant_file_reads_back_the_same_way_up(tmp_path):
+    from pneumodet.io.dicom import read_dicom
+
+    synth.synthesize(tmp_path, n_train=12, n_test=0, seed=4, workers=1, progress=False, variant="wide")
+    images = {p.stem: read_dicom(p) for p in (tmp_path / "stage_2_train_images").glob("*.dcm")}
+    inverted = [pid for pid, image in images.items() if image.photometric == "MONOCHROME1"]
+    assert inverted  # the variant stores some films inverted, as some vendors do
+    for pid in inverted:
+        pixels = images[pid].pixels
+        assert pixels[:, :40].mean() < pixels[:, 480:544].mean()  # dark outside the body, bright spine
+
+
+def test_an_unknown_variant_is_a_user_error(tmp_path):
+    from pneumodet.errors import UserError
+
+    with pytest.raises(UserError, match="unknown synthetic variant 'odd'; use one of default, wide, shifted"):
+        synth.synthesize(tmp_path, 1, 0, variant="odd")

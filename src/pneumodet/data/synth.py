@@ -1,5 +1,10 @@
 """A synthetic data set in exactly the Kaggle RSNA layout, with the real data's statistics.
 
+Variants (``--variant``) draw from different distributions, so a recipe can be checked on data it was
+not tuned on: ``default`` (the statistics below), ``wide`` (far more variety in anatomy, exposure, noise,
+blur, opacity size, strength and texture, devices, markers, MONOCHROME1 files) and ``shifted`` (smaller,
+fainter, patchier opacities, as the hidden test's 0.78x boxes; noisier, flatter films; more positives).
+
 Each image is drawn at 512 px from a randomised anatomy (body, lung fields, heart, spine, ribs,
 clavicles, diaphragm), upsampled to 1024 px and written as an 8-bit MONOCHROME2 JPEG Baseline
 DICOM with the real tags. Positives carry 1-4 opacities inside the lung fields; 'No Lung Opacity /
@@ -37,6 +42,44 @@ TEST_TRUTH = "synthetic_test_labels.csv"
 
 
 @dataclass(frozen=True)
+class Style:
+    """The ranges one variant draws from: (low, high) pairs are uniform, per image."""
+
+    p_positive: tuple[float, float] = (P_POSITIVE["AP"], P_POSITIVE["PA"])  # AP, PA
+    body: tuple[float, float] = (0.40, 0.47)  # half-width of the body, in image widths
+    lung_rx: tuple[float, float] = (0.11, 0.15)
+    lung_ry: tuple[float, float] = (0.24, 0.30)
+    box_width_px: tuple[float, float] = (200, 200)  # median opacity width in 1024 px (per image)
+    opacity: tuple[float, float] = (0.14, 0.28)  # strength
+    texture_cells: tuple[int, ...] = (24,)  # coarser (8) to patchier (48) texture
+    softness: tuple[float, float] = (0.18, 0.18)
+    contrast: tuple[float, float] = (0.85, 1.15)
+    gamma: tuple[float, float] = (0.85, 1.15)
+    noise: tuple[float, float] = (0.012, 0.012)
+    blur_px: tuple[float, float] = (0.0, 0.0)  # detector unsharpness, at 512 px
+    p_lines_pa: float = 0.0  # devices on PA films too
+    p_marker: float = 0.0  # bright L/R marker in a corner
+    p_monochrome1: float = 0.0  # stored inverted, as some vendors do
+
+
+VARIANTS = {
+    "default": Style(),
+    "wide": Style(p_positive=(0.45, 0.15), body=(0.33, 0.49), lung_rx=(0.09, 0.17), lung_ry=(0.20, 0.33),
+                  box_width_px=(130, 260), opacity=(0.08, 0.30), texture_cells=(8, 16, 24, 48), softness=(0.10, 0.30),
+                  contrast=(0.6, 1.3), gamma=(0.6, 1.5), noise=(0.004, 0.04), blur_px=(0.0, 2.0), p_lines_pa=0.2,
+                  p_marker=0.5, p_monochrome1=0.1),
+    "shifted": Style(p_positive=(0.5, 0.2), box_width_px=(120, 170), opacity=(0.06, 0.18), texture_cells=(48,),
+                     softness=(0.22, 0.32), contrast=(0.65, 0.95), gamma=(0.9, 1.3), noise=(0.02, 0.05),
+                     blur_px=(0.5, 1.5), p_lines_pa=0.5, p_marker=0.3),
+}
+
+
+def _draw(rng, bounds: tuple[float, float]) -> float:
+    """Return a uniform draw in ``bounds``; a fixed value draws nothing (the default's stream is unchanged)."""
+    return float(bounds[0]) if bounds[0] == bounds[1] else float(rng.uniform(*bounds))
+
+
+@dataclass(frozen=True)
 class Case:
     annotation: Annotation
     view: str
@@ -63,7 +106,7 @@ def _smooth_noise(rng, cells: int) -> np.ndarray:
     return np.asarray(Image.fromarray(small, mode="F").resize((DRAW_PX, DRAW_PX), Image.BICUBIC))
 
 
-def _sample_boxes(rng, n: int, lungs: list[tuple[float, float, float, float]]) -> np.ndarray:
+def _sample_boxes(rng, n: int, lungs: list[tuple[float, float, float, float]], width_px: float = 200) -> np.ndarray:
     """Return (n, 4) non-overlapping xywh boxes in 1024-px space whose centres lie in the lungs."""
     order = rng.permutation(2) if n < 2 else np.arange(2)
     boxes: list[list[float]] = []
@@ -71,7 +114,7 @@ def _sample_boxes(rng, n: int, lungs: list[tuple[float, float, float, float]]) -
         cx, cy, rx, ry = lungs[order[k % 2]]
         for _ in range(30):
             # real widths 40-528 (mean 218), heights 45-942 (mean 329)
-            w = float(np.clip(rng.lognormal(np.log(200), 0.35), 40, 528))
+            w = float(np.clip(rng.lognormal(np.log(width_px), 0.35), 40, 528))
             h = float(np.clip(w * rng.lognormal(np.log(1.5), 0.25), 45, 942))
             w, h = min(w, 2 * rx * SIZE_PX), min(h, 2 * ry * SIZE_PX * 1.1)
             bx = (cx + rng.uniform(-0.6, 0.6) * rx) * SIZE_PX
@@ -89,19 +132,21 @@ def _disjoint(a, b) -> bool:
     return a[0] + a[2] <= b[0] or b[0] + b[2] <= a[0] or a[1] + a[3] <= b[1] or b[1] + b[3] <= a[1]
 
 
-def draw_case(rng: np.random.Generator, view: str, label_class: str) -> tuple[np.ndarray, np.ndarray]:
+def draw_case(rng: np.random.Generator, view: str, label_class: str, style: Style = VARIANTS["default"]
+              ) -> tuple[np.ndarray, np.ndarray]:
     """Return ((1024, 1024) uint8 image, (N, 4) xywh boxes) for one synthetic radiograph."""
     ap = view == "AP"
     tilt = rng.normal(0, 0.015)
     mid = 0.5 + rng.normal(0, 0.02)
-    body = _soft_ellipse(mid, 0.55, rng.uniform(0.40, 0.47), rng.uniform(0.55, 0.65), 0.05, 3.0)
+    body_rx = rng.uniform(*style.body)
+    body = _soft_ellipse(mid, 0.55, body_rx, rng.uniform(0.55, 0.65) * body_rx / 0.435, 0.05, 3.0)
     image = 0.08 + 0.42 * body
     lungs = []
     lung_masks = []
     for side in (-1, 1):
-        cx = mid + side * rng.uniform(0.16, 0.21)
+        cx = mid + side * rng.uniform(0.16, 0.21) * body_rx / 0.435
         cy = rng.uniform(0.42, 0.48) + side * tilt
-        rx, ry = rng.uniform(0.11, 0.15), rng.uniform(0.24, 0.30)
+        rx, ry = rng.uniform(*style.lung_rx), rng.uniform(*style.lung_ry)
         lungs.append((cx, cy, rx, ry))
         lung_masks.append(_soft_ellipse(cx, cy, rx, ry, 0.06, rng.uniform(2.2, 3.0)))
     lung_mask = np.maximum(*lung_masks)
@@ -123,21 +168,42 @@ def draw_case(rng: np.random.Generator, view: str, label_class: str) -> tuple[np
     image += 0.22 * (1 / (1 + np.exp(-(Y - 0.75 - 0.05 * _smooth_noise(rng, 4)) / 0.02))) * body  # abdomen
 
     n_boxes = int(rng.choice(4, p=BOX_COUNTS)) + 1 if label_class == CLASSES[0] else 0
-    boxes_xywh = _sample_boxes(rng, n_boxes, lungs)
+    boxes_xywh = _sample_boxes(rng, n_boxes, lungs, _draw(rng, style.box_width_px))
     for x, y, w, h in boxes_xywh / SIZE_PX:
-        texture = 0.75 + 0.25 * _smooth_noise(rng, 24)
-        blob = _soft_ellipse(x + w / 2, y + h / 2, w / 2, h / 2, 0.18, 2.0)
-        image += rng.uniform(0.14, 0.28) * blob * texture * (0.35 + 0.65 * lung_mask)
+        cells = int(style.texture_cells[0] if len(style.texture_cells) == 1 else rng.choice(style.texture_cells))
+        texture = 0.75 + 0.25 * _smooth_noise(rng, cells)
+        blob = _soft_ellipse(x + w / 2, y + h / 2, w / 2, h / 2, _draw(rng, style.softness), 2.0)
+        image += rng.uniform(*style.opacity) * blob * texture * (0.35 + 0.65 * lung_mask)
     if label_class == CLASSES[1]:
         image += _draw_distractors(rng, lungs, lung_mask)
     if ap:  # portable films: devices and lower contrast
         image += _draw_lines(rng, 1 + rng.integers(0, 3))
-    contrast = rng.uniform(0.85, 1.15) * (0.9 if ap else 1.0)
+    elif style.p_lines_pa and rng.random() < style.p_lines_pa:
+        image += _draw_lines(rng, 1)
+    if style.p_marker and rng.random() < style.p_marker:
+        corner_x, corner_y = rng.choice([0.06, 0.9]), rng.uniform(0.05, 0.2)
+        image += 0.6 * ((np.abs(X - corner_x) < 0.02) & (np.abs(Y - corner_y) < 0.025))
+    contrast = rng.uniform(*style.contrast) * (0.9 if ap else 1.0)
     image = (image - image.mean()) * contrast + image.mean() + rng.normal(0, 0.03)
-    image += rng.normal(0, 0.012, image.shape).astype(np.float32)
-    image = np.clip(image, 0, 1) ** rng.uniform(0.85, 1.15)
+    blur = _draw(rng, style.blur_px)
+    if blur > 0:
+        image = _gaussian_blur(image.astype(np.float32), blur)
+    image = image + rng.normal(0, _draw(rng, style.noise), image.shape).astype(np.float32)
+    image = np.clip(image, 0, 1) ** rng.uniform(*style.gamma)
     small = Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L")
     return np.asarray(small.resize((SIZE_PX, SIZE_PX), Image.BILINEAR)), boxes_xywh
+
+
+def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Return ``image`` blurred by a separable Gaussian of ``sigma`` pixels (edges repeated)."""
+    radius = max(1, int(3 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    for axis in (0, 1):
+        padded = np.pad(image, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)], mode="edge")
+        n = image.shape[axis]
+        image = sum(w * np.take(padded, np.arange(k, k + n), axis=axis) for k, w in enumerate(taps))
+    return image
 
 
 def _draw_distractors(rng, lungs, lung_mask) -> np.ndarray:
@@ -171,29 +237,32 @@ def _draw_lines(rng, count: int) -> np.ndarray:
     return extra
 
 
-def make_case(seed: int, split: str, index: int) -> tuple[Case, np.ndarray]:
-    """Return the case and its (1024, 1024) uint8 pixels, a pure function of (seed, split, index)."""
+def make_case(seed: int, split: str, index: int, variant: str = "default") -> tuple[Case, np.ndarray]:
+    """Return the case and its (1024, 1024) uint8 pixels, a pure function of (seed, split, index, variant)."""
+    style = VARIANTS[variant]
     rng = np.random.default_rng([seed, {"train": 0, "test": 1}[split], index])
     patient_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))
     view = "AP" if rng.random() < P_AP else "PA"
-    if rng.random() < P_POSITIVE[view]:
+    if rng.random() < style.p_positive[0 if view == "AP" else 1]:
         label_class = CLASSES[0]
     else:
         label_class = CLASSES[1] if rng.random() < P_NOT_NORMAL else CLASSES[2]
     sex = "M" if rng.random() < 0.57 else "F"
     age = int(np.clip(rng.normal(47, 16.5), 1, 92))
-    pixels, boxes_xywh = draw_case(rng, view, label_class)
+    pixels, boxes_xywh = draw_case(rng, view, label_class, style)
     return Case(Annotation(patient_id, boxes_xywh, label_class), view, sex, age), pixels
 
 
-def _write_case(args: tuple[str, int, str, int]) -> Case:
-    out, seed, split, index = args
-    case, pixels = make_case(seed, split, index)
+def _write_case(args: tuple[str, int, str, int, str]) -> Case:
+    out, seed, split, index, variant = args
+    case, pixels = make_case(seed, split, index, variant)
     folder = Path(out) / (TRAIN_IMAGES if split == "train" else TEST_IMAGES)
+    inverted = VARIANTS[variant].p_monochrome1 and (index * 7919 + seed) % 1000 < VARIANTS[variant].p_monochrome1 * 1000
     write_dicom(
         folder / f"{case.annotation.patient_id}.dcm",
-        pixels,
+        255 - pixels if inverted else pixels,
         patient_id=case.annotation.patient_id,
+        photometric="MONOCHROME1" if inverted else "MONOCHROME2",
         durable=False,  # thousands of files that the same seed makes again
         tags={
             "ViewPosition": case.view,
@@ -207,13 +276,17 @@ def _write_case(args: tuple[str, int, str, int]) -> Case:
 
 
 def synthesize(out: str | Path, n_train: int = 200, n_test: int = 50, seed: int = 0,
-               workers: int | None = None, progress: bool = True) -> dict[str, list[Case]]:
+               workers: int | None = None, progress: bool = True, variant: str = "default") -> dict[str, list[Case]]:
     """Write a synthetic data set in the Kaggle layout under ``out``; return the cases by split."""
+    if variant not in VARIANTS:
+        from pneumodet.errors import UserError
+
+        raise UserError(f"unknown synthetic variant {variant!r}; use one of {', '.join(VARIANTS)}")
     out = Path(out)
     (out / TRAIN_IMAGES).mkdir(parents=True, exist_ok=True)
     (out / TEST_IMAGES).mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), seed, "train", i) for i in range(n_train)]
-    jobs += [(str(out), seed, "test", i) for i in range(n_test)]
+    jobs = [(str(out), seed, "train", i, variant) for i in range(n_train)]
+    jobs += [(str(out), seed, "test", i, variant) for i in range(n_test)]
     workers = workers or os.cpu_count() or 1
     with ProcessPoolExecutor(workers) as pool:
         cases = list(tqdm(pool.map(_write_case, jobs, chunksize=4), total=len(jobs),
