@@ -48,7 +48,8 @@ def test_demo_end_to_end_in_miniature(tmp_path):
 
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "demo", "--out", str(out), "--train", "40",
-                           "--test", "4", "--set", "train.epochs=1", "--set", "train.stages=[{'until_epoch': 1}]",
+                           "--test", "4", "--set", "train.steps=4", "--set", "train.epochs=1",
+                           "--set", "train.stages=[{'until_epoch': 1}]",
                            "--set", "data.num_workers=0"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "demo_summary.json").read_text())

@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=_count, default=1000, help="synthetic training images (default 1000)")
     p.add_argument("--test", type=_count, default=50, help="synthetic test images (default 50)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override configs/demo.yaml, e.g. --set train.epochs=2 (repeatable)")
+                   help="override configs/demo.yaml, e.g. --set train.steps=200 (its length in optimizer steps; "
+                   "repeatable)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -94,6 +94,9 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     datamodule = DetectionDataModule(cache, config, split)
     config = schedule_for(config, len(datamodule.train_set))  # train.steps: the same length on any data set
     datamodule.config, cfg = config, config.train
+    if cfg.steps and progress and not is_follower():
+        print(f"train.steps={cfg.steps}: {cfg.epochs} epochs over {len(datamodule.train_set)} training images, stages "
+              f"until epochs {', '.join(str(s.until_epoch) for s in cfg.stages)}", flush=True)
     module = DetectionModule(config, cache=str(Path(cache).resolve()))
     if not resume and not is_follower():  # the folder appears once data and model are known to be good
         paths.make()
