@@ -77,6 +77,10 @@ def test_stale_build_folders_of_dead_runs_are_removed(synth_data, tmp_path):
     names = sorted(p.name for p in out.iterdir())
     assert not [n for n in names if str(dead) in n]
     assert alive.name in names and (out / "train-64px").is_symlink()
+    # a later prepare that reuses the cache cleans up too
+    (out / f".tmp-train-64px-{dead}-4").mkdir()
+    assert prepare(synth_data, out, size_px=64, progress=False, workers=1).reused
+    assert not (out / f".tmp-train-64px-{dead}-4").exists()
 
 
 def _dead_pid() -> int:

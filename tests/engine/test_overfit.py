@@ -34,7 +34,7 @@ def test_eight_images_are_learnt_to_rsna_map_0_9(tmp_path):
         f"data.image_size={SIZE}", "data.num_workers=0", "model.backbone='tiny_fpn'", "model.weights='none'",
         "model.mask_head_channels=16", "model.mask_head_convs=1", "model.anchor_sizes=[8, 16, 32, 64, 128]",
         "model.rpn_post_nms_train=100", "model.rpn_post_nms_test=50", "model.min_score=0.0",
-        "augment.enabled=False", "train.batch_size=2", "train.steps=240", "train.epochs=10",
+        "augment.enabled=False", "train.batch_size=2", "train.steps=400", "train.epochs=10",
         "train.optimizer='sgd'", "train.lr=0.02", "train.warmup_steps=20",
         "train.stages=[{'until_epoch': 8}, {'until_epoch': 10, 'lr_scale': 0.1}]"])
     result = train(config, tmp_path / "cache", run=tmp_path / "run", progress=False)

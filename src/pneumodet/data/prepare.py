@@ -70,6 +70,7 @@ def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction:
         labels = read_labels(labels_paths[0], labels_paths[1] if labels_paths[1].is_file() else None)
     groups = read_groups(groups_csv) if groups_csv else None
     check_output_dir(out)
+    clean_cache_root(out)  # what dead runs left, whether or not this run rebuilds
     params = CacheParams(size_px=size_px, subset=subset)
     source = fingerprint(files, labels_paths)
     suffix = "" if subset == "train" else f"_{subset}"
@@ -94,7 +95,6 @@ def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction:
 
 
 def _build(out: Path, params: CacheParams, source: str, files: list[Path], labels, workers, progress) -> Path:
-    clean_cache_root(out)
     tmp_dir = new_build_dir(out, params)
     try:
         results = decode_into(tmp_dir / "images.npy", files, params.size_px, workers, progress)
