@@ -68,8 +68,8 @@ class Detector:
     """
 
     def __init__(self, model, config: RunConfig, postprocess: PostProcess, *, hflip_tta: bool | None = None,
-                 run: Path | None = None, info: dict | None = None):
-        self.config, self.postprocess, self.run, self.info = config, postprocess, run, info or {}
+                 paths: RunPaths | None = None, info: dict | None = None):
+        self.config, self.postprocess, self.paths, self.info = config, postprocess, paths, info or {}
         self.image_size = config.data.image_size
         self.predictor = predictor_for(model, config, hflip_tta=hflip_tta)
 
@@ -126,4 +126,4 @@ def load_detector(run: str | Path, *, overrides: dict | None = None, hflip_tta: 
     model, config, info = load_trained(run)
     pp = tuned_postprocess(paths, PostProcess.from_config(config.predict))
     pp = replace(pp, **{k: v for k, v in (overrides or {}).items() if v is not None})
-    return Detector(model, config, pp, hflip_tta=hflip_tta, run=paths.root, info=info)
+    return Detector(model, config, pp, hflip_tta=hflip_tta, paths=paths, info=info)

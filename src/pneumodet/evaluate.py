@@ -19,7 +19,7 @@ from pneumodet.files import write_text_atomic
 from pneumodet.metrics import Prediction, roc_auc, rsna_map, sensitivity_specificity
 from pneumodet.postprocess import PostProcess, image_score, postprocess
 from pneumodet.report.submission import read_boxes, write_boxes
-from pneumodet.runs import find_run, run_split
+from pneumodet.runs import run_split
 
 GRID = {
     "score_threshold": [round(t, 2) for t in np.arange(0.05, 0.951, 0.05)],
@@ -84,9 +84,8 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
     """Evaluate a run on its val split; tune and save post-processing; write metrics.json and plots."""
     from pneumodet.report.evaluation_plots import plot_examples, plot_roc, plot_threshold
 
-    paths = find_run(run)
     detector = load_detector(run)
-    config, info = detector.config, detector.info
+    paths, config, info = detector.paths, detector.config, detector.info
     if cache is None:
         if not info.get("cache"):
             raise UserError(f"{paths.root}: the checkpoint does not say which cache it was trained on; pass --data")

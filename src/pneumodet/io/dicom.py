@@ -193,7 +193,7 @@ def _read_dicom(data: bytes, path: Path, max_decode_size: int | None) -> DicomIm
         if syntax in PILLOW_SYNTAXES:
             raw = _decode_pillow(ds, rows, columns, max_decode_size, path)
         elif syntax in UNCOMPRESSED_SYNTAXES or not syntax:
-            if _truncated(ds):
+            if _truncated(ds, rows, columns):
                 raise DicomError(path, "truncated file: pixel data shorter than Rows x Columns")
             raw = ds.pixel_array
         else:
@@ -243,10 +243,9 @@ def _dimensions(ds, path: Path) -> tuple[int, int]:
     return rows, columns
 
 
-def _truncated(ds) -> bool:
+def _truncated(ds, rows: int, columns: int) -> bool:
     """Return whether native (uncompressed) pixel data is shorter than its dimensions need."""
     value = ds.PixelData
-    rows, columns = int(ds.Rows), int(ds.Columns)
     bits = int(ds.get("BitsAllocated", 8) or 8)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)

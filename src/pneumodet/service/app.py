@@ -24,7 +24,7 @@ from pneumodet.detector import load_detector
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomError, read_dicom_bytes
 from pneumodet.postprocess import PostProcess
-from pneumodet.runs import find_run, run_split
+from pneumodet.runs import run_split
 from pneumodet.service.guard import allowed_hosts, install_guard, is_loopback, read_upload, resolve_token
 from pneumodet.service.review import OUTCOMES, build_items, load_val_predictions, render_png
 
@@ -39,7 +39,7 @@ class ModelService:
 
     def __init__(self, run: Path):
         self.detector = load_detector(run)
-        self.paths = find_run(run)
+        self.paths = self.detector.paths
         self.config = self.detector.config
         self.info = self.detector.info
         self.pp: PostProcess = self.detector.postprocess
