@@ -64,11 +64,11 @@ def tiny_cache(synth_data, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_run(tiny_cache, tmp_path_factory):
-    """A tiny run, trained (2 short epochs) and evaluated; shared read-only."""
+    """A tiny run with the image-level gate, trained (2 short epochs) and evaluated; shared read-only."""
     from pneumodet.engine.train import train
     from pneumodet.evaluate import evaluate
 
-    result = train(tiny_config("train.limit_val_batches=0", "model.min_score=0.0"), tiny_cache,
+    result = train(tiny_config("train.limit_val_batches=0", "model.min_score=0.0", "model.gate=True"), tiny_cache,
                    run=tmp_path_factory.mktemp("runs") / "tiny", progress=False)
     evaluate(result.run, progress=False)
     return result.run

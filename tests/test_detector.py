@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -146,3 +147,33 @@ def test_the_public_api_docstring_example_runs(trained_run, synth_data):
     assert namespace["image"].pixels.dtype == np.uint8 and namespace["config"].train.epochs == 4
     assert namespace["score"].rsna_map == 1.0
     assert re.search(r"pneumodet\.\w+", code) and set(pneumodet.__all__) <= set(dir(pneumodet))
+
+
+class Boxes(torch.nn.Module):
+    """A stand-in detector returning fixed boxes, scores and gate (cache pixels)."""
+
+    def __init__(self, boxes, scores, gate):
+        super().__init__()
+        self.boxes, self.scores, self.gate = torch.tensor(boxes, dtype=torch.float32), torch.tensor(scores), gate
+        self.roi_heads = SimpleNamespace(mask_roi_pool=None, mask_head=None, mask_predictor=None)
+
+    def forward(self, images):
+        return [{"boxes": self.boxes.clone(), "scores": self.scores.clone(), "gate": torch.tensor(self.gate)}
+                for _ in images]
+
+
+def test_an_ensemble_fuses_its_models_boxes_and_averages_their_gates():
+    config = load_config(None, [f"data.image_size={SIZE}", "predict.channels_last=False"])
+    first = Boxes([[10, 10, 30, 30], [40, 40, 60, 60]], [0.9, 0.6], 0.8)
+    second = Boxes([[12, 10, 32, 30]], [0.7], 0.4)  # agrees on the first box only
+    pp = PostProcess(score_threshold=0.0, nms_iou=0.5, max_boxes=5, shrink=1.0, gate_threshold=0.5)
+    detector = Detector([first, second], config, pp)
+    (boxes, scores, gate), = detector.candidates([torch.zeros(1, SIZE, SIZE)], [(SIZE, SIZE)])
+    assert gate == pytest.approx(0.6)
+    assert scores.tolist() == pytest.approx([0.8, 0.3])  # (0.9 + 0.7) / 2; the box one model found: 0.6 / 2
+    assert np.allclose(boxes[0], [10 + 2 * 0.7 / 1.6, 10, 30 + 2 * 0.7 / 1.6, 30])  # score-weighted mean
+    # the averaged gate (0.6) passes a 0.5 gate; a 0.7 gate removes every box
+    assert len(detector.detect(np.zeros((SIZE, SIZE), np.uint8)).scores) == 2
+    strict = Detector([first, second], config, replace(pp, gate_threshold=0.7))
+    found = strict.detect(np.zeros((SIZE, SIZE), np.uint8))
+    assert len(found.scores) == 0 and found.image_score == pytest.approx(0.6) and found.gate == pytest.approx(0.6)

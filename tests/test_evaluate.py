@@ -6,16 +6,23 @@ import pytest
 
 from pneumodet.evaluate import GRID, ValSet, evaluate, tune
 from pneumodet.metrics import Prediction, rsna_map
-from pneumodet.postprocess import PostProcess
+from pneumodet.postprocess import Candidates, PostProcess
+from tests.conftest import tiny_config
 
 
 def test_metrics_json_plots_and_predictions(trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert 0 <= metrics["rsna_map"] <= 1 and 0 <= metrics["rsna_map_before_tuning"] <= 1
-    assert set(metrics["postprocess"]) == {"score_threshold", "nms_iou", "max_boxes", "shrink"}
+    assert set(metrics["postprocess"]) == {"score_threshold", "nms_iou", "max_boxes", "shrink", "gate_threshold"}
     assert len(metrics["per_threshold"]) == 8 and metrics["split"] == "val"
-    for key in ("roc_auc", "sensitivity", "specificity", "images", "positives"):
+    for key in ("roc_auc", "sensitivity", "specificity", "images", "positives", "gate_roc_auc", "max_box_roc_auc"):
         assert key in metrics["image_level"]
+    for view in metrics["by_view"].values():
+        assert "gate_roc_auc" in view and "max_box_roc_auc" in view
+    # the run has a gate: evaluate also reports the same tuning with the gate off, and saves the gate's scores
+    assert 0 <= metrics["rsna_map_without_gate"] <= metrics["rsna_map"] + 1e-9
+    gates = pd.read_csv(trained_run / "predictions" / "val.gate.csv")
+    assert list(gates.columns) == ["patient_id", "gate"] and gates["gate"].between(0, 1).all()
     assert set(metrics["by_view"]) <= {"AP", "PA", "unknown"} and metrics["by_view"]
     for name in ("threshold.png", "roc.png"):
         assert (trained_run / "plots" / name).is_file()
@@ -40,10 +47,60 @@ def test_tuning_finds_the_threshold_and_shrink():
     # every prediction is 1.25x too big (shrink 0.8 fixes it); false alarms score 0.3
     big = np.array([[5, 5, 55, 55]], float)
     truths = [truth] * 4 + [np.zeros((0, 4))] * 4
-    raw = [(big, np.array([0.9]))] * 4 + [(big, np.array([0.3]))] * 4
+    raw = [Candidates(big, np.array([0.9]))] * 4 + [Candidates(big, np.array([0.3]))] * 4
     val = ValSet([str(i) for i in range(8)], ["PA"] * 8, truths, raw)
     start = PostProcess(score_threshold=0.05, nms_iou=0.5, max_boxes=3, shrink=1.0)
     tuned, score = tune(val, start)
     assert score == 1.0 and tuned.score_threshold > 0.3 and tuned.shrink == 0.8
     assert 0.8 in GRID["shrink"]
-    assert rsna_map(truths, [Prediction(b, s) for b, s in raw]).rsna_map < 0.5
+    assert rsna_map(truths, [Prediction(b, s) for b, s, _ in raw]).rsna_map < 0.5
+
+
+def test_gate_and_box_thresholds_are_tuned_jointly():
+    # box scores cannot tell the images apart (every false alarm scores as high as a true box); the gate can
+    truth = np.array([[10, 10, 50, 50]], float)
+    truths = [truth] * 4 + [np.zeros((0, 4))] * 4
+    raw = [Candidates(truth, np.array([0.6]), 0.8)] * 4 + [Candidates(truth, np.array([0.6]), 0.3)] * 4
+    val = ValSet([str(i) for i in range(8)], ["PA"] * 8, truths, raw)
+    start = PostProcess(score_threshold=0.5, nms_iou=0.5, max_boxes=3, shrink=1.0)
+    without, without_score = tune(val, start, gate=False)
+    tuned, score = tune(val, start)
+    assert without.gate_threshold == 0.0 and without_score == pytest.approx(0.5)
+    assert score == 1.0 and 0.3 < tuned.gate_threshold <= 0.8
+    # a model without a gate (NaN) is never gated, whatever the threshold
+    no_gate = ValSet(val.patient_ids, val.views, truths, [Candidates(c.boxes_xyxy, c.scores) for c in raw])
+    assert not no_gate.has_gate and tune(no_gate, start)[0].gate_threshold == 0.0
+
+
+def test_out_of_fold_tuning_uses_every_fold(tmp_path, monkeypatch):
+    """evaluate on a folds folder tunes on the union of the folds' val predictions (not on one fold)."""
+    import pneumodet.evaluate as ev
+
+    truth = np.array([[10, 10, 50, 50]], float)
+    # fold 1 alone: box scores 0.9 right, 0.3 wrong; fold 2 alone: 0.5 right, 0.2 wrong. Only a threshold in
+    # (0.3, 0.5] is right on both, and out-of-fold tuning must find one there.
+    parts = {
+        "fold-1": ValSet(["a", "b"], ["PA", "PA"], [truth, np.zeros((0, 4))],
+                         [Candidates(truth, np.array([0.9])), Candidates(truth, np.array([0.3]))]),
+        "fold-2": ValSet(["c", "d"], ["PA", "PA"], [truth, np.zeros((0, 4))],
+                         [Candidates(truth, np.array([0.5])), Candidates(truth, np.array([0.2]))]),
+    }
+
+    class FakeDetector:
+        def __init__(self, run):
+            self.name = run.name
+            self.config = tiny_config()
+            self.info = {"path": str(run / "weights" / "best.ckpt"), "epoch": 1}
+
+    monkeypatch.setattr(ev, "load_detector", FakeDetector)
+    monkeypatch.setattr(ev, "collect", lambda detector, *a: (parts[detector.name], None))
+    folds = tmp_path / "folds"
+    for name in parts:
+        (folds / name / "weights").mkdir(parents=True)
+        (folds / name / "weights" / "best.ckpt").write_bytes(b"")
+    (folds / "folds.json").write_text(json.dumps({"folds": 2, "runs": list(parts)}))
+    result = evaluate(folds, progress=False)
+    assert result["split"] == "out-of-fold" and result["n_images"] == 4
+    assert 0.3 < result["postprocess"]["score_threshold"] <= 0.5 and result["rsna_map"] == 1.0
+    assert [f["rsna_map"] for f in result["folds"]] == [1.0, 1.0]
+    assert json.loads((folds / "metrics.json").read_text())["postprocess"] == result["postprocess"]

@@ -123,3 +123,45 @@ def test_heads_are_everything_but_the_backbone_body():
     assert id(named["backbone.fpn.inner_blocks.0.0.weight"]) in heads
     assert id(named["roi_heads.box_predictor.cls_score.weight"]) in heads
     assert id(named["backbone.body.conv1.weight"]) not in heads
+
+
+@pytest.mark.parametrize("backbone", ["tiny_fpn", "mobilenet_v3_fpn"])
+def test_the_gate_learns_which_images_hold_an_opacity(backbone):
+    """The gate is trained on positives and negatives alike, through the shared backbone, and learns."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=backbone, weights="none", frozen_bn=False, gate=True), SIZE)
+    images, targets = _batch()
+    model.train()
+    losses = model(images, targets)
+    assert "loss_gate" in losses and torch.isfinite(losses["loss_gate"])
+    losses["loss_gate"].backward()
+    grads = [p.grad for p in model.backbone.body.parameters() if p.requires_grad and p.ndim == 4]
+    assert grads[0] is not None and float(grads[0].abs().sum()) > 0  # the gate trains the shared backbone
+    if backbone != "tiny_fpn":
+        return
+    model.zero_grad()
+    # the positive holds a bright square, the negative none: a few steps on the gate loss separate them
+    images = [torch.zeros(1, SIZE, SIZE), torch.zeros(1, SIZE, SIZE)]
+    images[0][0, 10:40, 5:30] = 1.0
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    for module in model.modules():  # BatchNorm statistics of two images say nothing: keep them fixed
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    for _ in range(30):
+        optimizer.zero_grad()
+        model(images, targets)["loss_gate"].backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        positive, negative = (float(d["gate"]) for d in model(images))
+    assert 0 <= negative < 0.5 < positive <= 1
+
+
+def test_without_a_gate_the_model_is_torchvisions():
+    model = build_model(ModelConfig(backbone="tiny_fpn", weights="none"), SIZE)
+    assert model.gate is None
+    model.train()
+    assert "loss_gate" not in model(*_batch())
+    model.eval()
+    with torch.no_grad():
+        assert all("gate" not in d for d in model(_batch()[0]))

@@ -41,7 +41,7 @@ def test_flip_tta_unflips_and_fuses():
     image = torch.zeros(1, 64, 64)
     image[0, 0, 0] = 1.0
     model = Fixed()
-    (boxes, scores), = Predictor(model, 64, hflip_tta=True)([image])
+    (boxes, scores, gate), = Predictor(model, 64, hflip_tta=True)([image])
     # plain: [0,0,10,10]; flipped sees the corner on the right -> [54,..] -> unflipped [0,0,10,10]
     assert np.allclose(boxes, [[0, 0, 10, 10]]) and np.allclose(scores, [0.8])
     assert model.roi_heads.nms_thresh == 0.1 and model.roi_heads.detections_per_img == 3  # restored

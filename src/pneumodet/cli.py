@@ -70,7 +70,7 @@ def cmd_prepare(args) -> None:
 
     start = time.perf_counter()
     result = prepare(args.data, args.out, size_px=args.size, val_fraction=args.val_fraction, seed=args.seed,
-                     groups_csv=args.groups, subset=args.subset, workers=args.workers)
+                     groups_csv=args.groups, subset=args.subset, workers=args.workers, folds=args.folds)
     summary = result.summary
     state = "reused" if result.reused else f"built in {time.perf_counter() - start:.1f} s"
     problems = sum(summary["problems"].values())
@@ -89,8 +89,14 @@ def cmd_train(args) -> None:
     if not args.resume and args.config is None:
         raise UserError("--config YAML is required (e.g. configs/demo.yaml), unless --resume")
     config = None if args.resume else load_config(args.config, args.overrides)
-    from pneumodet.engine.train import train
+    from pneumodet.engine.train import train, train_folds
 
+    if args.folds:
+        results = train_folds(config, args.data, args.folds, args.run, resume=args.resume, runs_base=args.runs)
+        for n, result in enumerate(results, start=1):
+            print(f"fold {n}: best val RSNA mAP {result.best_map:.4f} at epoch {result.best_epoch}/{result.epochs}")
+        print(f"folds: {results[0].run.parent} (pneumodet evaluate it to tune on the out-of-fold predictions)")
+        return
     result = train(config, args.data, run=args.run, resume=args.resume, runs_base=args.runs)
     print(f"best val RSNA mAP {result.best_map:.4f} at epoch {result.best_epoch}/{result.epochs}; "
           f"run: {result.run}")
@@ -102,22 +108,32 @@ def cmd_evaluate(args) -> None:
     result = evaluate(args.run, args.data, split=args.split, reuse_predictions=args.reuse)
     pp = result["postprocess"]
     image = result["image_level"]
-    print(f"{args.split} RSNA mAP {result['rsna_map']:.4f} (before tuning {result['rsna_map_before_tuning']:.4f}) on "
-          f"{result['n_images']} images; threshold {pp['score_threshold']}, NMS {pp['nms_iou']}, "
-          f"max {pp['max_boxes']} boxes, shrink {pp['shrink']}")
-    print(f"image level: ROC AUC {image['roc_auc']}, sensitivity {image['sensitivity']}, "
-          f"specificity {image['specificity']}")
+    print(f"{result['split']} RSNA mAP {result['rsna_map']:.4f} (before tuning {result['rsna_map_before_tuning']:.4f}) "
+          f"on {result['n_images']} images; threshold {pp['score_threshold']}, NMS {pp['nms_iou']}, "
+          f"max {pp['max_boxes']} boxes, shrink {pp['shrink']}, gate threshold {pp['gate_threshold']}")
+    if "rsna_map_without_gate" in result:
+        print(f"without the gate: RSNA mAP {result['rsna_map_without_gate']:.4f} (tuned the same way)")
+    for fold in result.get("folds", []):
+        print(f"  {fold['run']}: RSNA mAP {fold['rsna_map']:.4f} on its {fold['images']} val images")
+    print(f"image level: ROC AUC {_fmt(image['roc_auc'])} (gate {_fmt(image['gate_roc_auc'])}, highest box score "
+          f"{_fmt(image['max_box_roc_auc'])}), sensitivity {_fmt(image['sensitivity'])}, "
+          f"specificity {_fmt(image['specificity'])}")
     for view, m in result["by_view"].items():
-        print(f"  {view}: RSNA mAP {m['rsna_map']:.4f}, ROC AUC {m['roc_auc']}, {m['images']} images")
+        print(f"  {view}: RSNA mAP {m['rsna_map']:.4f}, ROC AUC {_fmt(m['roc_auc'])}, {m['images']} images")
     print(f"wrote {Path(args.run) / 'metrics.json'} and plots in {Path(args.run) / 'plots'}")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
 def cmd_predict(args) -> None:
     from pneumodet.submit import predict_folder
 
     overrides = {"score_threshold": args.threshold, "nms_iou": args.nms, "max_boxes": args.max_boxes,
-                 "shrink": args.shrink}
-    summary = predict_folder(args.run, args.images, args.out, overrides=overrides, hflip_tta=args.tta,
+                 "shrink": args.shrink, "gate_threshold": args.gate}
+    runs = args.run[0] if len(args.run) == 1 else args.run
+    summary = predict_folder(runs, args.images, args.out, overrides=overrides, hflip_tta=args.tta,
                              workers=args.workers, batch_size=args.batch_size)
     print(f"{summary.images} images ({summary.unreadable} unreadable), {summary.with_boxes} with boxes; "
           f"post-processing {summary.postprocess}")
@@ -185,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", choices=["train", "test"], default="train",
                    help="train (labelled, split) or test (stage_2_test_images, no labels)")
     p.add_argument("--workers", type=_count, default=None, help="processes (default: all cores)")
+    p.add_argument("--folds", type=_count, default=5, help="folds written to split.csv for train --folds K "
+                   "(default 5; stratified and grouped like the split)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train Mask R-CNN on a prepared cache",
@@ -199,7 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=Path, default=Path("runs"), help="where new run folders go (default ./runs)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration value, e.g. --set train.epochs=4 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run from weights/last.ckpt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run from weights/last.ckpt "
+                   "(with --folds: finish the folds of the folds folder in --run)")
+    p.add_argument("--folds", type=_count, default=None, metavar="K",
+                   help="train K runs, one per fold of the cache's split.csv (prepare --folds K), into one folder "
+                   "(--run, default runs/NAME-Kfolds) holding fold-1 .. fold-K; evaluate that folder to tune on "
+                   "the out-of-fold predictions, predict with it for the ensemble")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run on val, tune post-processing, draw plots",
@@ -207,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "shrink on it, and write RUN/metrics.json (rsna_map, per-threshold precision, image-level "
                        "ROC AUC, sensitivity, specificity, by view) and RUN/plots (threshold.png, roc.png, "
                        "val_examples/).")
-    p.add_argument("run", type=Path, help="run folder written by pneumodet train")
+    p.add_argument("run", type=Path, help="run folder written by pneumodet train, or a folds folder (train --folds K): "
+                   "each fold is predicted on its own val fold and post-processing is tuned on all of them")
     p.add_argument("--data", type=Path, default=None, help="cache folder (default: the one the run trained on)")
     p.add_argument("--split", choices=["val", "all"], default="val",
                    help="which images of the cache: its val split (default) or all of them (another labelled set)")
@@ -217,14 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict a folder of DICOMs into a Kaggle submission",
                        description="Predict every .dcm in IMAGES_DIR and write a Kaggle submission "
                        "(patientId,PredictionString in each image's own pixels) plus NAME.boxes.csv (one row "
-                       "per box) beside it. Uses the run's tuned post-processing (metrics.json) unless overridden.")
-    p.add_argument("run", type=Path, help="run folder")
+                       "per box) beside it. Uses the run's tuned post-processing (metrics.json) unless overridden. "
+                       "Several runs, or a folds folder, predict as an ensemble: each model's boxes (after its own "
+                       "flip TTA) are merged by weighted box fusion and their gates averaged.")
+    p.add_argument("run", type=Path, nargs="+", help="run folder, folds folder (train --folds K; post-processing "
+                   "tuned out of fold by evaluate), or several run folders (the first one's post-processing)")
     p.add_argument("images", type=Path, help="folder of .dcm files (e.g. stage_2_test_images)")
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
     p.add_argument("--threshold", type=_between(0, 1), default=None, help="score threshold in [0, 1] (default: tuned)")
     p.add_argument("--nms", type=_between(0, 1), default=None, help="NMS IoU between boxes, in [0, 1] (default: tuned)")
     p.add_argument("--max-boxes", type=_count, default=None, help="boxes per image at most (default: tuned)")
     p.add_argument("--shrink", type=_between(0, 1.5, low_open=True), default=None, help="box shrink factor about each centre, in (0, 1.5] (default: tuned)")
+    p.add_argument("--gate", type=_between(0, 1), default=None, help="image-level gate threshold in [0, 1]: images "
+                   "the gate scores below keep no box; 0 turns it off (default: tuned; runs with model.gate only)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="horizontal-flip test-time augmentation, boxes merged by weighted box fusion")
     p.add_argument("--workers", type=_count, default=2, help="data-loading processes (default 2)")

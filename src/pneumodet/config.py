@@ -69,6 +69,10 @@ class ModelConfig:
     masks: bool = True  # Mask R-CNN; False gives Faster R-CNN (boxes only)
     mask_head_channels: int = 256  # torchvision: 4 convs of 256; fewer and narrower is far cheaper on a CPU
     mask_head_convs: int = 4
+    # image-level gate: a classification head on the shared backbone, trained on every image (the winners'
+    # most useful addition); predict.gate_threshold decides what it does at inference
+    gate: bool = False
+    gate_loss_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ class PredictConfig:
     nms_iou: float = 0.01  # NMS IoU between kept boxes (the seed's DETECTION_NMS_THRESHOLD: boxes barely overlap)
     max_boxes: int = 3  # the seed's DETECTION_MAX_INSTANCES
     shrink: float = 1.0  # scale boxes about their centres (the winners used ~0.875)
+    gate_threshold: float = 0.0  # with model.gate: images whose gate probability is below keep no box (0: off)
     hflip_tta: bool = False
     batch_size: int = 8
     bf16: bool = False  # bf16 autocast at inference (CPU with AVX-512 BF16, or GPU): check boxes on val first
@@ -333,14 +338,14 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "model.rpn_batch_size_per_image": (1, 100000), "model.rois_per_image": (1, 100000),
     "model.roi_positive_fraction": (0, 1, "open"),
     "model.min_score": (0, 1), "model.mask_head_channels": (1, 4096),
-    "model.mask_head_convs": (1, 16),
+    "model.mask_head_convs": (1, 16), "model.gate_loss_weight": (0, 100),
     "train.steps": (0, 10_000_000), "train.epochs": (1, 100000), "train.batch_size": (1, 4096), "train.lr": (0, 10, "open"),
     "train.momentum": (0, 0.999), "train.weight_decay": (0, 1), "train.grad_clip": (0, INF),
     "train.warmup_steps": (0, INF), "train.devices": (1, 4096), "train.num_nodes": (1, 4096),
     "train.max_nonfinite": (1, INF), "train.limit_train_batches": (0, INF), "train.limit_val_batches": (0, INF),
     "train.threads": (0, 4096),
     "predict.score_threshold": (0, 1), "predict.nms_iou": (0, 1), "predict.max_boxes": (1, 100),
-    "predict.shrink": (0, 1.5, "open"), "predict.batch_size": (1, 4096),
+    "predict.shrink": (0, 1.5, "open"), "predict.batch_size": (1, 4096), "predict.gate_threshold": (0, 1),
 }
 #: the values a setting may take, by key
 CHOICES = {

@@ -32,7 +32,7 @@ def untrained_map(config, cache: Path) -> float:
     dataset = PneumoniaDataset(cache, config.data.image_size, "val")
     raw = predict_dataset(detector, dataset, progress=False)
     truths = [xywh_to_xyxy(dataset.boxes_xywh(i)) for i in range(len(dataset))]
-    predictions = [Prediction(*postprocess(b, s, detector.postprocess)) for b, s in raw]
+    predictions = [Prediction(*postprocess(b, s, detector.postprocess, gate)) for b, s, gate in raw]
     return best_threshold(truths, predictions, grid=tuple(np.arange(0.0, 1.0, 0.05)))[1]
 
 

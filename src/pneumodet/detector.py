@@ -21,9 +21,9 @@ from pneumodet.config import RunConfig
 from pneumodet.data.cache import read_for_cache, to_cache_size
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomImage
-from pneumodet.postprocess import PostProcess, image_score, postprocess
-from pneumodet.predict import predictor_for, to_original
-from pneumodet.runs import RunPaths, find_run, load_trained
+from pneumodet.postprocess import Candidates, PostProcess, image_score, postprocess
+from pneumodet.predict import fuse_boxes, predictor_for, to_original
+from pneumodet.runs import RunPaths, find_run, fold_runs, is_folds, load_trained
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,9 @@ class Detection:
     patient_id: str
     boxes_orig_xyxy: np.ndarray  # (N, 4) float, kept by the post-processing, highest score first
     scores: np.ndarray  # (N,)
-    image_score: float  # the image's highest candidate score after NMS, before the threshold
+    image_score: float  # the gate's probability of any opacity; without a gate the highest box score
     original_size: tuple[int, int]  # (height, width)
+    gate: float = float("nan")  # the gate's probability (NaN: the model has no gate)
 
     @property
     def boxes_orig_xywh(self) -> np.ndarray:
@@ -61,8 +62,10 @@ def tuned_postprocess(paths: RunPaths, fallback: PostProcess) -> PostProcess:
 
 
 class Detector:
-    """A trained model with its post-processing: DICOMs in, :class:`Detection` out.
+    """A trained model (or an ensemble of them) with its post-processing: DICOMs in, :class:`Detection` out.
 
+    ``model``: one model, or a list of models sharing ``config``'s input size (an ensemble: each model's
+    candidates, after its own flip TTA, are merged by weighted box fusion and their gates averaged).
     ``postprocess`` is the run's tuned one (metrics.json) unless given; ``hflip_tta`` the run's setting
     unless given.
     """
@@ -71,34 +74,43 @@ class Detector:
                  paths: RunPaths | None = None, info: dict | None = None):
         self.config, self.postprocess, self.paths, self.info = config, postprocess, paths, info or {}
         self.image_size = config.data.image_size
-        self.predictor = predictor_for(model, config, hflip_tta=hflip_tta)
+        models = model if isinstance(model, list | tuple) else [model]
+        self.predictors = [predictor_for(m, config, hflip_tta=hflip_tta) for m in models]
+
+    def _predict(self, tensors: list[torch.Tensor]) -> list[Candidates]:
+        per_model = [predictor(tensors) for predictor in self.predictors]
+        if len(per_model) == 1:
+            return per_model[0]
+        merged = []
+        for found in zip(*per_model, strict=True):
+            boxes, scores = fuse_boxes([c[:2] for c in found])
+            merged.append(Candidates(boxes, scores, float(np.mean([c.gate for c in found]))))
+        return merged
 
     def read(self, source: str | Path | bytes | DicomImage, name: str | None = None) -> DicomImage:
         """Return the DICOM decoded as the cache decodes it (reduced-scale JPEG decode where it can)."""
         return source if isinstance(source, DicomImage) else read_for_cache(source, self.image_size, name)
 
-    def candidates(self, tensors: list[torch.Tensor], original_sizes: list[tuple[int, int]]
-                   ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Return per image (boxes_orig_xyxy, scores): every candidate, before post-processing."""
+    def candidates(self, tensors: list[torch.Tensor], original_sizes: list[tuple[int, int]]) -> list[Candidates]:
+        """Return per image Candidates (boxes in original pixels, scores, gate): before post-processing."""
         out = []
-        for (boxes_cache_xyxy, scores), (height, width) in zip(self.predictor(tensors), original_sizes, strict=True):
+        for found, (height, width) in zip(self._predict(tensors), original_sizes, strict=True):
             scale_x, scale_y = self.image_size / width, self.image_size / height
-            out.append((to_original(boxes_cache_xyxy, scale_x, scale_y, height, width), scores))
+            out.append(found._replace(boxes_xyxy=to_original(found.boxes_xyxy, scale_x, scale_y, height, width)))
         return out
 
-    def finish(self, patient_id: str, boxes_orig_xyxy: np.ndarray, scores: np.ndarray,
-               original_size: tuple[int, int]) -> Detection:
-        """Return the Detection of one image's candidates after post-processing."""
-        kept, kept_scores = postprocess(boxes_orig_xyxy, scores, self.postprocess)
-        return Detection(patient_id, kept, kept_scores, image_score(boxes_orig_xyxy, scores, self.postprocess),
-                         original_size)
+    def finish(self, patient_id: str, found: Candidates, original_size: tuple[int, int]) -> Detection:
+        """Return the Detection of one image's candidates (in original pixels) after post-processing."""
+        boxes, scores, gate = found
+        kept, kept_scores = postprocess(boxes, scores, self.postprocess, gate)
+        return Detection(patient_id, kept, kept_scores, image_score(boxes, scores, self.postprocess, gate),
+                         original_size, gate)
 
     def detect_tensors(self, patient_ids: list[str], tensors: list[torch.Tensor],
                        original_sizes: list[tuple[int, int]]) -> list[Detection]:
         """Return Detections for images already prepared by :func:`image_tensor` (a batch)."""
         raw = self.candidates(tensors, original_sizes)
-        return [self.finish(pid, boxes, scores, size)
-                for pid, (boxes, scores), size in zip(patient_ids, raw, original_sizes, strict=True)]
+        return [self.finish(pid, found, size) for pid, found, size in zip(patient_ids, raw, original_sizes, strict=True)]
 
     def detect(self, source: str | Path | bytes | DicomImage | np.ndarray, name: str | None = None) -> Detection:
         """Return the Detection for one DICOM file path, its bytes, a DicomImage, or (H, W) uint8 pixels.
@@ -116,14 +128,31 @@ class Detector:
         return self.detect_tensors([pid], [image_tensor(pixels, self.image_size)], [size])[0]
 
 
-def load_detector(run: str | Path, *, overrides: dict | None = None, hflip_tta: bool | None = None) -> Detector:
+def load_detector(run: str | Path | list, *, overrides: dict | None = None, hflip_tta: bool | None = None
+                  ) -> Detector:
     """Return the Detector of a trained run folder: its best weights and its tuned post-processing.
 
-    ``overrides``: post-processing settings to replace (score_threshold, nms_iou, max_boxes, shrink);
-    ``hflip_tta``: flip test-time augmentation on or off (default: the run's config).
+    ``run`` may also be a folds folder (``train --folds K``: an ensemble of its K runs, with the post-processing
+    ``evaluate`` tuned on their out-of-fold predictions) or a list of run folders (an ensemble with the
+    first one's post-processing).
+    ``overrides``: post-processing settings to replace (score_threshold, nms_iou, max_boxes, shrink,
+    gate_threshold); ``hflip_tta``: flip test-time augmentation on or off (default: the run's config).
     """
-    paths = find_run(run)
-    model, config, info = load_trained(run)
-    pp = tuned_postprocess(paths, PostProcess.from_config(config.predict))
+    runs = list(run) if isinstance(run, list | tuple) else [Path(run)]
+    if len(runs) == 1 and is_folds(runs[0]):
+        tuned_at, runs = RunPaths(Path(runs[0])), fold_runs(runs[0])
+    else:
+        tuned_at = find_run(runs[0])
+    if not runs:
+        raise UserError("no run folder given")
+    loaded = [load_trained(r) for r in runs]
+    model, config, info = loaded[0]
+    for other, r in zip(loaded[1:], runs[1:], strict=True):
+        if other[1].data.image_size != config.data.image_size:
+            raise UserError(f"{r}: trained at {other[1].data.image_size} px, {runs[0]} at "
+                            f"{config.data.image_size} px; an ensemble needs one input size")
+    pp = tuned_postprocess(tuned_at, PostProcess.from_config(config.predict))
     pp = replace(pp, **{k: v for k, v in (overrides or {}).items() if v is not None})
-    return Detector(model, config, pp, hflip_tta=hflip_tta, paths=paths, info=info)
+    if len(loaded) > 1:
+        info = {**info, "ensemble": [str(r) for r in runs]}
+    return Detector([m for m, _, _ in loaded], config, pp, hflip_tta=hflip_tta, paths=tuned_at, info=info)

@@ -17,9 +17,9 @@ from pneumodet.detector import Detector, load_detector
 from pneumodet.errors import UserError
 from pneumodet.files import write_text_atomic
 from pneumodet.metrics import Prediction, roc_auc, rsna_map, sensitivity_specificity
-from pneumodet.postprocess import PostProcess, image_score, postprocess
-from pneumodet.report.submission import read_boxes, write_boxes
-from pneumodet.runs import run_split
+from pneumodet.postprocess import Candidates, PostProcess, image_score, max_box_score, postprocess
+from pneumodet.report.submission import read_boxes, read_gates, write_boxes, write_gates
+from pneumodet.runs import RunPaths, fold_runs, is_folds, run_split
 
 GRID = {
     "score_threshold": [round(t, 2) for t in np.arange(0.05, 0.951, 0.05)],
@@ -27,6 +27,8 @@ GRID = {
     "max_boxes": [1, 2, 3, 4],
     "shrink": [0.8, 0.85, 0.875, 0.9, 0.95, 1.0],
 }
+#: gate thresholds tried (0: no gate), jointly with every score threshold
+GATE_GRID = [0.0] + [round(t, 2) for t in np.arange(0.1, 0.91, 0.1)]
 
 
 @dataclass(frozen=True)
@@ -34,42 +36,75 @@ class ValSet:
     patient_ids: list[str]
     views: list[str]
     truths: list[np.ndarray]  # xyxy, original pixels
-    raw: list[tuple[np.ndarray, np.ndarray]]  # (boxes xyxy, scores), original pixels
+    raw: list[Candidates]  # boxes xyxy in original pixels, scores, gate
+
+    def subset(self, mask) -> ValSet:
+        keep = np.flatnonzero(mask)
+        return ValSet(*([getattr(self, f)[i] for i in keep] for f in ("patient_ids", "views", "truths", "raw")))
+
+    @staticmethod
+    def concat(parts: list[ValSet]) -> ValSet:
+        return ValSet(*(sum((getattr(p, f) for p in parts), []) for f in ("patient_ids", "views", "truths", "raw")))
+
+    @property
+    def has_gate(self) -> bool:
+        return bool(self.raw) and not any(math.isnan(c.gate) for c in self.raw)
 
 
 def predict_dataset(detector: Detector, dataset: PneumoniaDataset, batch_size: int = 8,
-                    progress: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Return every candidate (boxes_orig_xyxy, scores) for every image of ``dataset``, before post-processing."""
+                    progress: bool = True) -> list[Candidates]:
+    """Return every image's Candidates (boxes_orig_xyxy, scores, gate) in ``dataset``, before post-processing."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0,
                                          collate_fn=collate)
     sizes = list(zip(dataset.records["original_height"].astype(int), dataset.records["original_width"].astype(int),
                      strict=True))
-    results: list[tuple[np.ndarray, np.ndarray]] = []
+    results: list[Candidates] = []
     for images, _ in tqdm(loader, desc="predict val", unit="batch", disable=not progress):
         results += detector.candidates(list(images), sizes[len(results): len(results) + len(images)])
     return results
 
 
 def apply(val: ValSet, pp: PostProcess) -> list[Prediction]:
-    return [Prediction(*postprocess(b, s, pp)) for b, s in val.raw]
+    return [Prediction(*postprocess(c.boxes_xyxy, c.scores, pp, c.gate)) for c in val.raw]
 
 
-def tune(val: ValSet, start: PostProcess, rounds: int = 2) -> tuple[PostProcess, float]:
-    """Return the post-processing that maximises val RSNA mAP, one setting at a time (coordinate ascent)."""
-    best, best_score = start, rsna_map(val.truths, apply(val, start)).rsna_map
+def _score(val: ValSet, pp: PostProcess) -> float:
+    return rsna_map(val.truths, apply(val, pp)).rsna_map
+
+
+def tune(val: ValSet, start: PostProcess, rounds: int = 2, gate: bool = True) -> tuple[PostProcess, float]:
+    """Return the post-processing that maximises RSNA mAP on ``val`` and that mAP.
+
+    With a gate (and ``gate``), the gate and score thresholds are searched jointly on a grid first (they trade
+    against each other: a strict gate lets a loose box threshold through); then each setting in turn
+    (coordinate ascent), ``rounds`` times. ``gate=False`` tunes with the gate off (the comparison without it).
+    """
+    grid = dict(GRID)
+    if val.has_gate and gate:
+        grid["gate_threshold"] = GATE_GRID
+        best, best_score = start, _score(val, start)
+        for g in GATE_GRID:
+            for t in GRID["score_threshold"]:
+                candidate = replace(best, gate_threshold=g, score_threshold=t)
+                score = _score(val, candidate)
+                if score > best_score + 1e-9:
+                    best, best_score = candidate, score
+    else:
+        best = replace(start, gate_threshold=0.0)
+        best_score = _score(val, best)
     for _ in range(rounds):
-        for name, values in GRID.items():
+        for name, values in grid.items():
             for value in values:
                 candidate = replace(best, **{name: value})
-                score = rsna_map(val.truths, apply(val, candidate)).rsna_map
+                score = _score(val, candidate)
                 if score > best_score + 1e-9:
                     best, best_score = candidate, score
     return best, best_score
 
 
 def image_scores(val: ValSet, pp: PostProcess) -> np.ndarray:
-    """Return every image's score (its highest box score after NMS, before the threshold)."""
-    return np.array([image_score(b, s, pp) for b, s in val.raw])
+    """Return every image's score: the gate's probability where there is a gate, else its highest box score."""
+    return np.array([image_score(c.boxes_xyxy, c.scores, pp, c.gate) for c in val.raw])
 
 
 def image_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
@@ -79,12 +114,56 @@ def image_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> d
             "sensitivity": sens, "specificity": spec}
 
 
-def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val", progress: bool = True,
-             reuse_predictions: bool = False) -> dict:
-    """Evaluate a run on its val split; tune and save post-processing; write metrics.json and plots."""
-    from pneumodet.report.evaluation_plots import plot_examples, plot_roc, plot_threshold
+def _image_level(val: ValSet, pp: PostProcess) -> dict:
+    """Image-level metrics of the image score, with the gate's ROC AUC beside the max-box score's."""
+    labels = np.array([len(t) > 0 for t in val.truths])
+    scores = image_scores(val, pp)
+    threshold = pp.gate_threshold if val.has_gate and pp.gate_threshold > 0 else pp.score_threshold
+    max_box = np.array([max_box_score(c.boxes_xyxy, c.scores, pp) for c in val.raw])
+    return {**image_metrics(labels, scores, threshold), "threshold": threshold,
+            "gate_roc_auc": roc_auc(labels, scores) if val.has_gate else None,
+            "max_box_roc_auc": roc_auc(labels, max_box)}
 
-    detector = load_detector(run)
+
+def summarize(val: ValSet, start: PostProcess) -> tuple[dict, PostProcess]:
+    """Return the metrics of ``val`` after tuning (the body of metrics.json) and the tuned post-processing."""
+    tuned, _ = tune(val, start)
+    score = rsna_map(val.truths, apply(val, tuned))
+    views = np.array(val.views)
+    by_view = {view: {"rsna_map": _score(val.subset(views == view), tuned),
+                      **_image_level(val.subset(views == view), tuned)} for view in sorted(set(val.views))}
+    result = {
+        "rsna_map": score.rsna_map,
+        "per_threshold": score.per_threshold,
+        "n_images_counted": score.n_images,
+        "n_images": len(val.truths),
+        "postprocess": asdict(tuned),
+        "rsna_map_before_tuning": _score(val, start),
+        "postprocess_before_tuning": asdict(start),
+        "image_level": _image_level(val, tuned),
+        "by_view": by_view,
+    }
+    if val.has_gate:  # the same tuning with the gate off: what the gate is worth on these images
+        without, without_score = tune(val, start, gate=False)
+        result["rsna_map_without_gate"] = without_score
+        result["postprocess_without_gate"] = asdict(without)
+    return result, tuned
+
+
+def _plots(val: ValSet, tuned: PostProcess, result: dict, plots: Path) -> None:
+    from pneumodet.report.evaluation_plots import plot_roc, plot_threshold
+
+    thresholds = GRID["score_threshold"]
+    curve = [_score(val, replace(tuned, score_threshold=t)) for t in thresholds]
+    plot_threshold(thresholds, curve, tuned, plots / "threshold.png")
+    labels = np.array([len(t) > 0 for t in val.truths])
+    plot_roc(labels, image_scores(val, tuned), result["image_level"],
+             result["image_level"]["threshold"], plots / "roc.png")
+
+
+def collect(detector: Detector, cache: str | Path | None, split: str, progress: bool,
+            reuse_predictions: bool) -> tuple[ValSet, PneumoniaDataset]:
+    """Return the candidates of a run's ``split`` images (its own split.csv) with their truth."""
     paths, config, info = detector.paths, detector.config, detector.info
     if cache is None:
         if not info.get("cache"):
@@ -96,51 +175,66 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
     if len(dataset) == 0:
         raise UserError(f"{cache}: none of the run's {split} images are in this cache; evaluate another "
                         "labelled set with --split all")
-    raw_csv = paths.predictions / f"{split}.csv"
+    ids = list(dataset.records["patient_id"])
+    raw_csv, gate_csv = paths.predictions / f"{split}.csv", paths.predictions / f"{split}.gate.csv"
     if reuse_predictions and raw_csv.is_file():
         saved = read_boxes(raw_csv)
+        gates = read_gates(gate_csv) if gate_csv.is_file() else {}
         empty = (np.zeros((0, 4)), np.zeros(0))
-        raw = [saved.get(pid, empty) for pid in dataset.records["patient_id"]]
+        raw = [Candidates(*saved.get(pid, empty), gates.get(pid, math.nan)) for pid in ids]
     else:
         raw = predict_dataset(detector, dataset, config.predict.batch_size, progress)
         paths.predictions.mkdir(parents=True, exist_ok=True)
-        write_boxes(raw_csv, dict(zip(dataset.records["patient_id"], raw, strict=True)))
-    val = ValSet(list(dataset.records["patient_id"]), list(dataset.records["view"].fillna("unknown")),
+        write_boxes(raw_csv, {pid: c[:2] for pid, c in zip(ids, raw, strict=True)})
+        if not any(math.isnan(c.gate) for c in raw):
+            write_gates(gate_csv, {pid: c.gate for pid, c in zip(ids, raw, strict=True)})
+    val = ValSet(ids, list(dataset.records["view"].fillna("unknown")),
                  [xywh_to_xyxy(dataset.boxes_xywh(i)) for i in range(len(dataset))], raw)
-    start = PostProcess.from_config(config.predict)
-    tuned, tuned_score = tune(val, start)
-    score = rsna_map(val.truths, apply(val, tuned))
-    untuned = rsna_map(val.truths, apply(val, start)).rsna_map
-    views = np.array(val.views)
-    labels = np.array([len(t) > 0 for t in val.truths])
-    scores = image_scores(val, tuned)
-    by_view = {}
-    for view in sorted(set(val.views)):
-        mask = views == view
-        sub = ValSet([], [], [t for t, m in zip(val.truths, mask, strict=True) if m],
-                     [r for r, m in zip(val.raw, mask, strict=True) if m])
-        by_view[view] = {"rsna_map": rsna_map(sub.truths, apply(sub, tuned)).rsna_map,
-                         **image_metrics(labels[mask], scores[mask], tuned.score_threshold)}
-    result = {
-        "rsna_map": score.rsna_map,
-        "per_threshold": score.per_threshold,
-        "n_images_counted": score.n_images,
-        "n_images": len(val.truths),
-        "split": split,
-        "checkpoint": info["path"],
-        "epoch": info.get("epoch"),
-        "postprocess": asdict(tuned),
-        "rsna_map_before_tuning": untuned,
-        "postprocess_before_tuning": asdict(start),
-        "image_level": image_metrics(labels, scores, tuned.score_threshold),
-        "by_view": by_view,
-    }
+    return val, dataset
+
+
+def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val", progress: bool = True,
+             reuse_predictions: bool = False) -> dict:
+    """Evaluate a run on its val split; tune and save post-processing; write metrics.json and plots.
+
+    A folds folder (``train --folds K``) is evaluated out of fold: see :func:`evaluate_folds`.
+    """
+    from pneumodet.report.evaluation_plots import plot_examples
+
+    if is_folds(run):
+        return evaluate_folds(run, cache, progress=progress, reuse_predictions=reuse_predictions)
+    detector = load_detector(run)
+    val, dataset = collect(detector, cache, split, progress, reuse_predictions)
+    result, tuned = summarize(val, PostProcess.from_config(detector.config.predict))
+    result = {**result, "split": split, "checkpoint": detector.info["path"], "epoch": detector.info.get("epoch")}
+    write_text_atomic(detector.paths.metrics_json, json.dumps(_finite(result), indent=2) + "\n")
+    _plots(val, tuned, result, detector.paths.plots)
+    plot_examples(dataset, val, apply(val, tuned), rsna_map(val.truths, apply(val, tuned)).per_image,
+                  detector.paths.plots / "val_examples")
+    return result
+
+
+def evaluate_folds(folds: str | Path, cache: str | Path | None = None, progress: bool = True,
+                   reuse_predictions: bool = False) -> dict:
+    """Evaluate each fold's run on its own val fold; tune post-processing on all their out-of-fold predictions
+    together (every labelled image once); write FOLDS/metrics.json, which predict uses for the ensemble."""
+    folds = Path(folds)
+    parts, per_fold, start = [], [], None
+    for fold in fold_runs(folds):
+        detector = load_detector(fold)
+        start = start or PostProcess.from_config(detector.config.predict)
+        val, _ = collect(detector, cache, "val", progress, reuse_predictions)
+        parts.append(val)
+        per_fold.append({"run": fold.name, "images": len(val.truths), "checkpoint": detector.info["path"],
+                         "epoch": detector.info.get("epoch")})
+    oof = ValSet.concat(parts)
+    result, tuned = summarize(oof, start)
+    for entry, val in zip(per_fold, parts, strict=True):
+        entry["rsna_map"] = _score(val, tuned)  # each fold with the post-processing tuned on all of them
+    result = {**result, "split": "out-of-fold", "folds": per_fold}
+    paths = RunPaths(folds)
     write_text_atomic(paths.metrics_json, json.dumps(_finite(result), indent=2) + "\n")
-    thresholds = GRID["score_threshold"]
-    curve = [rsna_map(val.truths, apply(val, replace(tuned, score_threshold=t))).rsna_map for t in thresholds]
-    plot_threshold(thresholds, curve, tuned, paths.plots / "threshold.png")
-    plot_roc(labels, scores, result["image_level"], tuned.score_threshold, paths.plots / "roc.png")
-    plot_examples(dataset, val, apply(val, tuned), score.per_image, paths.plots / "val_examples")
+    _plots(oof, tuned, result, paths.plots)
     return result
 
 

@@ -49,6 +49,57 @@ CANDIDATE_NMS_IOU = 0.5
 PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
 
 
+class ImageGate(nn.Module):
+    """Image-level classifier on the detector's FPN features: does the image hold any opacity?
+
+    The winners' gate, as a head on the shared backbone (one forward pass): a 3x3 conv on each coarse FPN
+    level (every level but the finest), global mean and max pooling, one linear layer; returns a logit per image.
+    """
+
+    def __init__(self, channels: int, levels: int, hidden: int = 128):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(inplace=True))
+        self.fc = nn.Linear(2 * hidden * levels, 1)
+        self.levels = levels
+
+    def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = []
+        for x in list(features.values())[-self.levels:]:
+            x = self.conv(x)
+            parts += [x.mean((2, 3)), x.amax((2, 3))]
+        return self.fc(torch.cat(parts, 1)).squeeze(1)
+
+
+class GatedMaskRCNN(MaskRCNN):
+    """torchvision's Mask R-CNN plus an optional :class:`ImageGate` on the backbone's features.
+
+    Training adds ``loss_gate`` (binary cross-entropy: has the image any box?) to the loss dict; inference
+    adds ``gate`` (the probability) to each image's output. Without a gate it is torchvision's model.
+    """
+
+    def __init__(self, *args, gate: ImageGate | None = None, gate_loss_weight: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gate, self.gate_loss_weight = gate, gate_loss_weight
+
+    def forward(self, images, targets=None):
+        if self.gate is None:
+            return super().forward(images, targets)
+        captured = {}
+        hook = self.backbone.register_forward_hook(lambda _m, _i, out: captured.__setitem__("features", out))
+        try:
+            out = super().forward(images, targets)
+        finally:
+            hook.remove()
+        logits = self.gate(captured["features"]).float()
+        if self.training:
+            labels = torch.tensor([float(len(t["boxes"]) > 0) for t in targets], device=logits.device)
+            out["loss_gate"] = self.gate_loss_weight * nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            return out
+        for detection, probability in zip(out, torch.sigmoid(logits), strict=True):
+            detection["gate"] = probability
+        return out
+
+
 class CacheSizeTransform(GeneralizedRCNNTransform):
     """torchvision's transform, minus the resize when the image already has the cache size."""
 
@@ -112,7 +163,7 @@ def _backbone(cfg: ModelConfig, norm_layer) -> nn.Module:
     raise UserError(f"unknown model.backbone {cfg.backbone!r}")
 
 
-def build_model(cfg: ModelConfig, image_size: int) -> MaskRCNN:
+def build_model(cfg: ModelConfig, image_size: int) -> GatedMaskRCNN:
     """Return a Mask R-CNN for (background, opacity) taking [C, image_size, image_size] images in [0, 1]."""
     norm_layer = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
     backbone = _backbone(cfg, norm_layer)
@@ -134,7 +185,7 @@ def build_model(cfg: ModelConfig, image_size: int) -> MaskRCNN:
         kwargs["mask_head"] = MaskRCNNHeads(channels, mask_layers, 1)
     kwargs["box_predictor"] = FastRCNNPredictor(box_features, len(CLASS_NAMES))
     kwargs["mask_predictor"] = MaskRCNNPredictor(cfg.mask_head_channels, cfg.mask_head_channels, len(CLASS_NAMES))
-    model = MaskRCNN(
+    model = GatedMaskRCNN(
         backbone,
         num_classes=None,  # given by the predictors
         min_size=image_size,
@@ -151,6 +202,8 @@ def build_model(cfg: ModelConfig, image_size: int) -> MaskRCNN:
         box_detections_per_img=CANDIDATES_PER_IMAGE,
         box_score_thresh=cfg.min_score,
         box_nms_thresh=CANDIDATE_NMS_IOU,
+        gate=ImageGate(channels, levels - 1) if cfg.gate else None,
+        gate_loss_weight=cfg.gate_loss_weight,
         **kwargs,
     )
     model.transform = CacheSizeTransform(image_size, image_size, model.transform.image_mean,

@@ -6,7 +6,9 @@ Imports only the foundations (config, boxes) and torchvision's NMS, so every lay
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -18,24 +20,45 @@ from pneumodet.config import PredictConfig
 
 @dataclass(frozen=True)
 class PostProcess:
-    """The choices evaluate tunes on val: score threshold, NMS IoU between boxes, boxes kept, shrink.
+    """The choices evaluate tunes on val: score threshold, NMS IoU between boxes, boxes kept, shrink, and the
+    image-level gate's threshold.
 
-    No defaults of its own: they are PredictConfig's (``PostProcess.from_config(PredictConfig())``).
+    PredictConfig gives the defaults (``PostProcess.from_config(PredictConfig())``); ``gate_threshold`` defaults
+    to off so that metrics.json files written before the gate existed still load.
     """
 
     score_threshold: float
     nms_iou: float
     max_boxes: int
     shrink: float
+    gate_threshold: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: PredictConfig) -> PostProcess:
-        return cls(cfg.score_threshold, cfg.nms_iou, cfg.max_boxes, cfg.shrink)
+        return cls(cfg.score_threshold, cfg.nms_iou, cfg.max_boxes, cfg.shrink, cfg.gate_threshold)
 
 
-def postprocess(boxes_xyxy, scores, pp: PostProcess) -> tuple[np.ndarray, np.ndarray]:
-    """Return (boxes (N, 4) xyxy, scores (N,)) kept by ``pp``, highest score first, in the boxes' own space."""
+class Candidates(NamedTuple):
+    """One image's raw output: every candidate box before post-processing, and the gate's probability."""
+
+    boxes_xyxy: np.ndarray  # (N, 4)
+    scores: np.ndarray  # (N,)
+    gate: float = math.nan  # the image-level gate's probability of any opacity; NaN: the model has no gate
+
+
+def gated(gate: float, pp: PostProcess) -> bool:
+    """Return whether the gate removes every box of an image (a model without a gate never does)."""
+    return pp.gate_threshold > 0 and not math.isnan(gate) and gate < pp.gate_threshold
+
+
+def postprocess(boxes_xyxy, scores, pp: PostProcess, gate: float = math.nan) -> tuple[np.ndarray, np.ndarray]:
+    """Return (boxes (N, 4) xyxy, scores (N,)) kept by ``pp``, highest score first, in the boxes' own space.
+
+    ``gate``: the image's gate probability; below ``pp.gate_threshold`` no box is kept.
+    """
     boxes, scores = as_boxes(boxes_xyxy), np.asarray(scores, dtype=np.float64).reshape(-1)
+    if gated(gate, pp):
+        return boxes[:0], scores[:0]
     keep = scores >= pp.score_threshold
     boxes, scores = boxes[keep], scores[keep]
     if len(boxes):
@@ -47,7 +70,12 @@ def postprocess(boxes_xyxy, scores, pp: PostProcess) -> tuple[np.ndarray, np.nda
     return boxes, scores
 
 
-def image_score(boxes_xyxy, scores, pp: PostProcess) -> float:
-    """Return an image's score: its highest box score after NMS and max boxes, before the threshold."""
+def max_box_score(boxes_xyxy, scores, pp: PostProcess) -> float:
+    """Return an image's highest box score after NMS and max boxes, before the threshold."""
     kept = postprocess(boxes_xyxy, scores, replace(pp, score_threshold=0.0, shrink=1.0))[1]
     return float(kept.max()) if len(kept) else 0.0
+
+
+def image_score(boxes_xyxy, scores, pp: PostProcess, gate: float = math.nan) -> float:
+    """Return an image's score: the gate's probability where the model has a gate, else its highest box score."""
+    return float(gate) if not math.isnan(gate) else max_box_score(boxes_xyxy, scores, pp)

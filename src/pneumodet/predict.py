@@ -10,6 +10,7 @@ import torch
 from pneumodet.boxes import as_boxes, iou_xyxy
 from pneumodet.config import RunConfig
 from pneumodet.model import boxes_only
+from pneumodet.postprocess import Candidates
 
 
 def fuse_boxes(sets: list[tuple[np.ndarray, np.ndarray]], iou: float = 0.55) -> tuple[np.ndarray, np.ndarray]:
@@ -63,27 +64,35 @@ class Predictor:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.image_size, self.hflip_tta, self.device, self.bf16 = image_size, hflip_tta, torch.device(device), bf16
 
-    def _forward(self, images: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def _forward(self, images: list[torch.Tensor]) -> list[Candidates]:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
         with torch.inference_mode(), autocast:
             outputs = self.model([im.to(self.device) for im in images])
-        return [(o["boxes"].float().cpu().numpy().astype(np.float64), o["scores"].float().cpu().numpy()) for o in outputs]
+        return [Candidates(o["boxes"].float().cpu().numpy().astype(np.float64), o["scores"].float().cpu().numpy(),
+                           float(o["gate"]) if "gate" in o else np.nan) for o in outputs]
 
-    def __call__(self, images: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Return per image (boxes_cache_xyxy (N, 4), scores (N,)): the model's candidates, in the pixels of
-        the float [C, H, W] images in [0, 1] it was given (cache pixels), before post-processing."""
+    def __call__(self, images: list[torch.Tensor]) -> list[Candidates]:
+        """Return per image the model's candidates (boxes_cache_xyxy (N, 4), scores (N,), gate), in the pixels of
+        the float [C, H, W] images in [0, 1] it was given (cache pixels), before post-processing. With flip
+        TTA the boxes of both passes are fused and the gate is their mean."""
         with boxes_only(self.model):
             plain = self._forward(images)
             if not self.hflip_tta:
                 return plain
             flipped = self._forward([im.flip(-1) for im in images])
         merged = []
-        for (boxes_cache_xyxy, scores), (flipped_xyxy, flipped_scores) in zip(plain, flipped, strict=True):
-            width = images[0].shape[-1]
-            unflipped = flipped_xyxy.copy()
-            unflipped[:, [0, 2]] = width - flipped_xyxy[:, [2, 0]]
-            merged.append(fuse_boxes([(boxes_cache_xyxy, scores), (unflipped, flipped_scores)]))
+        for one, other in zip(plain, flipped, strict=True):
+            unflipped = hflip_boxes(other.boxes_xyxy, images[0].shape[-1])
+            boxes, scores = fuse_boxes([one[:2], (unflipped, other.scores)])
+            merged.append(Candidates(boxes, scores, (one.gate + other.gate) / 2))
         return merged
+
+
+def hflip_boxes(boxes_xyxy, width: float) -> np.ndarray:
+    """Return boxes mirrored left-right in an image ``width`` pixels wide."""
+    out = as_boxes(boxes_xyxy).copy()
+    out[:, [0, 2]] = width - out[:, [2, 0]]
+    return out
 
 
 def to_original(boxes_cache_xyxy, scale_x: float, scale_y: float, height: int, width: int) -> np.ndarray:

@@ -25,11 +25,11 @@ from pneumodet.config import RunConfig, from_dict
 from pneumodet.errors import UserError
 from pneumodet.files import atomic_path, write_text_atomic
 
-LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask")
+LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask", "loss_gate")
 LOSS_NAMES = ("loss",) + LOSS_KEYS
 #: metrics.csv columns, in order
 METRIC_COLUMNS = (["epoch"] + [f"train_{k}" for k in LOSS_NAMES] + [f"val_{k}" for k in LOSS_NAMES]
-                  + ["val_rsna_map", "val_threshold", "lr", "epoch_time_s", "skipped_steps"])
+                  + ["val_rsna_map", "val_threshold", "val_gate_auc", "lr", "epoch_time_s", "skipped_steps"])
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,33 @@ def atomic_save(obj, path: str | Path) -> None:
     """torch.save to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+#: a folds folder (``train --folds K``) holds this file beside its K run folders
+FOLDS_FILE = "folds.json"
+
+
+def is_folds(path: str | Path) -> bool:
+    """Return whether ``path`` is a folds folder written by ``train --folds K``."""
+    return (Path(path) / FOLDS_FILE).is_file()
+
+
+def fold_runs(path: str | Path, trained: bool = True) -> list[Path]:
+    """Return the run folders of a folds folder, in fold order; with ``trained``, each must hold weights."""
+    import json
+
+    root = Path(path)
+    try:
+        names = json.loads((root / FOLDS_FILE).read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(f"{root / FOLDS_FILE}: not a readable folds file; train the folds again") from None
+    runs = [root / name for name in names]
+    if trained:
+        for fold in runs:
+            if not RunPaths(fold).best.is_file() and not RunPaths(fold).last.is_file():
+                raise UserError(f"{fold}: this fold has no weights yet; finish it with "
+                                f"pneumodet train --folds {len(runs)} --run {root} --resume")
+    return runs
 
 
 def find_run(run: str | Path) -> RunPaths:

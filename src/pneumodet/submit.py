@@ -49,10 +49,13 @@ class PredictSummary:
     postprocess: PostProcess
 
 
-def predict_folder(run: str | Path, images_dir: str | Path, out: str | Path, *, overrides: dict | None = None,
+def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Path, *, overrides: dict | None = None,
                    hflip_tta: bool | None = None, workers: int = 2, batch_size: int | None = None,
                    progress: bool = True) -> PredictSummary:
-    """Predict every .dcm in ``images_dir``; write ``out`` (submission) and the per-box table beside it."""
+    """Predict every .dcm in ``images_dir``; write ``out`` (submission) and the per-box table beside it.
+
+    ``run``: a run folder, a folds folder or a list of run folders (an ensemble; see :func:`load_detector`).
+    """
     images_dir, out = Path(images_dir), Path(out)
     if not images_dir.is_dir():
         raise UserError(f"{images_dir}: images folder not found")

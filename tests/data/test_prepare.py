@@ -164,6 +164,6 @@ def test_split_file_has_every_usable_image_once(synth_data, tmp_path):
     out = tmp_path / "cache"
     prepare(synth_data, out, size_px=64, val_fraction=0.2, progress=False, workers=1)
     split = pd.read_csv(out / "split.csv")
-    assert list(split.columns) == ["patient_id", "split"]
+    assert list(split.columns) == ["patient_id", "split", "fold"]
     assert split["patient_id"].is_unique and len(split) == 30
-    assert set(split["split"]) == {"train", "val"}
+    assert set(split["split"]) == {"train", "val"} and sorted(split["fold"].unique()) == [0, 1, 2, 3, 4]

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from pneumodet.data.split import read_groups, split_images
+from pneumodet.data.split import assign_folds, fold_split, read_groups, split_images
 from pneumodet.errors import UserError
 
 
@@ -49,3 +49,24 @@ def test_bad_fraction_and_groups_file(tmp_path):
         read_groups(tmp_path / "g.csv")
     (tmp_path / "ok.csv").write_text("patientId,group\na,x\nb,x\n")
     assert read_groups(tmp_path / "ok.csv") == {"a": "x", "b": "x"}
+
+
+def test_folds_are_stratified_grouped_balanced_and_seeded():
+    images = _images(300)
+    groups = {f"p{i}": f"person{i // 3}" for i in range(300)}  # three images per person
+    folds = assign_folds(images, 5, seed=2, groups=groups)
+    assert folds.equals(assign_folds(images, 5, seed=2, groups=groups))
+    assert not folds.equals(assign_folds(images, 5, seed=3, groups=groups))
+    frame = images.assign(fold=folds, group=images["patient_id"].map(groups))
+    assert (frame.groupby("group")["fold"].nunique() == 1).all()  # a person never straddles two folds
+    assert sorted(frame["fold"].unique()) == [0, 1, 2, 3, 4]
+    sizes = frame["fold"].value_counts()
+    assert sizes.max() - sizes.min() <= 3  # one group of 3 at most between the largest and the smallest
+    # without groups every (class, view) stratum is spread evenly: fold sizes within it differ by one at most
+    alone = images.assign(fold=assign_folds(images, 5, seed=2))
+    per_stratum = alone.groupby(["label_class", "view"])["fold"].value_counts().unstack(fill_value=0)
+    assert ((per_stratum.max(axis=1) - per_stratum.min(axis=1)) <= 1).all()
+    one = fold_split(frame.assign(fold=frame["fold"].astype(str)), 2)
+    assert set(one.loc[one["split"] == "val", "patient_id"]) == set(frame.loc[frame["fold"] == 2, "patient_id"])
+    with pytest.raises(UserError):
+        assign_folds(images, 1)

@@ -1,18 +1,21 @@
+import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 import yaml
 
+from pneumodet.data.prepare import prepare
 from pneumodet.engine.module import DetectionModule, TrainingDiverged, losses_without_learning, stage_for
-from pneumodet.engine.train import train
+from pneumodet.engine.train import train, train_folds
 from pneumodet.errors import UserError
 from pneumodet.runs import LOSS_NAMES, METRIC_COLUMNS, load_trained, read_checkpoint, read_metrics
 from tests.conftest import tiny_config
 
 
 def test_a_run_folder_with_every_loss_for_train_and_val(tiny_cache, tmp_path):
-    result = train(tiny_config(), tiny_cache, runs_base=tmp_path, progress=False)
+    result = train(tiny_config("model.gate=True"), tiny_cache, runs_base=tmp_path, progress=False)
     assert result.run == tmp_path / "tiny" and result.epochs == 2
     rows = read_metrics(result.run / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2]
@@ -23,6 +26,7 @@ def test_a_run_folder_with_every_loss_for_train_and_val(tiny_cache, tmp_path):
             for name in LOSS_NAMES:
                 assert math.isfinite(row[f"{split}_{name}"]) and row[f"{split}_{name}"] >= 0, (split, name)
         assert 0 <= row["val_rsna_map"] <= 1 and row["epoch_time_s"] > 0 and row["lr"] == pytest.approx(1e-3)
+        assert 0 <= row["val_gate_auc"] <= 1
     for name in ("config.yaml", "env.txt", "weights/best.ckpt", "weights/last.ckpt", "plots/loss_curves.png",
                  "plots/val_map.png", "plots/augmentations.png"):
         assert (result.run / name).is_file(), name
@@ -35,6 +39,8 @@ def test_a_run_folder_with_every_loss_for_train_and_val(tiny_cache, tmp_path):
     # a second run with the same name gets its own folder
     again = train(tiny_config("train.epochs=1"), tiny_cache, runs_base=tmp_path, progress=False)
     assert again.run == tmp_path / "tiny-2"
+    # without a gate there is no gate loss: NaN, never a made-up 0
+    assert math.isnan(read_metrics(again.run / "metrics.csv")[0]["train_loss_gate"])
 
 
 def test_resume_continues_epochs_and_optimizer_state(tiny_cache, tmp_path, monkeypatch):
@@ -205,3 +211,42 @@ def test_a_run_is_scored_on_its_own_split_after_prepare_changes_it(synth_data, t
     (result.run / "split.csv").unlink()
     with pytest.raises(UserError, match="does not record the split"):
         evaluate(result.run, progress=False)
+
+
+def test_folds_train_one_run_per_fold_evaluate_out_of_fold_and_predict_as_an_ensemble(synth_data, tmp_path):
+    from pneumodet.detector import load_detector
+    from pneumodet.evaluate import evaluate
+    from pneumodet.io.layout import TEST_IMAGES
+    from pneumodet.submit import predict_folder
+
+    prepare(synth_data, tmp_path / "cache", size_px=64, val_fraction=0.2, progress=False, workers=1, folds=2)
+    table = pd.read_csv(tmp_path / "cache" / "split.csv", dtype=str)
+    config = tiny_config("model.gate=True", "train.epochs=1", "train.stages=[{'until_epoch': 1}]",
+                         "train.limit_val_batches=0")
+    folds = tmp_path / "folds"
+    results = train_folds(config, tmp_path / "cache", 2, folds, progress=False)
+    assert [r.run.name for r in results] == ["fold-1", "fold-2"]
+    assert json.loads((folds / "folds.json").read_text())["runs"] == ["fold-1", "fold-2"]
+    vals = []
+    for n, result in enumerate(results):  # each fold's val is exactly its fold; together they cover every image
+        split = pd.read_csv(result.run / "split.csv", dtype=str)
+        val = set(split.loc[split["split"] == "val", "patient_id"])
+        assert val == set(table.loc[table["fold"] == str(n), "patient_id"]) and val
+        assert set(split["patient_id"]) == set(table["patient_id"])
+        vals.append(val)
+    assert not vals[0] & vals[1] and vals[0] | vals[1] == set(table["patient_id"])
+    # finishing an already finished folds folder trains nothing again
+    stamp = (folds / "fold-1" / "weights" / "last.ckpt").stat().st_mtime_ns
+    train_folds(None, tmp_path / "cache", 2, folds, resume=True, progress=False)
+    assert (folds / "fold-1" / "weights" / "last.ckpt").stat().st_mtime_ns == stamp
+    result = evaluate(folds, progress=False)
+    assert result["split"] == "out-of-fold" and result["n_images"] == len(table)  # every labelled image, once
+    assert [f["run"] for f in result["folds"]] == ["fold-1", "fold-2"]
+    assert "gate_threshold" in result["postprocess"] and result["image_level"]["gate_roc_auc"] is not None
+    detector = load_detector(folds)
+    assert len(detector.predictors) == 2 and detector.postprocess.score_threshold == \
+        result["postprocess"]["score_threshold"]
+    summary = predict_folder(folds, synth_data / TEST_IMAGES, tmp_path / "sub.csv", workers=0, progress=False)
+    assert summary.images == len(list((synth_data / TEST_IMAGES).glob("*.dcm")))
+    with pytest.raises(UserError, match="folds"):
+        train_folds(config, tmp_path / "cache", 3, tmp_path / "other", progress=False)

@@ -23,7 +23,7 @@ from pneumodet.data.cache import (
     new_build_dir,
 )
 from pneumodet.data.qc import check_boxes, match_files, summarise, write_qc
-from pneumodet.data.split import read_groups, split_images
+from pneumodet.data.split import assign_folds, read_groups, split_images
 from pneumodet.errors import UserError
 from pneumodet.files import atomic_path, check_output_dir
 from pneumodet.io.labels import Annotation, Problem, read_labels
@@ -52,11 +52,17 @@ def find_images(data: Path, subset: str) -> Path:
 
 def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction: float = 0.1, seed: int = 0,
             groups_csv: str | Path | None = None, subset: str = "train", workers: int | None = None,
-            progress: bool = True) -> PrepareResult:
-    """Check, cache and split the data set in ``data``; write everything under ``out``."""
+            progress: bool = True, folds: int = 5) -> PrepareResult:
+    """Check, cache and split the data set in ``data``; write everything under ``out``.
+
+    ``split.csv`` holds each labelled image's split (train/val) and its fold (0 .. ``folds``-1, for
+    ``train --folds``), both stratified by class and view and grouped by ``groups_csv``.
+    """
     data, out = Path(data), Path(out)
     if not data.is_dir():
         raise UserError(f"{data}: data folder not found")
+    if not 2 <= folds <= 100:
+        raise UserError(f"--folds must be between 2 and 100, got {folds}")
     if size_px < 32 or size_px > 4096:
         raise UserError(f"--size must be between 32 and 4096 pixels, got {size_px}")
     images_dir = find_images(data, subset)
@@ -88,6 +94,7 @@ def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction:
     split_csv = None
     if subset == "train":
         split = split_images(images, val_fraction, seed, groups)
+        split["fold"] = assign_folds(images, folds, seed, groups).to_numpy()  # for train --folds
         split_csv = out / "split.csv"
         with atomic_path(split_csv) as tmp:
             split.to_csv(tmp, index=False)

@@ -30,6 +30,41 @@ def read_groups(path: str | Path) -> dict[str, str]:
     return dict(zip(frame[id_column].str.strip(), frame["group"].str.strip(), strict=True))
 
 
+def _groups_by_stratum(images: pd.DataFrame, groups: dict[str, str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (images with a group column, one row per group with its stratum and size)."""
+    frame = images[["patient_id", "label_class", "view"]].copy()
+    frame["label_class"] = frame["label_class"].astype(object).fillna("unknown").astype(str)
+    frame["view"] = frame["view"].fillna("unknown").astype(str)
+    groups = groups or {}
+    frame["group"] = [groups.get(pid, f"image:{pid}") for pid in frame["patient_id"]]
+    # most positive class first: "Lung Opacity" < "No Lung Opacity / Not Normal" < "Normal"
+    per_group = frame.sort_values(["group", "label_class", "view"]).groupby("group", sort=True).agg(
+        label_class=("label_class", "first"), view=("view", "first"), size=("patient_id", "size"))
+    per_group["stratum"] = per_group["label_class"] + "|" + per_group["view"]
+    return frame, per_group
+
+
+def assign_folds(images: pd.DataFrame, k: int, seed: int = 0, groups: dict[str, str] | None = None) -> pd.Series:
+    """Return each image's fold (0 .. k-1), aligned with ``images``: stratified by (class, view) and grouped
+    (a group's images share a fold), with folds of near-equal size in every stratum."""
+    if k < 2:
+        raise UserError(f"--folds must be at least 2, got {k}")
+    frame, per_group = _groups_by_stratum(images, groups)
+    rng = np.random.default_rng(seed)
+    fold_of: dict[str, int] = {}
+    totals = np.zeros(k)
+    for _, stratum in per_group.groupby("stratum", sort=True):
+        counts = np.zeros(k)
+        names = stratum.index.to_numpy()
+        for name in names[rng.permutation(len(names))]:
+            fold = int(np.lexsort((np.arange(k), totals, counts))[0])  # fewest here, then fewest overall
+            fold_of[name] = fold
+            size = int(stratum.at[name, "size"])
+            counts[fold] += size
+            totals[fold] += size
+    return pd.Series([fold_of[g] for g in frame["group"]], index=images.index, name="fold")
+
+
 def split_images(
     images: pd.DataFrame,
     val_fraction: float = 0.1,
@@ -45,15 +80,7 @@ def split_images(
     """
     if not 0 <= val_fraction < 1:
         raise UserError(f"--val-fraction must be in [0, 1), got {val_fraction}")
-    frame = images[["patient_id", "label_class", "view"]].copy()
-    frame["label_class"] = frame["label_class"].astype(object).fillna("unknown").astype(str)
-    frame["view"] = frame["view"].fillna("unknown").astype(str)
-    groups = groups or {}
-    frame["group"] = [groups.get(pid, f"image:{pid}") for pid in frame["patient_id"]]
-    # most positive class first: "Lung Opacity" < "No Lung Opacity / Not Normal" < "Normal"
-    per_group = frame.sort_values(["group", "label_class", "view"]).groupby("group", sort=True).agg(
-        label_class=("label_class", "first"), view=("view", "first"), size=("patient_id", "size"))
-    per_group["stratum"] = per_group["label_class"] + "|" + per_group["view"]
+    frame, per_group = _groups_by_stratum(images, groups)
     rng = np.random.default_rng(seed)
     val_groups: set[str] = set()
     carry = 0.0
@@ -70,3 +97,9 @@ def split_images(
         carry = target - taken
     frame["split"] = np.where(frame["group"].isin(val_groups), "val", "train")
     return frame[["patient_id", "split"]].reset_index(drop=True)
+
+
+def fold_split(table: pd.DataFrame, fold: int) -> pd.DataFrame:
+    """Return the (patient_id, split) table of one fold: its images are val, every other labelled image train."""
+    return pd.DataFrame({"patient_id": table["patient_id"],
+                         "split": np.where(table["fold"].astype(int) == fold, "val", "train")})

@@ -15,7 +15,7 @@ from torch import nn
 from pneumodet import __version__
 from pneumodet.config import RunConfig, Stage
 from pneumodet.errors import RunFailure
-from pneumodet.metrics import Prediction, best_threshold, rsna_map
+from pneumodet.metrics import Prediction, best_threshold, roc_auc, rsna_map
 from pneumodet.model import CLASS_NAMES, boxes_only, build_model, head_parameters
 from pneumodet.postprocess import PostProcess, postprocess
 from pneumodet.runs import LOSS_NAMES
@@ -137,7 +137,8 @@ class DetectionModule(L.LightningModule):
             detections = self.model(images)
         for target, det in zip(targets, detections, strict=True):
             self._val_outputs.append((target["boxes"].cpu().numpy(), det["boxes"].float().cpu().numpy(),
-                                      det["scores"].float().cpu().numpy()))
+                                      det["scores"].float().cpu().numpy(),
+                                      float(det["gate"]) if "gate" in det else math.nan))
 
     def _accumulate(self, split: str, losses: dict, n: int) -> None:
         sums = self._sums.setdefault(split, {"n": 0.0})
@@ -152,7 +153,8 @@ class DetectionModule(L.LightningModule):
         if self.trainer.world_size > 1:
             vector = self.trainer.strategy.reduce(vector.to(self.device), reduce_op="sum").cpu()
         n = float(vector[0])
-        return {k: (float(v) / n if n else math.nan) for k, v in zip(keys[1:], vector[1:], strict=True)}
+        seen = {k: k in sums for k in keys[1:]}  # a loss the model does not have (loss_gate without a gate): NaN
+        return {k: (float(v) / n if n and seen[k] else math.nan) for k, v in zip(keys[1:], vector[1:], strict=True)}
 
     def on_validation_epoch_start(self):
         self._val_outputs = []
@@ -168,7 +170,7 @@ class DetectionModule(L.LightningModule):
         # post-processed as evaluate and predict do (NMS, max boxes, shrink), so best.ckpt is chosen on the
         # score the run will report; the threshold is the best on val, as evaluate's tuning would find
         pp = replace(PostProcess.from_config(self.config.predict), score_threshold=0.0)
-        predictions = [Prediction(*postprocess(o[1], o[2], pp)) for o in outputs]
+        predictions = [Prediction(*postprocess(o[1], o[2], pp, o[3])) for o in outputs]
         threshold, score = best_threshold(truths, predictions) if outputs else (0.0, 0.0)
         every_box = rsna_map(truths, predictions).rsna_map if outputs else 0.0
         if every_box > score:  # no threshold beats keeping every box
@@ -177,7 +179,10 @@ class DetectionModule(L.LightningModule):
         row = {"epoch": self.current_epoch + 1}
         row.update({f"train_{k}": train[k] for k in LOSS_NAMES})
         row.update({f"val_{k}": val[k] for k in LOSS_NAMES})
-        row.update({"val_rsna_map": score, "val_threshold": threshold, "lr": self.current_lr(),
+        gates = np.array([o[3] for o in outputs])
+        gate_auc = roc_auc(np.array([len(t) > 0 for t in truths]), gates) \
+            if len(gates) and not np.isnan(gates).any() else math.nan
+        row.update({"val_rsna_map": score, "val_threshold": threshold, "val_gate_auc": gate_auc, "lr": self.current_lr(),
                     "epoch_time_s": time.perf_counter() - self._epoch_start, "skipped_steps": self.skipped_steps})
         self.history_row = row
         self.log("val/rsna_map", float(score), prog_bar=True)

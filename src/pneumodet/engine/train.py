@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
+import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
@@ -18,8 +21,11 @@ from pneumodet.engine.callbacks import AtomicCheckpointIO, MetricsHistory
 from pneumodet.engine.data import DetectionDataModule
 from pneumodet.engine.module import DetectionModule
 from pneumodet.errors import UserError
+from pneumodet.files import write_text_atomic
 from pneumodet.runs import (
+    FOLDS_FILE,
     RunPaths,
+    fold_runs,
     new_run_dir,
     read_checkpoint,
     read_metrics,
@@ -81,8 +87,11 @@ def open_run(config: RunConfig | None, run: str | Path | None, resume: bool, run
 
 
 def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = None, resume: bool = False,
-          runs_base: str | Path = "runs", progress: bool = True) -> TrainResult:
-    """Train (or resume) a run on the prepared ``cache``; return its folder and best val RSNA mAP."""
+          runs_base: str | Path = "runs", progress: bool = True, split: pd.DataFrame | None = None) -> TrainResult:
+    """Train (or resume) a run on the prepared ``cache``; return its folder and best val RSNA mAP.
+
+    ``split``: the (patient_id, split) table to train on (default: the cache's split.csv).
+    """
     _quiet_lightning()
     config, paths = open_run(config, run, resume, runs_base)
     cfg = config.train
@@ -90,7 +99,8 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # a resumed run goes on with the split it started with, whatever the cache's split.csv says now
-    split = run_split(paths) if resume and paths.split.is_file() else None
+    if resume and paths.split.is_file():
+        split = run_split(paths)
     datamodule = DetectionDataModule(cache, config, split)
     config = schedule_for(config, len(datamodule.train_set))  # train.steps: the same length on any data set
     datamodule.config, cfg = config, config.train
@@ -140,6 +150,68 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     top = max(range(len(rows)), key=lambda i: -1 if math.isnan(scores[i]) else scores[i]) if rows else -1
     return TrainResult(paths.root, scores[top] if rows else math.nan,
                        int(rows[top]["epoch"]) if rows else 0, len(rows))
+
+
+def fold_table(cache: str | Path, k: int) -> pd.DataFrame:
+    """Return the cache's (patient_id, split, fold) table, checked to hold ``k`` folds."""
+    from pneumodet.data.dataset import read_split
+
+    table = read_split(Path(cache) / "split.csv")
+    if "fold" not in table.columns:
+        raise UserError(f"{cache}/split.csv has no folds (prepared by an older pneumodet); "
+                        f"run pneumodet prepare --folds {k} again")
+    found = table["fold"].nunique()
+    if found != k:
+        raise UserError(f"{cache}/split.csv holds {found} folds, not {k}: run pneumodet prepare --folds {k} "
+                        f"or train --folds {found}")
+    return table
+
+
+def train_folds(config: RunConfig | None, cache: str | Path, k: int, folds_dir: str | Path | None = None,
+                resume: bool = False, runs_base: str | Path = "runs", progress: bool = True) -> list[TrainResult]:
+    """Train one run per fold of the cache's split.csv into ``folds_dir/fold-N`` (every labelled image is in
+    exactly one fold's val); ``resume`` finishes the folds an interrupted call left."""
+    from pneumodet.data.split import fold_split
+
+    if k < 2:
+        raise UserError(f"--folds must be at least 2, got {k}")
+    table = fold_table(cache, k)
+    if resume:
+        if folds_dir is None or not (Path(folds_dir) / FOLDS_FILE).is_file():
+            raise UserError(f"{folds_dir}: not a folds folder to resume (no {FOLDS_FILE})")
+        root = Path(folds_dir)
+        runs = fold_runs(root, trained=False)
+        if len(runs) != k:
+            raise UserError(f"{root} holds {len(runs)} folds, not {k}")
+        config = load_config(root / "config.yaml")
+    else:
+        root = Path(folds_dir) if folds_dir else new_run_dir(runs_base, f"{config.name}-{k}folds")
+        if root.exists() and any(root.iterdir()):
+            raise UserError(f"{root}: folder exists and is not empty; use --resume to finish its folds "
+                            "or choose another --run")
+        root.mkdir(parents=True, exist_ok=True)
+        runs = [root / f"fold-{i + 1}" for i in range(k)]
+        dump_config(config, root / "config.yaml")  # what --resume trains the folds not started yet with
+        write_text_atomic(root / FOLDS_FILE, json.dumps({"folds": k, "runs": [r.name for r in runs],
+                                                         "cache": str(Path(cache).resolve())}, indent=2) + "\n")
+    results = []
+    for i, run in enumerate(runs):
+        paths = RunPaths(run)
+        if progress:
+            print(f"fold {i + 1}/{k}: {run}", flush=True)
+        if resume and paths.last.is_file():
+            done = read_checkpoint(paths.last)["pneumodet"]["epoch"]
+            if done >= load_config(paths.config).train.epochs:
+                rows = read_metrics(paths.metrics_csv)
+                best = max(rows, key=lambda r: -1 if math.isnan(r["val_rsna_map"]) else r["val_rsna_map"])
+                results.append(TrainResult(run, best["val_rsna_map"], int(best["epoch"]), len(rows)))
+                continue
+            results.append(train(None, cache, run, resume=True, progress=progress))
+            continue
+        if run.exists():  # killed before its first checkpoint: nothing worth keeping
+            shutil.rmtree(run)
+        results.append(train(config, cache, run, progress=progress, split=fold_split(table, i)))
+    return results
 
 
 def _draw_augmentations(datamodule: DetectionDataModule, config: RunConfig, paths: RunPaths) -> None:

@@ -23,7 +23,8 @@ def plot_threshold(thresholds, curve, tuned, out: Path) -> Path:
 
 
 def plot_roc(labels: np.ndarray, scores: np.ndarray, point: dict, threshold: float, out: Path) -> Path:
-    """Image-level ROC (image score = highest box score) with the operating point ``point`` at ``threshold``."""
+    """Image-level ROC of the image score (the gate's probability, else the highest box score) with the
+    operating point ``point`` at ``threshold``."""
     fig, ax = plt.subplots(figsize=(5, 5))
     if labels.any() and (~labels).any():
         cuts = np.unique(np.concatenate([[np.inf], scores, [-np.inf]]))[::-1]

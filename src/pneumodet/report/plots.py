@@ -20,6 +20,7 @@ LOSS_TITLES = {
     "loss_classifier": "classifier",
     "loss_box_reg": "box regression",
     "loss_mask": "mask",
+    "loss_gate": "image-level gate",
 }
 
 
@@ -41,8 +42,9 @@ def plot_history(metrics_csv: str | Path, out_dir: str | Path) -> list[Path]:
         return []
     out_dir = Path(out_dir)
     epochs = [r["epoch"] for r in rows]
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True)
-    for ax, (key, title) in zip(axes.flat, LOSS_TITLES.items(), strict=True):
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7), sharex=True)
+    axes.flat[-1].axis("off")
+    for ax, (key, title) in zip(axes.flat, LOSS_TITLES.items(), strict=False):
         for split, style in (("train", "-o"), ("val", "--s")):
             values = [r.get(f"{split}_{key}", math.nan) for r in rows]
             if not all(math.isnan(v) for v in values):
@@ -57,6 +59,9 @@ def plot_history(metrics_csv: str | Path, out_dir: str | Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(epochs, [r["val_rsna_map"] for r in rows], "-o", label="val RSNA mAP (best threshold)")
     ax.plot(epochs, [r["val_threshold"] for r in rows], ":", color="gray", label="its score threshold")
+    gate_auc = [r.get("val_gate_auc", math.nan) for r in rows]
+    if not all(math.isnan(v) for v in gate_auc):
+        ax.plot(epochs, gate_auc, "-^", color="tab:green", markersize=3, label="image-level gate ROC AUC")
     best = int(np.nanargmax([r["val_rsna_map"] for r in rows]))
     ax.annotate(f"best {rows[best]['val_rsna_map']:.3f}", (epochs[best], rows[best]["val_rsna_map"]),
                 textcoords="offset points", xytext=(0, 8), ha="center")

@@ -66,6 +66,19 @@ def read_boxes(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def write_gates(path: str | Path, gates: dict[str, float]) -> Path:
+    """Write patient_id,gate: each image's gate probability (the image-level classifier's), atomically."""
+    path = Path(path)
+    _atomic_csv(path, ["patient_id", "gate"], ([pid, f"{g:.5f}"] for pid, g in gates.items()))
+    return path
+
+
+def read_gates(path: str | Path) -> dict[str, float]:
+    """Return patient_id -> gate probability from a file written by :func:`write_gates`."""
+    frame = pd.read_csv(path, dtype={"patient_id": str})
+    return dict(zip(frame["patient_id"], frame["gate"].astype(float), strict=True))
+
+
 def parse_prediction_string(text, where: str) -> Prediction:
     """Return the Prediction in one PredictionString; UserError naming ``where`` if malformed."""
     if text is None or (isinstance(text, float) and math.isnan(text)) or not str(text).strip():

@@ -68,6 +68,7 @@ class ModelService:
                        "height": round(float(h), 1), "score": round(float(s), 4)}
                       for (x, y, w, h), s in zip(found.boxes_orig_xywh, found.scores, strict=True)],
             "image_score": round(found.image_score, 4),
+            "gate": None if found.gate != found.gate else round(found.gate, 4),  # NaN: the model has no gate
             "view": image.view_position, "age": image.age, "sex": image.sex,
             "original_size": {"height": height, "width": width},
         }, (shown.pixels, found.boxes_orig_xyxy, found.scores, (shown.pixels.shape[1] / width,
