@@ -165,3 +165,42 @@ def test_without_a_gate_the_model_is_torchvisions():
     model.eval()
     with torch.no_grad():
         assert all("gate" not in d for d in model(_batch()[0]))
+
+
+def test_a_separate_densenet_gate_trains_beside_the_detector():
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="tiny_fpn", weights="none", gate=True, gate_backbone="densenet121")
+    model = build_model(cfg, SIZE)
+    model.train()
+    losses = model(*_batch())
+    assert torch.isfinite(losses["loss_gate"])
+    losses["loss_gate"].backward()
+    assert model.gate.features.conv0.weight.grad.abs().sum() > 0
+    assert model.gate.features.conv0.in_channels == 1  # radiographs have one channel
+    model.eval()
+    with torch.no_grad():
+        assert all(0 <= float(d["gate"]) <= 1 for d in model(_batch()[0]))
+
+
+def test_xrv_gate_weights_fail_in_one_line_without_the_extra_or_offline(monkeypatch):
+    import builtins
+    import sys
+    import types
+
+    real_import = builtins.__import__
+
+    def no_xrv(name, *args, **kwargs):
+        if name == "torchxrayvision":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    cfg = ModelConfig(backbone="tiny_fpn", weights="none", gate=True, gate_backbone="densenet121", gate_weights="xrv")
+    monkeypatch.setattr(builtins, "__import__", no_xrv)
+    with pytest.raises(UserError, match=r"pip install 'pneumodet\[xrv\]'"):
+        build_model(cfg, SIZE)
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    monkeypatch.setitem(sys.modules, "torchxrayvision", types.ModuleType("torchxrayvision"))
+    monkeypatch.setattr("pneumodet.network.can_reach", lambda *a, **k: False)
+    monkeypatch.setenv("HOME", "/nonexistent")
+    with pytest.raises(UserError, match="offline"):
+        build_model(cfg, SIZE)

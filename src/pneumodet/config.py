@@ -73,6 +73,8 @@ class ModelConfig:
     # most useful addition); predict.gate_threshold decides what it does at inference
     gate: bool = False
     gate_loss_weight: float = 1.0
+    gate_backbone: str = "shared"  # shared: a head on the detector's FPN; densenet121: a separate classifier
+    gate_weights: str = "none"  # densenet121's start: none, imagenet, or xrv (torchxrayvision's chest X-ray weights)
 
 
 @dataclass(frozen=True)
@@ -350,6 +352,8 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
 #: the values a setting may take, by key
 CHOICES = {
     "data.mask_shape": ("rectangle", "ellipse"),
+    "model.gate_backbone": ("shared", "densenet121"),
+    "model.gate_weights": ("none", "imagenet", "xrv"),
     "train.optimizer": ("sgd", "adamw"),
     "train.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"),
 }

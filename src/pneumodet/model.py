@@ -70,6 +70,76 @@ class ImageGate(nn.Module):
         return self.fc(torch.cat(parts, 1)).squeeze(1)
 
 
+#: torchxrayvision's DenseNet-121 trained on 8 chest X-ray sets (NIH, PadChest, CheXpert, MIMIC, RSNA, ...)
+XRV_WEIGHTS = "densenet121-res224-all"
+XRV_HOST = "github.com"  # where torchxrayvision downloads its weights from
+
+
+class ClassifierGate(nn.Module):
+    """A separate image classifier as the gate: DenseNet-121 on the whole image at 224 px, one input channel.
+
+    ``weights``: ``xrv`` (torchxrayvision's chest X-ray weights, the strongest start for a chest X-ray
+    classifier; the optional ``xrv`` extra), ``imagenet`` (torchvision's, first conv summed to one channel)
+    or ``none``. Takes the model's input images (float [0, 1]); returns a logit per image.
+    """
+
+    def __init__(self, weights: str = "none", input_px: int = 224):
+        super().__init__()
+        from torchvision.models import densenet121
+
+        self.input_px, self.weights = input_px, weights
+        if weights == "xrv":
+            self.features = _xrv_features()
+        else:
+            net = densenet121()
+            if weights == "imagenet":
+                state = fetch_weights("https://download.pytorch.org/models/densenet121-a639ec97.pth")
+                net.load_state_dict(_densenet_keys(state))
+            conv = net.features.conv0
+            one = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+            one.weight.data = conv.weight.data.sum(1, keepdim=True)
+            net.features.conv0 = one
+            self.features = net.features
+        self.fc = nn.Linear(1024, 1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate(images[:, :1], size=(self.input_px, self.input_px), mode="bilinear",
+                                      align_corners=False)
+        if self.weights == "xrv":
+            x = x * 2048 - 1024  # torchxrayvision's input range
+        elif self.weights == "imagenet":
+            x = (x - 0.449) / 0.226  # ImageNet's mean and std, averaged over the channels
+        x = nn.functional.relu(self.features(x))
+        return self.fc(x.mean((2, 3))).squeeze(1)
+
+
+def _densenet_keys(state: dict) -> dict:
+    """Return torchvision's DenseNet state_dict with its old 'norm.1'-style keys renamed ('norm1')."""
+    import re
+
+    pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+    out = {}
+    for key, value in state.items():
+        match = pattern.match(key)
+        out[match.group(1) + match.group(2) if match else key] = value
+    return out
+
+
+def _xrv_features() -> nn.Module:
+    """Return torchxrayvision's DenseNet-121 feature extractor with its chest X-ray weights."""
+    try:
+        import torchxrayvision as xrv
+    except ImportError:
+        raise UserError("model.gate_weights=xrv needs torchxrayvision: pip install 'pneumodet[xrv]'") from None
+    from pneumodet.network import can_reach
+
+    cached = Path.home() / ".torchxrayvision" / "models_data"
+    if not any(cached.glob("*densenet121*")) and not can_reach(XRV_HOST, 443, timeout_s=0.8):
+        raise UserError(f"offline: cannot download torchxrayvision's {XRV_WEIGHTS} weights; place them in {cached} "
+                        "or use model.gate_weights=imagenet or none")
+    return xrv.models.DenseNet(weights=XRV_WEIGHTS).features
+
+
 class GatedMaskRCNN(MaskRCNN):
     """torchvision's Mask R-CNN plus an optional :class:`ImageGate` on the backbone's features.
 
@@ -77,20 +147,25 @@ class GatedMaskRCNN(MaskRCNN):
     adds ``gate`` (the probability) to each image's output. Without a gate it is torchvision's model.
     """
 
-    def __init__(self, *args, gate: ImageGate | None = None, gate_loss_weight: float = 1.0, **kwargs):
+    def __init__(self, *args, gate: ImageGate | ClassifierGate | None = None, gate_loss_weight: float = 1.0,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self.gate, self.gate_loss_weight = gate, gate_loss_weight
 
     def forward(self, images, targets=None):
         if self.gate is None:
             return super().forward(images, targets)
-        captured = {}
-        hook = self.backbone.register_forward_hook(lambda _m, _i, out: captured.__setitem__("features", out))
-        try:
+        if isinstance(self.gate, ClassifierGate):  # its own network, on the images as given
             out = super().forward(images, targets)
-        finally:
-            hook.remove()
-        logits = self.gate(captured["features"]).float()
+            logits = self.gate(torch.stack([im[:1] for im in images])).float()
+        else:  # a head on the detector's features: one backbone pass for both
+            captured = {}
+            hook = self.backbone.register_forward_hook(lambda _m, _i, out: captured.__setitem__("features", out))
+            try:
+                out = super().forward(images, targets)
+            finally:
+                hook.remove()
+            logits = self.gate(captured["features"]).float()
         if self.training:
             labels = torch.tensor([float(len(t["boxes"]) > 0) for t in targets], device=logits.device)
             out["loss_gate"] = self.gate_loss_weight * nn.functional.binary_cross_entropy_with_logits(logits, labels)
@@ -163,6 +238,14 @@ def _backbone(cfg: ModelConfig, norm_layer) -> nn.Module:
     raise UserError(f"unknown model.backbone {cfg.backbone!r}")
 
 
+def _gate(cfg: ModelConfig, channels: int, levels: int) -> nn.Module | None:
+    if not cfg.gate:
+        return None
+    if cfg.gate_backbone == "shared":
+        return ImageGate(channels, levels - 1)
+    return ClassifierGate(cfg.gate_weights)
+
+
 def build_model(cfg: ModelConfig, image_size: int) -> GatedMaskRCNN:
     """Return a Mask R-CNN for (background, opacity) taking [C, image_size, image_size] images in [0, 1]."""
     norm_layer = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
@@ -202,7 +285,7 @@ def build_model(cfg: ModelConfig, image_size: int) -> GatedMaskRCNN:
         box_detections_per_img=CANDIDATES_PER_IMAGE,
         box_score_thresh=cfg.min_score,
         box_nms_thresh=CANDIDATE_NMS_IOU,
-        gate=ImageGate(channels, levels - 1) if cfg.gate else None,
+        gate=_gate(cfg, channels, levels),
         gate_loss_weight=cfg.gate_loss_weight,
         **kwargs,
     )

@@ -193,7 +193,8 @@ def load_trained(run: str | Path, which: str = "best"):
 def _no_download(config: RunConfig) -> RunConfig:
     import dataclasses
 
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, weights="none"))
+    # the checkpoint holds every weight, the gate's included: nothing to fetch
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, weights="none", gate_weights="none"))
 
 
 def write_split(paths: RunPaths, table) -> None:

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from pneumodet.boxes import xywh_to_xyxy
 from pneumodet.metrics import image_precisions
-from pneumodet.postprocess import PostProcess, postprocess
+from pneumodet.postprocess import Candidates, PostProcess, image_score, postprocess
 
 OUTCOMES = ("miss", "false alarm", "hit", "true negative")
 
@@ -28,11 +28,13 @@ class ReviewItem:
     pred_scores: np.ndarray
     row: int  # cache row
     scale: tuple[float, float]
+    image_score: float | None = None  # the gate's probability, else the highest box score
 
     def to_json(self) -> dict:
         return {"index": self.index, "view": self.view, "outcome": self.outcome, "score": self.score,
                 "n_truth": len(self.truth_xyxy), "n_pred": len(self.pred_scores),
-                "top_score": float(self.pred_scores.max()) if len(self.pred_scores) else None}
+                "top_score": float(self.pred_scores.max()) if len(self.pred_scores) else None,
+                "image_score": self.image_score}
 
 
 def outcome_of(truth: np.ndarray, pred: np.ndarray, scores: np.ndarray) -> tuple[str, float | None]:
@@ -46,17 +48,19 @@ def outcome_of(truth: np.ndarray, pred: np.ndarray, scores: np.ndarray) -> tuple
     return ("hit" if precisions[0] > 0 else "miss"), score
 
 
-def build_items(dataset, raw: dict, pp: PostProcess) -> list[ReviewItem]:
+def build_items(dataset, raw: dict[str, Candidates], pp: PostProcess) -> list[ReviewItem]:
     """Return review items for a PneumoniaDataset (the val split), sorted worst first (true negatives last)."""
     items = []
     for i, record in dataset.records.iterrows():
         pid = record["patient_id"]
         truth = xywh_to_xyxy(dataset.boxes_xywh(i))
-        pred, scores = postprocess(*raw.get(pid, (np.zeros((0, 4)), np.zeros(0))), pp)
+        found = raw.get(pid, Candidates(np.zeros((0, 4)), np.zeros(0)))
+        pred, scores = postprocess(found.boxes_xyxy, found.scores, pp, found.gate)
         outcome, score = outcome_of(truth, pred, scores)
         view = record["view"] if isinstance(record["view"], str) else "unknown"
         items.append(ReviewItem(0, pid, view, outcome, score, truth, pred, scores, int(record["row"]),
-                                (float(record["scale_x"]), float(record["scale_y"]))))
+                                (float(record["scale_x"]), float(record["scale_y"])),
+                                image_score(found.boxes_xyxy, found.scores, pp, found.gate)))
     items.sort(key=lambda it: (it.score is None, it.score if it.score is not None else 0.0, it.patient_id))
     return [replace(it, index=i) for i, it in enumerate(items)]
 
@@ -82,7 +86,12 @@ def render_png(pixels: np.ndarray, truth_xyxy=None, pred_xyxy=None, pred_scores=
     return buffer.getvalue()
 
 
-def load_val_predictions(path: Path) -> dict:
-    from pneumodet.report.submission import read_boxes
+def load_val_predictions(path: Path) -> dict[str, Candidates]:
+    """Return patient_id -> Candidates saved by evaluate (``val.csv``, and ``val.gate.csv`` for a gated run)."""
+    from pneumodet.report.submission import read_boxes, read_gates
 
-    return read_boxes(path) if path.is_file() else {}
+    boxes = read_boxes(path) if path.is_file() else {}
+    gate_path = path.with_name(f"{path.stem}.gate.csv")
+    gates = read_gates(gate_path) if gate_path.is_file() else {}
+    empty = (np.zeros((0, 4)), np.zeros(0))
+    return {pid: Candidates(*boxes.get(pid, empty), gates.get(pid, float("nan"))) for pid in set(boxes) | set(gates)}

@@ -13,8 +13,11 @@ async function loadOverview() {
       '<tr><th>before tuning</th><td>' + fmt(m.rsna_map_before_tuning, 4) + '</td></tr>' +
       '<tr><th>images (counted)</th><td>' + m.n_images + ' (' + m.n_images_counted + ')</td></tr>' +
       '<tr><th>post-processing</th><td>threshold ' + pp.score_threshold + ', NMS ' + pp.nms_iou + ', max ' +
-      pp.max_boxes + ' boxes, shrink ' + pp.shrink + '</td></tr>' +
-      '<tr><th>image level</th><td>ROC AUC ' + fmt(il.roc_auc) + ', sensitivity ' + fmt(il.sensitivity) +
+      pp.max_boxes + ' boxes, shrink ' + pp.shrink + ', gate threshold ' + (pp.gate_threshold ?? 0) + '</td></tr>' +
+      (m.rsna_map_without_gate !== undefined ? '<tr><th>without the gate</th><td>' + fmt(m.rsna_map_without_gate, 4) +
+        '</td></tr>' : '') +
+      '<tr><th>image level</th><td>ROC AUC ' + fmt(il.roc_auc) + ' (gate ' + fmt(il.gate_roc_auc) + ', highest box ' +
+      fmt(il.max_box_roc_auc) + '), sensitivity ' + fmt(il.sensitivity) +
       ', specificity ' + fmt(il.specificity) + '</td></tr></table>';
     html += '<table><tr><th>IoU threshold</th>' + Object.keys(m.per_threshold).map(k => '<th>' + k + '</th>').join('') +
       '</tr><tr><th>precision</th>' + Object.values(m.per_threshold).map(v => '<td>' + fmt(v) + '</td>').join('') + '</tr></table>';
@@ -47,7 +50,8 @@ async function loadReview() {
     '<div class="card" data-index="' + it.index + '" onclick="showItem(' + it.index + ', this)">' +
     '<img loading="lazy" src="/api/review/' + it.index + '/image.png" alt="val image ' + it.index + '">' +
     '<div class="meta"><span class="' + it.outcome.replace(' ', '-') + '">' + esc(it.outcome) + '</span> · ' +
-    esc(it.view) + ' · score ' + fmt(it.score, 2) + ' · ' + it.n_truth + ' true, ' + it.n_pred + ' predicted</div></div>'
+    esc(it.view) + ' · score ' + fmt(it.score, 2) + ' · image ' + fmt(it.image_score, 2) + ' · ' + it.n_truth +
+    ' true, ' + it.n_pred + ' predicted</div></div>'
   ).join('');
 }
 
