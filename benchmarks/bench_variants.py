@@ -2,10 +2,14 @@
 
 For each recipe and each variant (default, wide, shifted): ``synth --train 240 --test 60 --seed 21
 --variant V``, ``prepare --size <config's> --val-fraction 0.2``, ``train --config C --set ...``,
-``evaluate``, ``predict`` the test images and ``score`` them against the synthetic truth. A recipe is
-chosen on default and wide; shifted is never used for a choice, only reported.
+``evaluate``, ``predict`` the test images and ``score`` them against the synthetic truth; for a gated recipe
+also ``predict --gate 0`` (the same run without its gate) and ``evaluate --tta`` then ``predict`` (flip TTA,
+thresholds tuned for it). ``folds`` does the same with ``train --folds 3`` (out-of-fold tuning, the 3-model
+ensemble) and scores each fold alone. A recipe is chosen on default and wide; shifted is never used for a
+choice, only reported.
 
-Slow (about 8 min per recipe and variant on 2 cores): ``python benchmarks/run.py variants``.
+Slow (about 8 min per recipe and variant, 25 min per folds run, on 2 cores):
+``python benchmarks/run.py variants`` and ``python benchmarks/run.py folds``.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ VARIANTS = ("default", "wide", "shifted")
 AUGMENT = ["augment.hflip_p=0.5", "augment.scale=[0.9,1.1]", "augment.translate_x=0.05", "augment.translate_y=0.05",
            "augment.rotate_deg=5.0", "augment.brightness=[0.8,1.2]", "augment.contrast=[0.8,1.2]"]
 RECIPES = [  # label, config, overrides
-    ("demo.yaml as before train.steps (12 epochs, whatever the set's size)", "configs/demo.yaml", ["train.steps=0"]),
-    ("demo.yaml (train.steps=1200)", "configs/demo.yaml", []),
-    ("demo.yaml + flips and wider augmentation", "configs/demo.yaml", AUGMENT),
+    ("demo.yaml as before train.steps (12 epochs, whatever the set's size)", "configs/demo.yaml",
+     ["train.steps=0", "model.gate=false"]),
+    ("demo.yaml (train.steps=1200), no gate", "configs/demo.yaml", ["model.gate=false"]),
+    ("demo.yaml + flips and wider augmentation, no gate", "configs/demo.yaml", [*AUGMENT, "model.gate=false"]),
+    ("demo.yaml with its detached gate", "configs/demo.yaml", []),
 ]
+FOLDS = 3
 
 
 def _cli(*args: str) -> str:
@@ -36,21 +43,68 @@ def _cli(*args: str) -> str:
     return proc.stdout
 
 
-def flow(root: Path, variant: str, config: str, overrides: list[str], name: str) -> dict:
-    """Run the README flow on one variant; return val and test RSNA mAP and the training time."""
-    data, cache, run = root / f"data-{variant}", root / f"cache-{variant}", root / "runs" / f"{name}-{variant}"
+def _data(root: Path, variant: str, config: str, folds: int = 5) -> tuple[Path, Path]:
+    data, cache = root / f"data-{variant}", root / f"cache-{variant}"
     size = yaml.safe_load(Path(config).read_text())["data"]["image_size"]
     if not data.is_dir():
         _cli("synth", str(data), "--train", "240", "--test", "60", "--seed", "21", "--variant", variant)
-    _cli("prepare", str(data), "--out", str(cache), "--size", str(size), "--val-fraction", "0.2")
+    _cli("prepare", str(data), "--out", str(cache), "--size", str(size), "--val-fraction", "0.2",
+         "--folds", str(folds))
+    return data, cache
+
+
+def _test(run: Path, data: Path, name: str, *options: str) -> float:
+    """Predict the variant's test images with ``run`` and return their RSNA mAP against the synthetic truth."""
+    _cli("predict", str(run), str(data / "stage_2_test_images"), "--out", str(run / f"{name}.csv"), *options)
+    return json.loads(_cli("score", str(run / f"{name}.csv"), "--labels",
+                           str(data / "synthetic_test_labels.csv")))["rsna_map"]
+
+
+def _scores(run: Path, data: Path) -> dict:
+    """Evaluate (no TTA) and test; the same without the gate; then evaluate --tta and test with it."""
+    _cli("evaluate", str(run), "--no-tta")
+    metrics = json.loads((run / "metrics.json").read_text())
+    out = {"val": metrics["rsna_map"], "test": _test(run, data, "test")}
+    if "rsna_map_without_gate" in metrics:
+        out["test_without_gate"] = _test(run, data, "test-nogate", "--gate", "0")
+        out["gate_auc"], out["max_box_auc"] = (metrics["image_level"]["gate_roc_auc"],
+                                               metrics["image_level"]["max_box_roc_auc"])
+    _cli("evaluate", str(run), "--tta")
+    out["test_tta"] = _test(run, data, "test-tta")
+    return out
+
+
+def flow(root: Path, variant: str, config: str, overrides: list[str], name: str) -> dict:
+    """Run the README flow on one variant; return val and test RSNA mAP and the training time."""
+    data, cache = _data(root, variant, config)
+    run = root / "runs" / f"{name}-{variant}"
     start = time.perf_counter()
     _cli("train", "--config", config, "--data", str(cache), "--run", str(run), *[f"--set={o}" for o in overrides])
     seconds = time.perf_counter() - start
-    _cli("evaluate", str(run))
-    _cli("predict", str(run), str(data / "stage_2_test_images"), "--out", str(run / "test.csv"))
-    test = json.loads(_cli("score", str(run / "test.csv"), "--labels", str(data / "synthetic_test_labels.csv")))
-    val = json.loads((run / "metrics.json").read_text())
-    return {"val": val["rsna_map"], "test": test["rsna_map"], "train_s": seconds}
+    return {**_scores(run, data), "train_s": seconds}
+
+
+def folds_flow(root: Path, variant: str, config: str) -> dict:
+    """train --folds 3, out-of-fold evaluate, the ensemble's test mAP and each fold's own."""
+    data, cache = _data(root, variant, config, FOLDS)
+    folds = root / "runs" / f"folds-{variant}"
+    start = time.perf_counter()
+    _cli("train", "--config", config, "--data", str(cache), "--run", str(folds), "--folds", str(FOLDS))
+    seconds = time.perf_counter() - start
+    result = _scores(folds, data)
+    singles = []
+    for n in range(1, FOLDS + 1):
+        _cli("evaluate", str(folds / f"fold-{n}"), "--no-tta")
+        singles.append(_test(folds / f"fold-{n}", data, "test"))
+    return {**result, "folds": singles, "train_s": seconds}
+
+
+def _row(result: dict) -> str:
+    text = f"test RSNA mAP {result['test']:.3f} (val {result['val']:.3f})"
+    if "test_without_gate" in result:
+        text += (f", without the gate {result['test_without_gate']:.3f}, gate ROC AUC {result['gate_auc']:.3f} "
+                 f"vs highest box {result['max_box_auc']:.3f}")
+    return text + f", with flip TTA {result['test_tta']:.3f}; train {result['train_s']:.0f} s"
 
 
 def run() -> list[tuple[str, str]]:
@@ -60,6 +114,15 @@ def run() -> list[tuple[str, str]]:
             for variant in VARIANTS:
                 result = flow(Path(tmp), variant, config, overrides, f"recipe{number}")
                 rows.append((f"{label}, variant {variant}{' (never tuned on)' if variant == 'shifted' else ''}",
-                             f"test RSNA mAP {result['test']:.3f} (val {result['val']:.3f}), "
-                             f"train {result['train_s']:.0f} s"))
+                             _row(result)))
+    return rows
+
+
+def run_folds() -> list[tuple[str, str]]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in ("default", "wide"):
+            result = folds_flow(Path(tmp), variant, "configs/demo.yaml")
+            rows.append((f"demo.yaml, train --folds {FOLDS}, variant {variant}: the ensemble",
+                         _row(result) + "; each fold alone " + ", ".join(f"{s:.3f}" for s in result["folds"])))
     return rows

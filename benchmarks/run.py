@@ -1,7 +1,7 @@
 """``make bench``: print every benchmark as a markdown table (copy the figures into BENCHMARKS.md).
 
-Usage: python benchmarks/run.py [data] [train] [predict] [accuracy] [variants] — default: the first three;
-accuracy and variants train for a long time (minutes per setting): ask for them by name.
+Usage: python benchmarks/run.py [data] [train] [predict] [accuracy] [variants] [folds] — default: the first three;
+accuracy, variants and folds train for a long time (minutes per setting): ask for them by name.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-SUITES = ["data", "train", "predict"]  # "accuracy" and "variants" are slow: ask for them by name
+SUITES = ["data", "train", "predict"]  # "accuracy", "variants" and "folds" are slow: ask for them by name
 
 
 def main(argv: list[str]) -> int:

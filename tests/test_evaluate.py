@@ -1,9 +1,11 @@
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from pneumodet.config import dump_config
 from pneumodet.evaluate import GRID, ValSet, evaluate, tune
 from pneumodet.metrics import Prediction, rsna_map
 from pneumodet.postprocess import Candidates, PostProcess
@@ -87,10 +89,11 @@ def test_out_of_fold_tuning_uses_every_fold(tmp_path, monkeypatch):
     }
 
     class FakeDetector:
-        def __init__(self, run):
+        def __init__(self, run, hflip_tta=None):
             self.name = run.name
             self.config = tiny_config()
             self.info = {"path": str(run / "weights" / "best.ckpt"), "epoch": 1}
+            self.predictors = [SimpleNamespace(hflip_tta=hflip_tta)]
 
     monkeypatch.setattr(ev, "load_detector", FakeDetector)
     monkeypatch.setattr(ev, "collect", lambda detector, *a: (parts[detector.name], None))
@@ -98,9 +101,25 @@ def test_out_of_fold_tuning_uses_every_fold(tmp_path, monkeypatch):
     for name in parts:
         (folds / name / "weights").mkdir(parents=True)
         (folds / name / "weights" / "best.ckpt").write_bytes(b"")
+        dump_config(tiny_config(), folds / name / "config.yaml")
     (folds / "folds.json").write_text(json.dumps({"folds": 2, "runs": list(parts)}))
     result = evaluate(folds, progress=False)
     assert result["split"] == "out-of-fold" and result["n_images"] == 4
     assert 0.3 < result["postprocess"]["score_threshold"] <= 0.5 and result["rsna_map"] == 1.0
     assert [f["rsna_map"] for f in result["folds"]] == [1.0, 1.0]
     assert json.loads((folds / "metrics.json").read_text())["postprocess"] == result["postprocess"]
+
+
+def test_evaluate_records_flip_tta_and_predict_follows_it(trained_run, tmp_path):
+    import shutil
+
+    from pneumodet.detector import load_detector
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    assert load_detector(copy).predictors[0].hflip_tta is False
+    result = evaluate(copy, progress=False, hflip_tta=True)
+    assert result["hflip_tta"] is True and json.loads((copy / "metrics.json").read_text())["hflip_tta"] is True
+    assert load_detector(copy).predictors[0].hflip_tta is True  # thresholds tuned with TTA are used with TTA
+    assert load_detector(copy, hflip_tta=False).predictors[0].hflip_tta is False  # unless told otherwise
+    assert evaluate(copy, progress=False)["hflip_tta"] is False  # evaluate starts from the config again

@@ -129,14 +129,20 @@ def test_heads_are_everything_but_the_backbone_body():
 def test_the_gate_learns_which_images_hold_an_opacity(backbone):
     """The gate is trained on positives and negatives alike, through the shared backbone, and learns."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone=backbone, weights="none", frozen_bn=False, gate=True), SIZE)
+    model = build_model(ModelConfig(backbone=backbone, weights="none", frozen_bn=False, gate=True,
+                                    gate_detach=False), SIZE)
     images, targets = _batch()
     model.train()
     losses = model(images, targets)
     assert "loss_gate" in losses and torch.isfinite(losses["loss_gate"])
     losses["loss_gate"].backward()
     grads = [p.grad for p in model.backbone.body.parameters() if p.requires_grad and p.ndim == 4]
-    assert grads[0] is not None and float(grads[0].abs().sum()) > 0  # the gate trains the shared backbone
+    assert grads[0] is not None and float(grads[0].abs().sum()) > 0  # multi-task: the gate trains the backbone
+    detached = build_model(ModelConfig(backbone=backbone, weights="none", frozen_bn=False, gate=True), SIZE)
+    detached.train()
+    detached(images, targets)["loss_gate"].backward()
+    assert all(p.grad is None for p in detached.backbone.parameters())  # default: the detector is left alone
+    assert detached.gate.fc.weight.grad.abs().sum() > 0
     if backbone != "tiny_fpn":
         return
     model.zero_grad()

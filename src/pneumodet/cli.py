@@ -105,7 +105,7 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from pneumodet.evaluate import evaluate
 
-    result = evaluate(args.run, args.data, split=args.split, reuse_predictions=args.reuse)
+    result = evaluate(args.run, args.data, split=args.split, reuse_predictions=args.reuse, hflip_tta=args.tta)
     pp = result["postprocess"]
     image = result["image_level"]
     print(f"{result['split']} RSNA mAP {result['rsna_map']:.4f} (before tuning {result['rsna_map_before_tuning']:.4f}) "
@@ -236,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["val", "all"], default="val",
                    help="which images of the cache: its val split (default) or all of them (another labelled set)")
     p.add_argument("--reuse", action="store_true", help="re-score RUN/predictions/SPLIT.csv without the model")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="predict val with horizontal-flip TTA and tune for it (default: the config's "
+                   "predict.hflip_tta); metrics.json records it and predict follows it")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict a folder of DICOMs into a Kaggle submission",
@@ -255,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", type=_between(0, 1), default=None, help="image-level gate threshold in [0, 1]: images "
                    "the gate scores below keep no box; 0 turns it off (default: tuned; runs with model.gate only)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="horizontal-flip test-time augmentation, boxes merged by weighted box fusion")
+                   help="horizontal-flip test-time augmentation, boxes merged by weighted box fusion (default: as "
+                   "evaluate tuned the thresholds, since TTA changes the scores; evaluate --tta tunes for it)")
     p.add_argument("--workers", type=_count, default=2, help="data-loading processes (default 2)")
     p.add_argument("--batch-size", type=_count, default=None, help="images per batch (default: config)")
     p.set_defaults(func=cmd_predict)

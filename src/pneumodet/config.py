@@ -73,6 +73,9 @@ class ModelConfig:
     # most useful addition); predict.gate_threshold decides what it does at inference
     gate: bool = False
     gate_loss_weight: float = 1.0
+    # true: the shared gate learns from the detector's features without changing them (its loss stops at the
+    # FPN); false: its loss trains the backbone too (multi-task), which can help or cost the boxes
+    gate_detach: bool = True
     gate_backbone: str = "shared"  # shared: a head on the detector's FPN; densenet121: a separate classifier
     gate_weights: str = "none"  # densenet121's start: none, imagenet, or xrv (torchxrayvision's chest X-ray weights)
 

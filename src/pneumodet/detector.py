@@ -49,16 +49,25 @@ def image_tensor(pixels: np.ndarray, size_px: int) -> torch.Tensor:
     return torch.from_numpy(np.array(resized, dtype=np.uint8)).unsqueeze(0).float().div_(255.0)
 
 
+def _saved_evaluation(paths: RunPaths) -> dict:
+    if not paths.metrics_json.is_file():
+        return {}
+    try:
+        return json.loads(paths.metrics_json.read_text())
+    except ValueError:
+        raise UserError(f"{paths.metrics_json}: not valid JSON; run pneumodet evaluate again") from None
+
+
 def tuned_postprocess(paths: RunPaths, fallback: PostProcess) -> PostProcess:
     """Return the post-processing evaluate saved in metrics.json, else ``fallback``."""
-    if paths.metrics_json.is_file():
-        try:
-            saved = json.loads(paths.metrics_json.read_text()).get("postprocess")
-        except ValueError:
-            raise UserError(f"{paths.metrics_json}: not valid JSON; run pneumodet evaluate again") from None
-        if saved:
-            return PostProcess(**saved)
-    return fallback
+    saved = _saved_evaluation(paths).get("postprocess")
+    return PostProcess(**saved) if saved else fallback
+
+
+def tuned_tta(paths: RunPaths, fallback: bool) -> bool:
+    """Return whether evaluate tuned the post-processing with flip TTA (its thresholds fit that), else ``fallback``."""
+    saved = _saved_evaluation(paths).get("hflip_tta")
+    return fallback if saved is None else bool(saved)
 
 
 class Detector:
@@ -136,7 +145,8 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     ``evaluate`` tuned on their out-of-fold predictions) or a list of run folders (an ensemble with the
     first one's post-processing).
     ``overrides``: post-processing settings to replace (score_threshold, nms_iou, max_boxes, shrink,
-    gate_threshold); ``hflip_tta``: flip test-time augmentation on or off (default: the run's config).
+    gate_threshold); ``hflip_tta``: flip test-time augmentation on or off (default: as evaluate tuned it, since
+    TTA changes the scores the thresholds were tuned on; else the run's config).
     """
     runs = list(run) if isinstance(run, list | tuple) else [Path(run)]
     if len(runs) == 1 and is_folds(runs[0]):
@@ -153,6 +163,8 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
                             f"{config.data.image_size} px; an ensemble needs one input size")
     pp = tuned_postprocess(tuned_at, PostProcess.from_config(config.predict))
     pp = replace(pp, **{k: v for k, v in (overrides or {}).items() if v is not None})
+    if hflip_tta is None:
+        hflip_tta = tuned_tta(tuned_at, config.predict.hflip_tta)
     if len(loaded) > 1:
         info = {**info, "ensemble": [str(r) for r in runs]}
     return Detector([m for m, _, _ in loaded], config, pp, hflip_tta=hflip_tta, paths=tuned_at, info=info)

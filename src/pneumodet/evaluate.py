@@ -19,7 +19,7 @@ from pneumodet.files import write_text_atomic
 from pneumodet.metrics import Prediction, roc_auc, rsna_map, sensitivity_specificity
 from pneumodet.postprocess import Candidates, PostProcess, image_score, max_box_score, postprocess
 from pneumodet.report.submission import read_boxes, read_gates, write_boxes, write_gates
-from pneumodet.runs import RunPaths, fold_runs, is_folds, run_split
+from pneumodet.runs import RunPaths, find_run, fold_runs, is_folds, run_split
 
 GRID = {
     "score_threshold": [round(t, 2) for t in np.arange(0.05, 0.951, 0.05)],
@@ -193,20 +193,28 @@ def collect(detector: Detector, cache: str | Path | None, split: str, progress: 
     return val, dataset
 
 
+def _tta(detector: Detector) -> bool:
+    return detector.predictors[0].hflip_tta
+
+
 def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val", progress: bool = True,
-             reuse_predictions: bool = False) -> dict:
+             reuse_predictions: bool = False, hflip_tta: bool | None = None) -> dict:
     """Evaluate a run on its val split; tune and save post-processing; write metrics.json and plots.
 
-    A folds folder (``train --folds K``) is evaluated out of fold: see :func:`evaluate_folds`.
+    A folds folder (``train --folds K``) is evaluated out of fold: see :func:`evaluate_folds`. ``hflip_tta``:
+    predict val with flip TTA (default: the run's config); metrics.json records it, and predict then uses the
+    same setting unless told otherwise, since TTA changes the scores the thresholds are tuned on.
     """
     from pneumodet.report.evaluation_plots import plot_examples
 
     if is_folds(run):
-        return evaluate_folds(run, cache, progress=progress, reuse_predictions=reuse_predictions)
-    detector = load_detector(run)
+        return evaluate_folds(run, cache, progress=progress, reuse_predictions=reuse_predictions,
+                              hflip_tta=hflip_tta)
+    detector = load_detector(run, hflip_tta=_config_tta(run) if hflip_tta is None else hflip_tta)
     val, dataset = collect(detector, cache, split, progress, reuse_predictions)
     result, tuned = summarize(val, PostProcess.from_config(detector.config.predict))
-    result = {**result, "split": split, "checkpoint": detector.info["path"], "epoch": detector.info.get("epoch")}
+    result = {**result, "split": split, "checkpoint": detector.info["path"], "epoch": detector.info.get("epoch"),
+              "hflip_tta": _tta(detector)}
     write_text_atomic(detector.paths.metrics_json, json.dumps(_finite(result), indent=2) + "\n")
     _plots(val, tuned, result, detector.paths.plots)
     plot_examples(dataset, val, apply(val, tuned), rsna_map(val.truths, apply(val, tuned)).per_image,
@@ -214,14 +222,21 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
     return result
 
 
+def _config_tta(run: str | Path) -> bool:
+    """Return the run's own predict.hflip_tta (evaluate starts from the config, not from a previous evaluation)."""
+    from pneumodet.config import load_config
+
+    return load_config(find_run(run).config).predict.hflip_tta
+
+
 def evaluate_folds(folds: str | Path, cache: str | Path | None = None, progress: bool = True,
-                   reuse_predictions: bool = False) -> dict:
+                   reuse_predictions: bool = False, hflip_tta: bool | None = None) -> dict:
     """Evaluate each fold's run on its own val fold; tune post-processing on all their out-of-fold predictions
     together (every labelled image once); write FOLDS/metrics.json, which predict uses for the ensemble."""
     folds = Path(folds)
     parts, per_fold, start = [], [], None
     for fold in fold_runs(folds):
-        detector = load_detector(fold)
+        detector = load_detector(fold, hflip_tta=_config_tta(fold) if hflip_tta is None else hflip_tta)
         start = start or PostProcess.from_config(detector.config.predict)
         val, _ = collect(detector, cache, "val", progress, reuse_predictions)
         parts.append(val)
@@ -231,7 +246,7 @@ def evaluate_folds(folds: str | Path, cache: str | Path | None = None, progress:
     result, tuned = summarize(oof, start)
     for entry, val in zip(per_fold, parts, strict=True):
         entry["rsna_map"] = _score(val, tuned)  # each fold with the post-processing tuned on all of them
-    result = {**result, "split": "out-of-fold", "folds": per_fold}
+    result = {**result, "split": "out-of-fold", "folds": per_fold, "hflip_tta": _tta(detector)}
     paths = RunPaths(folds)
     write_text_atomic(paths.metrics_json, json.dumps(_finite(result), indent=2) + "\n")
     _plots(oof, tuned, result, paths.plots)

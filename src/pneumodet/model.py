@@ -54,18 +54,19 @@ class ImageGate(nn.Module):
 
     The winners' gate, as a head on the shared backbone (one forward pass): a 3x3 conv on each coarse FPN
     level (every level but the finest), global mean and max pooling, one linear layer; returns a logit per image.
+    With ``detach`` its loss stops at the features: the detector trains exactly as it would without a gate.
     """
 
-    def __init__(self, channels: int, levels: int, hidden: int = 128):
+    def __init__(self, channels: int, levels: int, hidden: int = 128, detach: bool = True):
         super().__init__()
         self.conv = nn.Sequential(nn.Conv2d(channels, hidden, 3, padding=1), nn.ReLU(inplace=True))
         self.fc = nn.Linear(2 * hidden * levels, 1)
-        self.levels = levels
+        self.levels, self.detach = levels, detach
 
     def forward(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
         parts = []
         for x in list(features.values())[-self.levels:]:
-            x = self.conv(x)
+            x = self.conv(x.detach() if self.detach else x)
             parts += [x.mean((2, 3)), x.amax((2, 3))]
         return self.fc(torch.cat(parts, 1)).squeeze(1)
 
@@ -242,7 +243,7 @@ def _gate(cfg: ModelConfig, channels: int, levels: int) -> nn.Module | None:
     if not cfg.gate:
         return None
     if cfg.gate_backbone == "shared":
-        return ImageGate(channels, levels - 1)
+        return ImageGate(channels, levels - 1, detach=cfg.gate_detach)
     return ClassifierGate(cfg.gate_weights)
 
 
