@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -18,8 +19,8 @@ from pneumodet.errors import UserError
 from pneumodet.files import write_text_atomic
 from pneumodet.metrics import Prediction, roc_auc, rsna_map, sensitivity_specificity
 from pneumodet.postprocess import Candidates, PostProcess, image_score, max_box_score, postprocess
-from pneumodet.report.submission import read_boxes, read_gates, write_boxes, write_gates
-from pneumodet.runs import RunPaths, find_run, fold_runs, is_folds, run_split
+from pneumodet.report.submission import read_candidates, write_candidates
+from pneumodet.runs import RunPaths, find_run, fold_runs, is_folds, run_split, write_split
 
 GRID = {
     "score_threshold": [round(t, 2) for t in np.arange(0.05, 0.951, 0.05)],
@@ -176,18 +177,13 @@ def collect(detector: Detector, cache: str | Path | None, split: str, progress: 
         raise UserError(f"{cache}: none of the run's {split} images are in this cache; evaluate another "
                         "labelled set with --split all")
     ids = list(dataset.records["patient_id"])
-    raw_csv, gate_csv = paths.predictions / f"{split}.csv", paths.predictions / f"{split}.gate.csv"
+    raw_csv = paths.predictions / f"{split}.csv"
     if reuse_predictions and raw_csv.is_file():
-        saved = read_boxes(raw_csv)
-        gates = read_gates(gate_csv) if gate_csv.is_file() else {}
-        empty = (np.zeros((0, 4)), np.zeros(0))
-        raw = [Candidates(*saved.get(pid, empty), gates.get(pid, math.nan)) for pid in ids]
+        saved = read_candidates(raw_csv)
+        raw = [saved.get(pid, Candidates(np.zeros((0, 4)), np.zeros(0))) for pid in ids]
     else:
         raw = predict_dataset(detector, dataset, config.predict.batch_size, progress)
-        paths.predictions.mkdir(parents=True, exist_ok=True)
-        write_boxes(raw_csv, {pid: c[:2] for pid, c in zip(ids, raw, strict=True)})
-        if not any(math.isnan(c.gate) for c in raw):
-            write_gates(gate_csv, {pid: c.gate for pid, c in zip(ids, raw, strict=True)})
+        write_candidates(raw_csv, dict(zip(ids, raw, strict=True)))
     val = ValSet(ids, list(dataset.records["view"].fillna("unknown")),
                  [xywh_to_xyxy(dataset.boxes_xywh(i)) for i in range(len(dataset))], raw)
     return val, dataset
@@ -248,6 +244,9 @@ def evaluate_folds(folds: str | Path, cache: str | Path | None = None, progress:
         entry["rsna_map"] = _score(val, tuned)  # each fold with the post-processing tuned on all of them
     result = {**result, "split": "out-of-fold", "folds": per_fold, "hflip_tta": _tta(detector)}
     paths = RunPaths(folds)
+    # the out-of-fold predictions with every image as "val": serve FOLDS reviews all of them
+    write_candidates(paths.predictions / "val.csv", dict(zip(oof.patient_ids, oof.raw, strict=True)))
+    write_split(paths, pd.DataFrame({"patient_id": oof.patient_ids, "split": "val"}))
     write_text_atomic(paths.metrics_json, json.dumps(_finite(result), indent=2) + "\n")
     _plots(oof, tuned, result, paths.plots)
     return result

@@ -243,6 +243,14 @@ def test_folds_train_one_run_per_fold_evaluate_out_of_fold_and_predict_as_an_ens
     assert result["split"] == "out-of-fold" and result["n_images"] == len(table)  # every labelled image, once
     assert [f["run"] for f in result["folds"]] == ["fold-1", "fold-2"]
     assert "gate_threshold" in result["postprocess"] and result["image_level"]["gate_roc_auc"] is not None
+    # serve FOLDS reviews every out-of-fold prediction
+    from fastapi.testclient import TestClient
+
+    from pneumodet.service.app import create_app
+
+    review = TestClient(create_app(folds)).get("/api/review").json()
+    assert review["note"] == "" and len(review["items"]) == len(table)
+    assert all(it["image_score"] is not None for it in review["items"])
     detector = load_detector(folds)
     assert len(detector.predictors) == 2 and detector.postprocess.score_threshold == \
         result["postprocess"]["score_threshold"]

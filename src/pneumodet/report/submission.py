@@ -16,6 +16,7 @@ from pneumodet.boxes import as_boxes, xywh_to_xyxy, xyxy_to_xywh
 from pneumodet.errors import UserError
 from pneumodet.files import atomic_path
 from pneumodet.metrics import Prediction
+from pneumodet.postprocess import Candidates
 
 SUBMISSION_COLUMNS = ["patientId", "PredictionString"]
 BOX_COLUMNS = ["patient_id", "score", "x", "y", "width", "height"]
@@ -77,6 +78,25 @@ def read_gates(path: str | Path) -> dict[str, float]:
     """Return patient_id -> gate probability from a file written by :func:`write_gates`."""
     frame = pd.read_csv(path, dtype={"patient_id": str})
     return dict(zip(frame["patient_id"], frame["gate"].astype(float), strict=True))
+
+
+def write_candidates(path: str | Path, raw: dict[str, Candidates]) -> None:
+    """Write candidates as ``NAME.csv`` (one row per box) and, for a gated model, ``NAME.gate.csv`` beside it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_boxes(path, {pid: c[:2] for pid, c in raw.items()})
+    if raw and not any(math.isnan(c.gate) for c in raw.values()):
+        write_gates(path.with_name(f"{path.stem}.gate.csv"), {pid: c.gate for pid, c in raw.items()})
+
+
+def read_candidates(path: str | Path) -> dict[str, Candidates]:
+    """Return what :func:`write_candidates` wrote (images without a box only where the gate file names them)."""
+    path = Path(path)
+    boxes = read_boxes(path) if path.is_file() else {}
+    gate_path = path.with_name(f"{path.stem}.gate.csv")
+    gates = read_gates(gate_path) if gate_path.is_file() else {}
+    empty = (np.zeros((0, 4)), np.zeros(0))
+    return {pid: Candidates(*boxes.get(pid, empty), gates.get(pid, math.nan)) for pid in set(boxes) | set(gates)}
 
 
 def parse_prediction_string(text, where: str) -> Prediction:

@@ -88,10 +88,6 @@ def render_png(pixels: np.ndarray, truth_xyxy=None, pred_xyxy=None, pred_scores=
 
 def load_val_predictions(path: Path) -> dict[str, Candidates]:
     """Return patient_id -> Candidates saved by evaluate (``val.csv``, and ``val.gate.csv`` for a gated run)."""
-    from pneumodet.report.submission import read_boxes, read_gates
+    from pneumodet.report.submission import read_candidates
 
-    boxes = read_boxes(path) if path.is_file() else {}
-    gate_path = path.with_name(f"{path.stem}.gate.csv")
-    gates = read_gates(gate_path) if gate_path.is_file() else {}
-    empty = (np.zeros((0, 4)), np.zeros(0))
-    return {pid: Candidates(*boxes.get(pid, empty), gates.get(pid, float("nan"))) for pid in set(boxes) | set(gates)}
+    return read_candidates(path)
