@@ -10,6 +10,7 @@ pixels), ``*_orig_*`` boxes in the DICOM's own Rows x Columns.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -165,6 +166,10 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     pp = replace(pp, **{k: v for k, v in (overrides or {}).items() if v is not None})
     if hflip_tta is None:
         hflip_tta = tuned_tta(tuned_at, config.predict.hflip_tta)
+    if hflip_tta and config.augment.hflip_p == 0:
+        warnings.warn(f"{runs[0]}: flip TTA on a model trained without flips (augment.hflip_p=0) shows it images "
+                      "unlike any it learnt from; on the synthetic variants it lowered test RSNA mAP every time "
+                      "(BENCHMARKS.md)", stacklevel=2)
     if len(loaded) > 1:
         info = {**info, "ensemble": [str(r) for r in runs]}
     return Detector([m for m, _, _ in loaded], config, pp, hflip_tta=hflip_tta, paths=tuned_at, info=info)
