@@ -65,7 +65,7 @@ def open_run(config: RunConfig | None, run: str | Path | None, resume: bool, run
              ) -> tuple[RunConfig, RunPaths]:
     """Return the configuration and paths for a new run, or for the run being resumed."""
     if is_follower():  # rank 0 chose and created the folder; Lightning's workers inherit it
-        root = os.environ.get(RUN_ENV) or run
+        root = run or os.environ.get(RUN_ENV)  # a fold names its own folder; a plain run may take rank 0's
         if root is None:
             raise UserError("a DDP worker on another node needs --run DIR (the same folder as rank 0)")
         return (load_config(Path(root) / "config.yaml") if resume else config), RunPaths(Path(root))
@@ -184,6 +184,9 @@ def train_folds(config: RunConfig | None, cache: str | Path, k: int, folds_dir: 
         if len(runs) != k:
             raise UserError(f"{root} holds {len(runs)} folds, not {k}")
         config = load_config(root / "config.yaml")
+    elif is_follower():  # a DDP worker: rank 0 made the folder; this process only joins each fold's training
+        root = Path(folds_dir) if folds_dir else Path(os.environ[RUN_ENV]).parent
+        runs = [root / f"fold-{i + 1}" for i in range(k)]
     else:
         root = Path(folds_dir) if folds_dir else new_run_dir(runs_base, f"{config.name}-{k}folds")
         if root.exists() and any(root.iterdir()):
@@ -208,7 +211,7 @@ def train_folds(config: RunConfig | None, cache: str | Path, k: int, folds_dir: 
                 continue
             results.append(train(None, cache, run, resume=True, progress=progress))
             continue
-        if run.exists():  # killed before its first checkpoint: nothing worth keeping
+        if run.exists() and not is_follower():  # killed before its first checkpoint: nothing worth keeping
             shutil.rmtree(run)
         results.append(train(config, cache, run, progress=progress, split=fold_split(table, i)))
     return results
