@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -16,10 +19,22 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class MetricsHistory(L.Callback):
-    """One metrics.csv row per epoch (rank 0), written before the epoch's checkpoint; plots redrawn."""
+    """One metrics.csv row per epoch (rank 0), written before the epoch's checkpoint; plots redrawn at most every
+    ``plot_every_s`` seconds and after the last epoch (drawing them costs ~1 s, and small sets run 50+ epochs)."""
 
-    def __init__(self, paths: RunPaths):
-        self.paths = paths
+    def __init__(self, paths: RunPaths, plot_every_s: float = 30.0):
+        self.paths, self.plot_every_s = paths, plot_every_s
+        self._plotted_at = -math.inf
+
+    def _plot(self) -> None:
+        from pneumodet.report.plots import plot_history
+
+        plot_history(self.paths.metrics_csv, self.paths.plots)
+        self._plotted_at = time.monotonic()
+
+    def on_train_end(self, trainer, pl_module):
+        if trainer.is_global_zero and self.paths.metrics_csv.is_file():
+            self._plot()
 
     def on_validation_end(self, trainer, pl_module):
         # after the module's on_validation_epoch_end (which fills history_row), before ModelCheckpoint
@@ -27,6 +42,5 @@ class MetricsHistory(L.Callback):
             return
         rows = [r for r in read_metrics(self.paths.metrics_csv) if r["epoch"] < pl_module.history_row["epoch"]]
         write_metrics(self.paths.metrics_csv, rows + [pl_module.history_row])
-        from pneumodet.report.plots import plot_history
-
-        plot_history(self.paths.metrics_csv, self.paths.plots)
+        if time.monotonic() - self._plotted_at >= self.plot_every_s:
+            self._plot()
