@@ -150,12 +150,12 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     TTA changes the scores the thresholds were tuned on; else the run's config).
     """
     runs = list(run) if isinstance(run, list | tuple) else [Path(run)]
+    if not runs:
+        raise UserError("no run folder given")
     if len(runs) == 1 and is_folds(runs[0]):
         tuned_at, runs = RunPaths(Path(runs[0])), fold_runs(runs[0])
     else:
         tuned_at = find_run(runs[0])
-    if not runs:
-        raise UserError("no run folder given")
     loaded = [load_trained(r) for r in runs]
     model, config, info = loaded[0]
     for other, r in zip(loaded[1:], runs[1:], strict=True):
