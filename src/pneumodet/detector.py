@@ -23,7 +23,7 @@ from pneumodet.data.cache import read_for_cache, to_cache_size
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomImage
 from pneumodet.postprocess import Candidates, PostProcess, image_score, postprocess
-from pneumodet.predict import fuse_boxes, predictor_for, to_original
+from pneumodet.predict import fuse_candidates, predictor_for, to_original
 from pneumodet.runs import RunPaths, find_run, fold_runs, is_folds, load_trained
 
 
@@ -91,11 +91,7 @@ class Detector:
         per_model = [predictor(tensors) for predictor in self.predictors]
         if len(per_model) == 1:
             return per_model[0]
-        merged = []
-        for found in zip(*per_model, strict=True):
-            boxes, scores = fuse_boxes([c[:2] for c in found])
-            merged.append(Candidates(boxes, scores, float(np.mean([c.gate for c in found]))))
-        return merged
+        return [fuse_candidates(list(found)) for found in zip(*per_model, strict=True)]
 
     def read(self, source: str | Path | bytes | DicomImage, name: str | None = None) -> DicomImage:
         """Return the DICOM decoded as the cache decodes it (reduced-scale JPEG decode where it can)."""

@@ -180,7 +180,7 @@ def collect(detector: Detector, cache: str | Path | None, split: str, progress: 
     raw_csv = paths.predictions / f"{split}.csv"
     if reuse_predictions and raw_csv.is_file():
         saved = read_candidates(raw_csv)
-        raw = [saved.get(pid, Candidates(np.zeros((0, 4)), np.zeros(0))) for pid in ids]
+        raw = [saved.get(pid, Candidates.empty()) for pid in ids]
     else:
         raw = predict_dataset(detector, dataset, config.predict.batch_size, progress)
         write_candidates(raw_csv, dict(zip(ids, raw, strict=True)))

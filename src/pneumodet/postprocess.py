@@ -45,6 +45,10 @@ class Candidates(NamedTuple):
     scores: np.ndarray  # (N,)
     gate: float = math.nan  # the image-level gate's probability of any opacity; NaN: the model has no gate
 
+    @classmethod
+    def empty(cls) -> Candidates:
+        return cls(np.zeros((0, 4)), np.zeros(0))
+
 
 def gated(gate: float, pp: PostProcess) -> bool:
     """Return whether the gate removes every box of an image (a model without a gate never does)."""

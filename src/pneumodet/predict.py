@@ -46,6 +46,13 @@ def fuse_boxes(sets: list[tuple[np.ndarray, np.ndarray]], iou: float = 0.55) -> 
     return out_boxes[order], out_scores[order]
 
 
+def fuse_candidates(passes: list[Candidates]) -> Candidates:
+    """Return one image's candidates from several passes (flip TTA, or the models of an ensemble): boxes by
+    :func:`fuse_boxes`, the gate the passes' mean."""
+    boxes, scores = fuse_boxes([c[:2] for c in passes])
+    return Candidates(boxes, scores, float(np.mean([c.gate for c in passes])))
+
+
 def predictor_for(model, config: RunConfig, hflip_tta: bool | None = None) -> Predictor:
     """Return a Predictor with the run's inference settings (TTA, bf16, channels-last), on a GPU if there is one."""
     p = config.predict
@@ -80,12 +87,9 @@ class Predictor:
             if not self.hflip_tta:
                 return plain
             flipped = self._forward([im.flip(-1) for im in images])
-        merged = []
-        for one, other in zip(plain, flipped, strict=True):
-            unflipped = hflip_boxes(other.boxes_xyxy, images[0].shape[-1])
-            boxes, scores = fuse_boxes([one[:2], (unflipped, other.scores)])
-            merged.append(Candidates(boxes, scores, (one.gate + other.gate) / 2))
-        return merged
+        width = images[0].shape[-1]
+        return [fuse_candidates([one, other._replace(boxes_xyxy=hflip_boxes(other.boxes_xyxy, width))])
+                for one, other in zip(plain, flipped, strict=True)]
 
 
 def hflip_boxes(boxes_xyxy, width: float) -> np.ndarray:

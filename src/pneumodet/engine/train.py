@@ -145,6 +145,11 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
         done = read_checkpoint(paths.last)["pneumodet"]["epoch"]
         write_metrics(paths.metrics_csv, [r for r in read_metrics(paths.metrics_csv) if r["epoch"] <= done])
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(paths.last) if resume else None)
+    return trained_result(paths)
+
+
+def trained_result(paths: RunPaths) -> TrainResult:
+    """Return a run's best val RSNA mAP, its epoch and the epochs done, from its metrics.csv."""
     rows = read_metrics(paths.metrics_csv)
     scores = [r["val_rsna_map"] for r in rows]
     top = max(range(len(rows)), key=lambda i: -1 if math.isnan(scores[i]) else scores[i]) if rows else -1
@@ -205,9 +210,7 @@ def train_folds(config: RunConfig | None, cache: str | Path, k: int, folds_dir: 
         if resume and paths.last.is_file():
             done = read_checkpoint(paths.last)["pneumodet"]["epoch"]
             if done >= load_config(paths.config).train.epochs:
-                rows = read_metrics(paths.metrics_csv)
-                best = max(rows, key=lambda r: -1 if math.isnan(r["val_rsna_map"]) else r["val_rsna_map"])
-                results.append(TrainResult(run, best["val_rsna_map"], int(best["epoch"]), len(rows)))
+                results.append(trained_result(paths))
                 continue
             results.append(train(None, cache, run, resume=True, progress=progress))
             continue

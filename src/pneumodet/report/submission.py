@@ -95,8 +95,8 @@ def read_candidates(path: str | Path) -> dict[str, Candidates]:
     boxes = read_boxes(path) if path.is_file() else {}
     gate_path = path.with_name(f"{path.stem}.gate.csv")
     gates = read_gates(gate_path) if gate_path.is_file() else {}
-    empty = (np.zeros((0, 4)), np.zeros(0))
-    return {pid: Candidates(*boxes.get(pid, empty), gates.get(pid, math.nan)) for pid in set(boxes) | set(gates)}
+    return {pid: Candidates(*boxes.get(pid, Candidates.empty()[:2]), gates.get(pid, math.nan))
+            for pid in set(boxes) | set(gates)}
 
 
 def parse_prediction_string(text, where: str) -> Prediction:

@@ -54,7 +54,7 @@ def build_items(dataset, raw: dict[str, Candidates], pp: PostProcess) -> list[Re
     for i, record in dataset.records.iterrows():
         pid = record["patient_id"]
         truth = xywh_to_xyxy(dataset.boxes_xywh(i))
-        found = raw.get(pid, Candidates(np.zeros((0, 4)), np.zeros(0)))
+        found = raw.get(pid, Candidates.empty())
         pred, scores = postprocess(found.boxes_xyxy, found.scores, pp, found.gate)
         outcome, score = outcome_of(truth, pred, scores)
         view = record["view"] if isinstance(record["view"], str) else "unknown"
