@@ -7,6 +7,7 @@ The public API, for code and notebooks::
     detector = pneumodet.load_detector("runs/demo")        # a trained run folder
     found = detector.detect("patient.dcm")                  # a path, the file's bytes, or (H, W) uint8 pixels
     found.boxes_orig_xywh, found.scores, found.image_score  # in the DICOM's own pixels, highest score first
+    pneumodet.write_dicom_sr(found, "patient.dcm", "patient.sr.dcm")  # the boxes as a DICOM Structured Report
 
     image = pneumodet.read_dicom("patient.dcm")             # uint8, MONOCHROME2, with view/age/sex
     config = pneumodet.load_config("configs/demo.yaml", ["train.epochs=4"])
@@ -34,6 +35,8 @@ _API = {
     "load_config": "pneumodet.config",
     "RunConfig": "pneumodet.config",
     "UserError": "pneumodet.errors",
+    "write_dicom_sr": "pneumodet.report.dicom_sr",
+    "read_sr_boxes": "pneumodet.report.dicom_sr",
 }
 __all__ = ["__version__", *_API]
 

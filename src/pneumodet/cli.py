@@ -135,10 +135,12 @@ def cmd_predict(args) -> None:
                  "shrink": args.shrink, "gate_threshold": args.gate}
     runs = args.run[0] if len(args.run) == 1 else args.run
     summary = predict_folder(runs, args.images, args.out, overrides=overrides, hflip_tta=args.tta,
-                             workers=args.workers, batch_size=args.batch_size)
+                             workers=args.workers, batch_size=args.batch_size, dicom_sr=args.dicom_sr)
     print(f"{summary.images} images ({summary.unreadable} unreadable), {summary.with_boxes} with boxes; "
           f"post-processing {summary.postprocess}")
     print(f"wrote {summary.submission} and {summary.boxes_csv}")
+    if summary.dicom_sr is not None:
+        print(f"wrote {summary.reports} DICOM Structured Reports in {summary.dicom_sr}")
 
 
 def cmd_score(args) -> None:
@@ -263,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "evaluate tuned the thresholds, since TTA changes the scores; evaluate --tta tunes for it)")
     p.add_argument("--workers", type=_count, default=2, help="data-loading processes (default 2)")
     p.add_argument("--batch-size", type=_count, default=None, help="images per batch (default: config)")
+    p.add_argument("--dicom-sr", type=Path, default=None, metavar="OUT_DIR",
+                   help="also write one DICOM Structured Report per image into OUT_DIR (ID.sr.dcm: TID 1500, each "
+                   "box a planar rectangle in the image's own pixels with its confidence, the image score, the "
+                   "algorithm and version, referencing the source image's UIDs) for a PACS or viewer")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("score", help="score a submission against Kaggle-format labels (RSNA mAP)",

@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pneumodet.data.cache import read_for_cache
-from pneumodet.detector import image_tensor, load_detector
+from pneumodet.detector import Detection, image_tensor, load_detector
 from pneumodet.errors import UserError
-from pneumodet.files import check_output_file
+from pneumodet.files import check_output_dir, check_output_file
 from pneumodet.io.dicom import DicomError
 from pneumodet.postprocess import PostProcess
 from pneumodet.report.submission import write_boxes, write_submission
@@ -47,14 +47,17 @@ class PredictSummary:
     unreadable: int
     with_boxes: int
     postprocess: PostProcess
+    dicom_sr: Path | None = None  # the folder of SRs, when asked for
+    reports: int = 0
 
 
 def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Path, *, overrides: dict | None = None,
                    hflip_tta: bool | None = None, workers: int = 2, batch_size: int | None = None,
-                   progress: bool = True) -> PredictSummary:
+                   dicom_sr: str | Path | None = None, progress: bool = True) -> PredictSummary:
     """Predict every .dcm in ``images_dir``; write ``out`` (submission) and the per-box table beside it.
 
     ``run``: a run folder, a folds folder or a list of run folders (an ensemble; see :func:`load_detector`).
+    ``dicom_sr``: a folder that receives one DICOM Structured Report per readable image (``ID.sr.dcm``).
     """
     images_dir, out = Path(images_dir), Path(out)
     if not images_dir.is_dir():
@@ -63,11 +66,14 @@ def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Pa
     if not files:
         raise UserError(f"{images_dir}: no .dcm files")
     check_output_file(out)
+    if dicom_sr is not None:
+        check_output_dir(dicom_sr)
     detector = load_detector(run, overrides=overrides, hflip_tta=hflip_tta)
     config = detector.config
     loader = DataLoader(DicomFolder(files, detector.image_size), num_workers=workers, collate_fn=lambda b: b,
                         batch_size=batch_size or config.predict.batch_size)
     results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    found_by_id: dict[str, Detection] = {}
     unreadable = 0
     for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
         for pid, _, _, reason in batch:
@@ -80,14 +86,39 @@ def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Pa
             pids, tensors, sizes, _ = zip(*good, strict=True)
             for found in detector.detect_tensors(list(pids), list(tensors), list(sizes)):
                 results[found.patient_id] = (found.boxes_orig_xyxy, found.scores)
+                found_by_id[found.patient_id] = found
     ordered = {f.stem: results[f.stem] for f in files}
     write_submission(out, ordered)
     boxes_csv = write_boxes(boxes_csv_for(out), ordered)
     if unreadable == len(files):
         raise UserError(f"{images_dir}: none of the {len(files)} .dcm files could be read (reasons above); "
                         f"{out} has only empty rows")
+    reports = 0 if dicom_sr is None else write_reports(files, found_by_id, dicom_sr, run_name(run), progress)
     return PredictSummary(out, boxes_csv, len(files), unreadable, sum(len(s) > 0 for _, s in ordered.values()),
-                          detector.postprocess)
+                          detector.postprocess, None if dicom_sr is None else Path(dicom_sr), reports)
+
+
+def write_reports(files: list[Path], found_by_id: dict[str, Detection], out_dir: str | Path, name: str,
+                  progress: bool = True) -> int:
+    """Write a DICOM SR per predicted image (an unreadable one has none: it was not read); return how many."""
+    from pneumodet.report.dicom_sr import sr_path, write_sr
+
+    written = 0
+    for path in tqdm([f for f in files if f.stem in found_by_id], desc="DICOM SR", unit="file", disable=not progress):
+        found = found_by_id[path.stem]
+        try:
+            write_sr(path, sr_path(out_dir, path.stem), found.boxes_orig_xyxy, found.scores, found.image_score,
+                     run_name=name)
+            written += 1
+        except UserError as exc:  # one bad header must not cost the other reports
+            print(f"pneumodet predict: {exc}; no SR written", file=sys.stderr)
+    return written
+
+
+def run_name(run) -> str:
+    """Return a short name of what predicted: the run folder's name, or the names of an ensemble's runs."""
+    runs = run if isinstance(run, list | tuple) else [run]
+    return "+".join(Path(r).name for r in runs)[:64]
 
 
 def boxes_csv_for(submission: Path) -> Path:
