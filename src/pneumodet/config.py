@@ -113,6 +113,9 @@ class TrainConfig:
     limit_train_batches: int = 0  # 0: all
     limit_val_batches: int = 0
     threads: int = 0  # torch CPU threads per process (0: leave as is)
+    # experiment logs: csv (metrics.csv, always written), tensorboard (RUN/tensorboard), mlflow (MLFLOW_TRACKING_URI
+    # or RUN/mlruns); the last two are extras: pip install 'pneumodet[tensorboard]' / 'pneumodet[mlflow]'
+    loggers: tuple[str, ...] = ("csv",)
 
 
 @dataclass(frozen=True)
@@ -360,6 +363,8 @@ CHOICES = {
     "train.optimizer": ("sgd", "adamw"),
     "train.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"),
 }
+#: train.loggers may name these (engine/loggers.py)
+LOGGERS = ("csv", "tensorboard", "mlflow")
 #: (low, high) pairs whose low must not exceed high
 PAIRS = ("augment.scale", "augment.brightness", "augment.contrast", "augment.blur_sigma", "augment.sharpen")
 
@@ -401,6 +406,8 @@ def validate(config: RunConfig) -> RunConfig:
         _check_range(key, _value(config, key), bounds)
     for key, choices in {**CHOICES, "model.backbone": BACKBONES}.items():
         _check_choice(key, _value(config, key), choices)
+    for logger in config.train.loggers:
+        _check_choice("train.loggers[]", logger, LOGGERS)
     for key in PAIRS:
         low, high = _value(config, key)
         if low > high:

@@ -8,6 +8,7 @@ import time
 import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from pneumodet.engine.loggers import log_epoch
 from pneumodet.runs import RunPaths, atomic_save, read_metrics, write_metrics
 
 
@@ -42,5 +43,6 @@ class MetricsHistory(L.Callback):
             return
         rows = [r for r in read_metrics(self.paths.metrics_csv) if r["epoch"] < pl_module.history_row["epoch"]]
         write_metrics(self.paths.metrics_csv, rows + [pl_module.history_row])
+        log_epoch(trainer.loggers, pl_module.history_row, trainer.global_step)  # TensorBoard / MLflow, if chosen
         if time.monotonic() - self._plotted_at >= self.plot_every_s:
             self._plot()

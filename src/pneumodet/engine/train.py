@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from pneumodet.config import RunConfig, dump_config, load_config, schedule_for
 from pneumodet.engine.callbacks import AtomicCheckpointIO, MetricsHistory
 from pneumodet.engine.data import DetectionDataModule
+from pneumodet.engine.loggers import build_loggers, check_loggers, start_loggers
 from pneumodet.engine.module import DetectionModule
 from pneumodet.errors import UserError
 from pneumodet.files import write_text_atomic
@@ -95,6 +96,7 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     _quiet_lightning()
     config, paths = open_run(config, run, resume, runs_base)
     cfg = config.train
+    check_loggers(cfg.loggers)  # a missing extra is said before anything is written
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -121,6 +123,7 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     last = ModelCheckpoint(dirpath=paths.weights, filename="last", monitor=None, save_top_k=1,
                            enable_version_counter=False, auto_insert_metric_name=False,
                            save_on_train_epoch_end=False)
+    loggers = build_loggers(config, paths)
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
@@ -131,7 +134,7 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
         gradient_clip_val=cfg.grad_clip or None,
         callbacks=[MetricsHistory(paths), best, last] + ([TQDMProgressBar(leave=True)] if progress else []),
         plugins=[AtomicCheckpointIO()],
-        logger=False,
+        logger=loggers or False,
         enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -144,6 +147,8 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     if not is_follower() and resume:  # forget rows of epochs the checkpoint does not have
         done = read_checkpoint(paths.last)["pneumodet"]["epoch"]
         write_metrics(paths.metrics_csv, [r for r in read_metrics(paths.metrics_csv) if r["epoch"] <= done])
+    if not is_follower():
+        start_loggers(loggers, config, paths, resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(paths.last) if resume else None)
     return trained_result(paths)
 
