@@ -71,7 +71,8 @@ def cmd_prepare(args) -> None:
 
     start = time.perf_counter()
     result = prepare(args.data, args.out, size_px=args.size, val_fraction=args.val_fraction, seed=args.seed,
-                     groups_csv=args.groups, subset=args.subset, workers=args.workers, folds=args.folds)
+                     groups_csv=args.groups, subset=args.subset, workers=args.workers, folds=args.folds,
+                     labels_csv=args.labels)
     summary = result.summary
     state = "reused" if result.reused else f"built in {time.perf_counter() - start:.1f} s"
     problems = sum(summary["problems"].values())
@@ -206,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_count, default=None, help="processes (default: all cores)")
     p.add_argument("--folds", type=_count, default=5, help="folds written to split.csv for train --folds K "
                    "(default 5; stratified and grouped like the split)")
+    p.add_argument("--labels", type=Path, default=None, metavar="CSV", help="Kaggle-format labels to use instead of "
+                   "DATA/stage_2_train_labels.csv, e.g. the review page's export (reviewed_labels.csv); images it "
+                   "does not name are left out (listed in qc.csv)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train Mask R-CNN on a prepared cache",

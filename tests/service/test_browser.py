@@ -21,3 +21,27 @@ def test_review_page_and_upload_in_headless_chromium(trained_run, synth_data, tm
     assert float(seen["overview_map"]) >= 0
     for page in ("overview", "review", "try"):
         assert (run / "screenshots" / f"{page}.png").stat().st_size > 10_000
+
+
+def test_a_reviewer_draws_a_box_restarts_exports_and_prepares_it(run_with_boxes, synth_data, tmp_path):
+    import numpy as np
+
+    from pneumodet.data.prepare import prepare
+    from pneumodet.io.labels import read_labels
+    from pneumodet.io.layout import TRAIN_IMAGES
+    from pneumodet.service.screenshots import review_round_trip
+
+    seen = review_round_trip(run_with_boxes, tmp_path / "browser")
+    assert seen["window_changed_pixels"] and seen["zoom"] > 1 and seen["js_errors"] == []
+    assert seen["badges"][:3] == ["corrected", "correct", "wrong"] and "3 reviewed" in seen["export_text"]
+    labels = read_labels(tmp_path / "browser" / "reviewed_labels.csv")
+    drawn, correct, wrong = (labels.annotations[pid] for pid in seen["patient_ids"])
+    np.testing.assert_allclose(drawn.boxes_xywh, seen["drawn"], atol=0.01)
+    assert drawn.boxes_xywh[0, 2] > 50 and drawn.boxes_xywh[0, 3] > 50  # a real drag, in the image's own pixels
+    assert not wrong.positive and len(labels.annotations) == 3
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / TRAIN_IMAGES).symlink_to(synth_data / TRAIN_IMAGES)
+    result = prepare(data, tmp_path / "cache", size_px=64, labels_csv=tmp_path / "browser" / "reviewed_labels.csv",
+                     progress=False, workers=1, folds=2)
+    assert result.summary["usable"] == 3 and result.summary["boxes"] == len(drawn.boxes_xywh) + len(correct.boxes_xywh)

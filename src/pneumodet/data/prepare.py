@@ -52,11 +52,13 @@ def find_images(data: Path, subset: str) -> Path:
 
 def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction: float = 0.1, seed: int = 0,
             groups_csv: str | Path | None = None, subset: str = "train", workers: int | None = None,
-            progress: bool = True, folds: int = 5) -> PrepareResult:
+            progress: bool = True, folds: int = 5, labels_csv: str | Path | None = None) -> PrepareResult:
     """Check, cache and split the data set in ``data``; write everything under ``out``.
 
     ``split.csv`` holds each labelled image's split (train/val) and its fold (0 .. ``folds``-1, for
     ``train --folds``), both stratified by class and view and grouped by ``groups_csv``.
+    ``labels_csv``: a Kaggle-format labels file to use instead of ``DATA/stage_2_train_labels.csv`` (e.g. the
+    review page's export); the class file is not read with it, and images it does not name are left out.
     """
     data, out = Path(data), Path(out)
     if not data.is_dir():
@@ -69,11 +71,15 @@ def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction:
     files = sorted(images_dir.glob("*.dcm"))
     if not files:
         raise UserError(f"{images_dir}: no .dcm files")
-    labels_paths = [data / TRAIN_LABELS, data / CLASS_INFO] if subset == "train" else []
+    if labels_csv is not None and subset != "train":
+        raise UserError("--labels goes with --subset train")
+    labels_paths = []
     if subset == "train":
+        class_csv = None if labels_csv else data / CLASS_INFO  # another labels file has no class file beside it
+        labels_paths = [Path(labels_csv) if labels_csv else data / TRAIN_LABELS] + ([class_csv] if class_csv else [])
         if not labels_paths[0].is_file():
             raise UserError(f"{labels_paths[0]}: labels file not found")
-        labels = read_labels(labels_paths[0], labels_paths[1] if labels_paths[1].is_file() else None)
+        labels = read_labels(labels_paths[0], class_csv if class_csv and class_csv.is_file() else None)
     groups = read_groups(groups_csv) if groups_csv else None
     check_output_dir(out)
     clean_cache_root(out)  # what dead runs left, whether or not this run rebuilds

@@ -2,8 +2,9 @@
 
 The model is loaded once; inference runs one request at a time behind a lock (requests queue,
 never crash each other). An upload is read as a stream, capped, and parsed in memory: nothing it
-holds touches the disk, and the app writes nothing. Logs carry no patient data: URLs name images by
-index, and uvicorn's access log is off. ``service.guard`` checks the Host header and the access token.
+holds touches the disk. The one file the app writes is the reviewer's verdicts (``RUN/review/verdicts.json``,
+``service.verdicts``). Logs carry no patient data: URLs name images by index, and uvicorn's access log is
+off. ``service.guard`` checks the Host header and the access token.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
 
 from pneumodet.detector import load_detector
 from pneumodet.errors import UserError
@@ -26,12 +28,18 @@ from pneumodet.io.dicom import DicomError, read_dicom_bytes
 from pneumodet.postprocess import PostProcess
 from pneumodet.runs import run_split
 from pneumodet.service.guard import allowed_hosts, install_guard, is_loopback, read_upload, resolve_token
-from pneumodet.service.review import OUTCOMES, build_items, load_val_predictions, render_png
+from pneumodet.service.review import OUTCOMES, build_items, load_val_predictions, render_png, review_detail
+from pneumodet.service.verdicts import VERDICTS_FILE, VerdictError, VerdictStore, export_labels
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 64
 DISPLAY_PX = 512
 log = logging.getLogger("pneumodet.service")
+
+
+class VerdictBody(BaseModel):
+    verdict: str  # correct, wrong or corrected
+    boxes: list[list[float]] = []  # corrected: x, y, width, height in the image's own pixels
 
 
 class ModelService:
@@ -90,6 +98,17 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
     app.state.service = service
     review = _load_review(service)
     app.state.review = review
+    verdicts = VerdictStore(service.paths.root / VERDICTS_FILE)
+    app.state.verdicts = verdicts
+
+    def review_item(index: int):
+        if not 0 <= index < len(review["items"]):
+            raise HTTPException(404, "no such review item")
+        return review["items"][index]
+
+    def with_verdict(item) -> dict:
+        entry = verdicts.get(item.patient_id)
+        return {**item.to_json(), "verdict": entry["verdict"] if entry else None}
 
     @app.get("/", response_class=HTMLResponse)
     def overview():
@@ -102,6 +121,10 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
     @app.get("/try", response_class=HTMLResponse)
     def try_page():
         return (STATIC / "try.html").read_text()
+
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)
 
     @app.get("/static/{name}")
     def static(name: str):
@@ -136,18 +159,47 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
             raise HTTPException(400, f"unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}")
         items = [it for it in review["items"] if (not outcome or it.outcome == outcome)
                  and (not view or it.view == view)]
-        return {"items": [it.to_json() for it in items], "total": len(review["items"]), "note": review["note"],
-                "views": sorted({it.view for it in review["items"]})}
+        return {"items": [with_verdict(it) for it in items], "total": len(review["items"]), "note": review["note"],
+                "views": sorted({it.view for it in review["items"]}),
+                "reviewed": sum(verdicts.get(it.patient_id) is not None for it in review["items"])}
+
+    @app.get("/api/review/labels.csv")
+    def review_labels():
+        """The reviewed images as a Kaggle-format labels CSV (pneumodet prepare DATA --labels FILE reads it)."""
+        return PlainTextResponse(export_labels(review["items"], verdicts), media_type="text/csv",
+                                 headers={"Content-Disposition": 'attachment; filename="reviewed_labels.csv"'})
+
+    @app.get("/api/review/{index}")
+    def review_one(index: int):
+        item = review_item(index)
+        return {**review_detail(item, review["cache"].pixels[item.row].shape), "verdict": verdicts.get(item.patient_id)}
+
+    @app.put("/api/review/{index}/verdict")
+    def put_verdict(index: int, body: VerdictBody):
+        item = review_item(index)
+        size = review_detail(item, review["cache"].pixels[item.row].shape)["original_size"]
+        try:
+            return verdicts.set(item.patient_id, body.verdict, body.boxes, tuple(size))
+        except VerdictError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @app.delete("/api/review/{index}/verdict")
+    def delete_verdict(index: int):
+        verdicts.clear(review_item(index).patient_id)
+        return {"verdict": None}
 
     @app.get("/api/review/{index}/image.png")
     def review_image(index: int):
-        items = review["items"]
-        if not 0 <= index < len(items):
-            raise HTTPException(404, "no such review item")
-        item = items[index]
+        item = review_item(index)
         pixels = np.asarray(review["cache"].pixels[item.row])
         png = render_png(pixels, item.truth_xyxy, item.pred_xyxy, item.pred_scores, item.scale)
         return Response(png, media_type="image/png")
+
+    @app.get("/api/review/{index}/raw.png")
+    def review_raw(index: int):
+        """The image alone, at the cache's size: the large view draws boxes and window/level itself."""
+        item = review_item(index)
+        return Response(render_png(np.asarray(review["cache"].pixels[item.row]), size=0), media_type="image/png")
 
     @app.post("/api/predict")
     async def predict(request: Request, image: Annotated[bool, Query()] = False):

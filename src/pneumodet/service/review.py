@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pneumodet.boxes import xywh_to_xyxy
+from pneumodet.boxes import xywh_to_xyxy, xyxy_to_xywh
 from pneumodet.metrics import image_precisions
 from pneumodet.postprocess import Candidates, PostProcess, image_score, postprocess
 
@@ -65,9 +65,24 @@ def build_items(dataset, raw: dict[str, Candidates], pp: PostProcess) -> list[Re
     return [replace(it, index=i) for i, it in enumerate(items)]
 
 
+def review_detail(item: ReviewItem, cache_shape: tuple[int, ...]) -> dict:
+    """Return what the large view draws: truth and predicted boxes (x, y, width, height, in the image's own
+    pixels), their scores, and the image's original (height, width)."""
+    height, width = round(cache_shape[0] / item.scale[1]), round(cache_shape[1] / item.scale[0])
+    return {**item.to_json(), "patient_id": item.patient_id, "original_size": [height, width],
+            "truth": xyxy_to_xywh(item.truth_xyxy).round(1).tolist(),
+            "pred": [[*box, round(float(s), 4)] for box, s in zip(xyxy_to_xywh(item.pred_xyxy).round(1).tolist(),
+                                                                  item.pred_scores, strict=True)]}
+
+
 def render_png(pixels: np.ndarray, truth_xyxy=None, pred_xyxy=None, pred_scores=None, scale=(1.0, 1.0),
                size: int = 512) -> bytes:
-    """Return a PNG of the image with truth (green) and predicted (red, with scores) boxes."""
+    """Return a PNG of the image with truth (green) and predicted (red, with scores) boxes (``size`` 0: as is,
+    in gray)."""
+    if size == 0:
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
+        return buffer.getvalue()
     image = Image.fromarray(pixels).convert("RGB")
     factor = size / max(image.size)
     image = image.resize((round(image.width * factor), round(image.height * factor)), Image.BILINEAR)

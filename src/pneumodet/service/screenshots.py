@@ -54,7 +54,7 @@ def running_server(run: str | Path, port: int | None = None):
 
 
 @contextmanager
-def chromium():
+def chromium(downloads: str | Path | None = None):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -63,8 +63,14 @@ def chromium():
     profile = tempfile.mkdtemp(prefix="pneumodet-chromium-")
     for flag in CHROMIUM_FLAGS + [f"--user-data-dir={profile}"]:
         options.add_argument(flag)
+    if downloads is not None:
+        options.add_experimental_option("prefs", {"download.default_directory": str(Path(downloads).resolve()),
+                                                  "download.prompt_for_download": False})
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     driver.set_page_load_timeout(60)
+    if downloads is not None:  # headless Chromium saves downloads only when told where
+        driver.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow",
+                                                             "downloadPath": str(Path(downloads).resolve())})
     try:
         yield driver
     finally:
@@ -109,4 +115,70 @@ def take_screenshots(run: str | Path, dicom: str | Path, out_dir: str | Path) ->
         seen["upload_score"] = driver.find_element(By.CSS_SELECTOR, ".image-score").text
         seen["upload_text"] = driver.find_element(By.CSS_SELECTOR, ".result").text
         driver.save_screenshot(str(out_dir / "try.png"))
+    return seen
+
+
+def review_round_trip(run: str | Path, out_dir: str | Path) -> dict:
+    """Judge images on the review page as a reviewer would, restart the server, and export the labels.
+
+    On the first server: open the first image, zoom and change window/level, draw a box with the mouse, then
+    with the keyboard go to the next image and mark it correct, and to the one after and mark it wrong. On a
+    second server (a restart), check the verdicts are shown and click "Export labels". Returns what the pages
+    showed; the export lands in ``out_dir/reviewed_labels.csv`` and a screenshot in ``out_dir/review_detail.png``.
+    """
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seen = {}
+    state = "return document.getElementById('verdict-state').textContent"
+    with chromium(downloads=out_dir) as driver:
+        wait = WebDriverWait(driver, 60)
+        with running_server(run) as url:
+            driver.get(url + "/review")
+            wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".card img")))
+            driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ENTER)  # opens the first image
+            wait.until(lambda d: d.execute_script("return R.gray !== null && !document.getElementById('detail').hidden"))
+            seen["patient_ids"] = [driver.execute_script("return R.detail.patient_id")]
+            center = "const c = document.getElementById('canvas').getContext('2d'); " \
+                     "return Array.from(c.getImageData(0, 0, c.canvas.width, c.canvas.height).data).reduce((a, b) => a + b, 0)"
+            before = driver.execute_script(center)
+            driver.execute_script("const s = document.getElementById('ww'); s.value = 40; s.dispatchEvent(new Event('input'))")
+            seen["window_changed_pixels"] = driver.execute_script(center) != before
+            body = driver.find_element(By.TAG_NAME, "body")
+            body.send_keys("+")
+            seen["zoom"] = driver.execute_script("return R.zoom")
+            body.send_keys("0")
+            canvas = driver.find_element(By.ID, "canvas")
+            # a drag from 30 % to 60 % of the canvas's shorter side, from its centre (inside the image)
+            side = min(canvas.size["width"], canvas.size["height"])
+            ActionChains(driver).move_to_element_with_offset(canvas, -side // 10, -side // 10).click_and_hold() \
+                .move_by_offset(side // 5, side // 4).release().perform()
+            wait.until(lambda d: "corrected (1 box)" in d.execute_script(state))
+            seen["drawn"] = driver.execute_script("return R.boxes")
+            driver.save_screenshot(str(out_dir / "review_detail.png"))
+            body.send_keys(Keys.ARROW_RIGHT)
+            wait.until(lambda d: d.execute_script("return R.pos") == 1 and d.execute_script("return R.detail.index") == 1)
+            seen["patient_ids"].append(driver.execute_script("return R.detail.patient_id"))
+            body.send_keys("c")
+            wait.until(lambda d: "saved: correct" in d.execute_script(state))
+            body.send_keys(Keys.ARROW_RIGHT)
+            wait.until(lambda d: d.execute_script("return R.pos") == 2 and d.execute_script("return R.detail.index") == 2)
+            seen["patient_ids"].append(driver.execute_script("return R.detail.patient_id"))
+            body.send_keys("w")
+            wait.until(lambda d: "saved: wrong" in d.execute_script(state))
+            body.send_keys(Keys.ESCAPE)
+            seen["js_errors"] = [e["message"] for e in driver.get_log("browser") if e.get("source") == "javascript"]
+        with running_server(run) as url:  # a restart: a new app reads the saved verdicts
+            driver.get(url + "/review")
+            wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".card img")))
+            seen["badges"] = [b.text for b in driver.find_elements(By.CSS_SELECTOR, ".card .badge")][:4]
+            seen["export_text"] = driver.find_element(By.ID, "export").text
+            driver.find_element(By.ID, "export").click()
+            export = out_dir / "reviewed_labels.csv"
+            wait.until(lambda d: export.is_file() and export.stat().st_size > 0)
     return seen

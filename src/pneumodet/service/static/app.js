@@ -1,4 +1,4 @@
-// Plain JS for the three pages: no build step.
+// Plain JS for the overview and try-it pages (review.js: the review page): no build step.
 function esc(s) { return String(s).replace(/[&<>"']/g, c => ({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;',"'":'&#39;'}[c])); }
 function fmt(x, d = 3) { return (x === null || x === undefined) ? '–' : (typeof x === 'number' ? x.toFixed(d) : esc(x)); }
 
@@ -30,35 +30,6 @@ async function loadOverview() {
   document.getElementById('metrics').innerHTML = html;
   document.getElementById('plots').innerHTML = s.plots.map(p => '<img src="/plots/' + encodeURIComponent(p) +
     '" alt="' + esc(p) + '" title="' + esc(p) + '">').join('');
-}
-
-async function initReview() {
-  const outcome = document.getElementById('outcome'), view = document.getElementById('view');
-  outcome.onchange = view.onchange = loadReview;
-  const r = await fetch('/api/review'); const s = await r.json();
-  for (const v of s.views) { const o = document.createElement('option'); o.textContent = v; view.appendChild(o); }
-  loadReview();
-}
-
-async function loadReview() {
-  const outcome = document.getElementById('outcome').value, view = document.getElementById('view').value;
-  const q = new URLSearchParams(); if (outcome) q.set('outcome', outcome); if (view) q.set('view', view);
-  const r = await fetch('/api/review?' + q); const s = await r.json();
-  document.getElementById('note').textContent = s.note || '';
-  document.getElementById('count').textContent = s.items.length + ' of ' + s.total + ' images';
-  document.getElementById('grid').innerHTML = s.items.map(it =>
-    '<div class="card" data-index="' + it.index + '" onclick="showItem(' + it.index + ', this)">' +
-    '<img loading="lazy" src="/api/review/' + it.index + '/image.png" alt="val image ' + it.index + '">' +
-    '<div class="meta"><span class="' + it.outcome.replace(' ', '-') + '">' + esc(it.outcome) + '</span> · ' +
-    esc(it.view) + ' · score ' + fmt(it.score, 2) + ' · image ' + fmt(it.image_score, 2) + ' · ' + it.n_truth +
-    ' true, ' + it.n_pred + ' predicted</div></div>'
-  ).join('');
-}
-
-function showItem(index, card) {
-  document.getElementById('detail-img').src = '/api/review/' + index + '/image.png';
-  document.getElementById('detail-text').textContent = card.querySelector('.meta').textContent + ' (click to close)';
-  document.getElementById('detail').style.display = 'block';
 }
 
 async function uploadAll() {
