@@ -284,8 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="web page and HTTP API to review predictions and run the model",
                        description="Start the review web application for a run: overview (metrics, plots), "
-                       "review (val images, true and predicted boxes, worst first) and try-it (upload DICOMs). "
-                       "JSON API: POST /api/predict, GET /api/health. Listens on 127.0.0.1 unless told otherwise.")
+                       "review (val images, true and predicted boxes, worst first; judge each image, draw boxes, "
+                       "export the verdicts as RSNA labels; saved in RUN/review/verdicts.json) and try-it (upload "
+                       "DICOMs). JSON API: POST /api/predict, GET /api/health. Listens on 127.0.0.1 unless told "
+                       "otherwise.")
     p.add_argument("run", type=Path, help="run folder (evaluate it first for the review page)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=_count, default=8000, help="port (default 8000)")
