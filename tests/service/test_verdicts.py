@@ -16,18 +16,20 @@ def test_a_store_keeps_verdicts_across_instances_and_checks_them(tmp_path):
     store = VerdictStore(path)
     store.set("a", "corrected", [[10, 20, 30, 40]], size=(100, 100))
     store.set("b", "wrong")
-    store.set("c", "correct")
+    store.set("c", "correct", predicted_xywh=[[1, 2, 3, 4]])
+    assert store.get("c")["boxes"] == [[1.0, 2.0, 3.0, 4.0]]
     store.clear("c")
     again = VerdictStore(path)
     assert again.get("a")["boxes"] == [[10.0, 20.0, 30.0, 40.0]] and again.get("b")["verdict"] == "wrong"
     assert again.get("c") is None
     assert [p.name for p in path.parent.iterdir()] == ["verdicts.json"]  # no temporary file left
-    for bad in ([[90, 20, 30, 40]], [[1, 2, 0, 5]], [[1, 2, 3]], [[-1, 0, 5, 5]], [[0, 0, float("nan"), 3]]):
+    for bad in ([[90, 20, 30, 40]], [[1, 2, 0, 5]], [[1, 2, 3]], [[-1, 0, 5, 5]], [[0, 0, float("nan"), 3]], [],
+                [[1, 2, 3, 4, 5, 6, 7, 8]]):
         with pytest.raises(VerdictError):
             store.set("a", "corrected", bad, size=(100, 100))
     with pytest.raises(VerdictError, match="unknown verdict"):
         store.set("a", "maybe")
-    with pytest.raises(VerdictError, match="boxes go with the verdict corrected"):
+    with pytest.raises(VerdictError, match="drawn boxes go with the verdict corrected"):
         store.set("a", "wrong", [[1, 1, 5, 5]])
     assert VerdictStore(path).get("a")["boxes"] == [[10.0, 20.0, 30.0, 40.0]]  # refused changes left it alone
     path.write_text("{not json")

@@ -177,9 +177,10 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
     @app.put("/api/review/{index}/verdict")
     def put_verdict(index: int, body: VerdictBody):
         item = review_item(index)
-        size = review_detail(item, review["cache"].pixels[item.row].shape)["original_size"]
+        detail = review_detail(item, review["cache"].pixels[item.row].shape)
         try:
-            return verdicts.set(item.patient_id, body.verdict, body.boxes, tuple(size))
+            return verdicts.set(item.patient_id, body.verdict, body.boxes, tuple(detail["original_size"]),
+                                predicted_xywh=[box[:4] for box in detail["pred"]])
         except VerdictError as exc:
             raise HTTPException(422, str(exc)) from None
 

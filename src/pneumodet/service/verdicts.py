@@ -2,7 +2,7 @@
 
 ``RUN/review/verdicts.json`` maps each reviewed image (by patient_id) to one of
 
-- ``correct``: the predicted boxes are right (exported as they are; none: a negative image);
+- ``correct``: the predicted boxes are right (kept as the reviewer saw them; none: a negative image);
 - ``wrong``: the predicted boxes are wrong and the image has no opacity (exported as a negative);
 - ``corrected``: the boxes the reviewer drew are the truth (original pixels, x, y, width, height).
 
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumodet.boxes import xyxy_to_xywh
 from pneumodet.errors import UserError
 from pneumodet.files import write_text_atomic
 from pneumodet.io.labels import Annotation, write_labels
@@ -53,13 +52,24 @@ class VerdictStore:
     def get(self, patient_id: str) -> dict | None:
         return self.verdicts.get(patient_id)
 
-    def set(self, patient_id: str, verdict: str, boxes_xywh=(), size: tuple[int, int] | None = None) -> dict:
-        """Save one image's verdict; ``boxes_xywh`` only for ``corrected``, checked to lie in ``size`` (H, W)."""
+    def set(self, patient_id: str, verdict: str, boxes_xywh=(), size: tuple[int, int] | None = None,
+            predicted_xywh=()) -> dict:
+        """Save one image's verdict and the boxes it makes the truth.
+
+        ``corrected``: ``boxes_xywh``, the reviewer's, checked to lie in ``size`` (H, W); ``correct``: the
+        ``predicted_xywh`` the reviewer saw (kept, so a later re-tuning of the run cannot change what was
+        accepted); ``wrong``: none.
+        """
         if verdict not in VERDICTS:
             raise VerdictError(f"unknown verdict {verdict!r}; use one of {', '.join(VERDICTS)}")
-        boxes = check_boxes(boxes_xywh, size) if verdict == "corrected" else []
         if verdict != "corrected" and len(boxes_xywh):
-            raise VerdictError(f"boxes go with the verdict corrected, not {verdict}")
+            raise VerdictError(f"drawn boxes go with the verdict corrected, not {verdict}")
+        if verdict == "corrected":
+            boxes = check_boxes(boxes_xywh, size)
+        elif verdict == "correct":
+            boxes = [[round(float(v), 1) for v in box] for box in np.asarray(predicted_xywh, float).reshape(-1, 4)]
+        else:
+            boxes = []
         entry = {"verdict": verdict, "boxes": boxes, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         with self.lock:
             self.verdicts[patient_id] = entry
@@ -78,9 +88,11 @@ class VerdictStore:
 def check_boxes(boxes_xywh, size: tuple[int, int] | None) -> list[list[float]]:
     """Return the boxes as lists of 4 rounded floats, or raise VerdictError for malformed or outside ones."""
     try:
-        array = np.asarray(boxes_xywh, dtype=float).reshape(-1, 4)
+        array = np.asarray(boxes_xywh, dtype=float)
     except (TypeError, ValueError):
-        raise VerdictError("boxes must be a list of [x, y, width, height]") from None
+        array = None
+    if array is None or array.size == 0 or array.ndim != 2 or array.shape[1] != 4:
+        raise VerdictError("corrected needs boxes: a list of [x, y, width, height]")
     if len(array) > MAX_BOXES:
         raise VerdictError(f"at most {MAX_BOXES} boxes per image, got {len(array)}")
     if not np.isfinite(array).all() or (array[:, 2:] < 1).any() or (array[:, :2] < 0).any():
@@ -93,20 +105,9 @@ def check_boxes(boxes_xywh, size: tuple[int, int] | None) -> list[list[float]]:
 
 
 def reviewed_annotations(items, store: VerdictStore) -> list[Annotation]:
-    """Return the truth the reviewer gave for each reviewed item (``items``: the review page's ReviewItems)."""
-    annotations = []
-    for item in items:
-        entry = store.get(item.patient_id)
-        if entry is None:
-            continue
-        if entry["verdict"] == "correct":
-            boxes = xyxy_to_xywh(np.asarray(item.pred_xyxy, dtype=float).reshape(-1, 4))
-        elif entry["verdict"] == "wrong":
-            boxes = np.zeros((0, 4))
-        else:
-            boxes = np.asarray(entry["boxes"], dtype=float).reshape(-1, 4)
-        annotations.append(Annotation(item.patient_id, boxes))
-    return annotations
+    """Return the truth the reviewer gave for each reviewed item, in the page's order (``items``: ReviewItems)."""
+    return [Annotation(it.patient_id, np.asarray(entry["boxes"], dtype=float).reshape(-1, 4))
+            for it in items if (entry := store.get(it.patient_id)) is not None]
 
 
 def export_labels(items, store: VerdictStore) -> str:
