@@ -1,6 +1,6 @@
 """``make bench``: print every benchmark as a markdown table (copy the figures into BENCHMARKS.md).
 
-Usage: python benchmarks/run.py [data] [train] [predict] [accuracy] [variants] [folds] — default: the first three;
+Usage: python benchmarks/run.py [data] [train] [predict] [engine] [accuracy] [variants] [folds] — default: the first four;
 accuracy, variants and folds train for a long time (minutes per setting): ask for them by name.
 """
 
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-SUITES = ["data", "train", "predict"]  # "accuracy", "variants" and "folds" are slow: ask for them by name
+SUITES = ["data", "train", "predict", "engine"]  # "accuracy", "variants" and "folds" are slow: ask for them by name
 
 
 def main(argv: list[str]) -> int:

@@ -15,10 +15,10 @@ FLOORS = {  # the foundations first: modules every layer may use
     4: ["pneumodet.io"],
     5: ["pneumodet.data", "pneumodet.report.submission"],
     6: ["pneumodet.model"],
-    7: ["pneumodet.runs", "pneumodet.predict"],
+    7: ["pneumodet.runs", "pneumodet.predict", "pneumodet.onnx_engine"],
     8: ["pneumodet.detector", "pneumodet.report"],
     9: ["pneumodet.engine"],
-    10: ["pneumodet.evaluate", "pneumodet.submit", "pneumodet.service.review", "pneumodet.service.guard"],
+    10: ["pneumodet.evaluate", "pneumodet.submit", "pneumodet.export", "pneumodet.service.review", "pneumodet.service.guard"],
     11: ["pneumodet.service", "pneumodet.demo"],
     12: ["pneumodet.cli"],
 }

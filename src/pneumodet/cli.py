@@ -136,12 +136,33 @@ def cmd_predict(args) -> None:
                  "shrink": args.shrink, "gate_threshold": args.gate}
     runs = args.run[0] if len(args.run) == 1 else args.run
     summary = predict_folder(runs, args.images, args.out, overrides=overrides, hflip_tta=args.tta,
-                             workers=args.workers, batch_size=args.batch_size, dicom_sr=args.dicom_sr)
+                             workers=args.workers, batch_size=args.batch_size, dicom_sr=args.dicom_sr,
+                             engine=args.engine)
     print(f"{summary.images} images ({summary.unreadable} unreadable), {summary.with_boxes} with boxes; "
           f"post-processing {summary.postprocess}")
+    print(f"{summary.images / max(summary.seconds, 1e-9):.1f} images/s ({summary.seconds:.1f} s decoding and "
+          f"predicting, {summary.engine} engine)")
     print(f"wrote {summary.submission} and {summary.boxes_csv}")
     if summary.dicom_sr is not None:
         print(f"wrote {summary.reports} DICOM Structured Reports in {summary.dicom_sr}")
+
+
+def cmd_export(args) -> None:
+    from pneumodet.export import MIN_AGREEMENT, export_run
+    from pneumodet.onnx_engine import cpu_features
+
+    result = export_run(args.run, int8=args.int8, calibration=args.calibration, checked=args.check_images)
+    check = result.check
+    print(f"wrote {result.onnx} ({result.onnx.stat().st_size / 1e6:.1f} MB)")
+    print(f"the same image through both: largest output difference {check['max_abs_diff']:.2g}; backbone+FPN+RPN "
+          f"head {check['torch_ms']:.0f} ms in PyTorch, {check['onnx_ms']:.0f} ms in ONNX Runtime fp32 "
+          f"(CPU: {', '.join(cpu_features())})")
+    if result.int8:
+        q = result.int8
+        verdict = "active" if q["active"] else f"not used (below {MIN_AGREEMENT:.0%}); the engine stays fp32"
+        print(f"int8 (calibrated on {q['calibration_images']} training images): {q['dense_ms']:.0f} ms; the same "
+              f"boxes as PyTorch on {q['agreement']:.1%} of {q['images']} val images: {verdict}")
+    print(f"predict, serve and the Python API now use it for {args.run} (--engine torch to bypass)")
 
 
 def cmd_score(args) -> None:
@@ -269,11 +290,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "evaluate tuned the thresholds, since TTA changes the scores; evaluate --tta tunes for it)")
     p.add_argument("--workers", type=_count, default=2, help="data-loading processes (default 2)")
     p.add_argument("--batch-size", type=_count, default=None, help="images per batch (default: config)")
+    p.add_argument("--engine", choices=["auto", "torch", "onnx"], default=None,
+                   help="where the convolutions run: onnx (ONNX Runtime, after pneumodet export RUN), torch, or auto "
+                   "(default: onnx when the run has a current export and onnxruntime is installed)")
     p.add_argument("--dicom-sr", type=Path, default=None, metavar="OUT_DIR",
                    help="also write one DICOM Structured Report per image into OUT_DIR (ID.sr.dcm: TID 1500, each "
                    "box a planar rectangle in the image's own pixels with its confidence, the image score, the "
                    "algorithm and version, referencing the source image's UIDs) for a PACS or viewer")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run's convolutions to ONNX: the faster CPU inference engine",
+                       description="Export the trained model's backbone, FPN and RPN head (most of its FLOPs) to "
+                       "RUN/engine/dense.onnx. predict, serve and the Python API then run that part in ONNX Runtime "
+                       "(needs pip install 'pneumodet[onnx]'); proposals, RoI heads, gate and post-processing stay "
+                       "in PyTorch. It prints how far the two paths differ on one image and each one's time. A "
+                       "later training of the run makes the export stale: predict then warns and uses PyTorch.")
+    p.add_argument("run", type=Path, help="run folder (its weights/best.ckpt)")
+    p.add_argument("--int8", action="store_true", help="also quantize to int8 (calibrated on the run's cached "
+                   "training images) and use it only if its boxes agree with PyTorch on >= 98%% of the val images "
+                   "(same count, each at IoU >= 0.95); the figures go into RUN/engine/engine.json")
+    p.add_argument("--calibration", type=_count, default=64, help="training images to calibrate int8 on (default 64)")
+    p.add_argument("--check-images", type=_count, default=200, help="val images to check int8 on (default 200)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("score", help="score a submission against Kaggle-format labels (RSNA mAP)",
                        description="Print JSON with rsna_map and per-threshold precision of SUBMISSION "

@@ -132,6 +132,9 @@ class PredictConfig:
     batch_size: int = 8
     bf16: bool = False  # bf16 autocast at inference (CPU with AVX-512 BF16, or GPU): check boxes on val first
     channels_last: bool = True  # NHWC convolutions: faster on this CPU, identical results
+    # auto: the ONNX Runtime engine when `pneumodet export RUN` made one for the current weights and the onnx
+    # extra is installed (CPU only), else PyTorch; torch: always PyTorch; onnx: the engine or an error
+    engine: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -361,6 +364,7 @@ CHOICES = {
     "model.gate_backbone": ("shared", "densenet121"),
     "model.gate_weights": ("none", "imagenet", "xrv"),
     "train.optimizer": ("sgd", "adamw"),
+    "predict.engine": ("auto", "torch", "onnx"),
     "train.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"),
 }
 #: train.loggers may name these (engine/loggers.py)

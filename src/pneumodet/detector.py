@@ -9,6 +9,7 @@ pixels), ``*_orig_*`` boxes in the DICOM's own Rows x Columns.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import warnings
 from dataclasses import dataclass, replace
@@ -85,6 +86,8 @@ class Detector:
         self.config, self.postprocess, self.paths, self.info = config, postprocess, paths, info or {}
         self.image_size = config.data.image_size
         models = model if isinstance(model, list | tuple) else [model]
+        engines = {getattr(m, "engine", "torch") for m in models}
+        self.engine = engines.pop() if len(engines) == 1 else "mixed"
         self.predictors = [predictor_for(m, config, hflip_tta=hflip_tta) for m in models]
 
     def _predict(self, tensors: list[torch.Tensor]) -> list[Candidates]:
@@ -134,8 +137,31 @@ class Detector:
         return self.detect_tensors([pid], [image_tensor(pixels, self.image_size)], [size])[0]
 
 
-def load_detector(run: str | Path | list, *, overrides: dict | None = None, hflip_tta: bool | None = None
-                  ) -> Detector:
+def use_engine(model, run: Path, checkpoint: Path, engine: str):
+    """Run ``model``'s convolutions in ONNX Runtime if ``engine`` asks for it (auto: when exported and usable)."""
+    from pneumodet import onnx_engine
+
+    if engine not in onnx_engine.ENGINES:
+        raise UserError(f"--engine must be one of {', '.join(onnx_engine.ENGINES)}, got {engine!r}")
+    if engine == "torch":
+        return model
+    state = onnx_engine.engine_state(run, checkpoint)
+    if engine == "onnx":
+        if state != "ready":
+            problem = "no ONNX export" if state == "missing" else "the ONNX export was made from other weights"
+            raise UserError(f"{run}: {problem}; run pneumodet export {run}")
+        if torch.cuda.is_available():
+            raise UserError("the ONNX engine runs on the CPU; with a GPU use --engine torch")
+        return onnx_engine.attach(model, run)
+    if state == "stale":
+        warnings.warn(f"{run}: the ONNX export was made from other weights; predicting with PyTorch "
+                      f"(pneumodet export {run} renews it)", stacklevel=3)
+    usable = state == "ready" and not torch.cuda.is_available() and importlib.util.find_spec("onnxruntime")
+    return onnx_engine.attach(model, run) if usable else model
+
+
+def load_detector(run: str | Path | list, *, overrides: dict | None = None, hflip_tta: bool | None = None,
+                  engine: str | None = None) -> Detector:
     """Return the Detector of a trained run folder: its best weights and its tuned post-processing.
 
     ``run`` may also be a folds folder (``train --folds K``: an ensemble of its K runs, with the post-processing
@@ -143,7 +169,8 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     first one's post-processing).
     ``overrides``: post-processing settings to replace (score_threshold, nms_iou, max_boxes, shrink,
     gate_threshold); ``hflip_tta``: flip test-time augmentation on or off (default: as evaluate tuned it, since
-    TTA changes the scores the thresholds were tuned on; else the run's config).
+    TTA changes the scores the thresholds were tuned on; else the run's config); ``engine``: auto, torch or
+    onnx (default: the run's ``predict.engine``; see :mod:`pneumodet.onnx_engine`).
     """
     runs = list(run) if isinstance(run, list | tuple) else [Path(run)]
     if not runs:
@@ -153,6 +180,8 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     else:
         tuned_at = find_run(runs[0])
     loaded = [load_trained(r) for r in runs]
+    for (model, config, info), r in zip(loaded, runs, strict=True):
+        use_engine(model, Path(r), Path(info["path"]), engine or config.predict.engine)
     model, config, info = loaded[0]
     for other, r in zip(loaded[1:], runs[1:], strict=True):
         if other[1].data.image_size != config.data.image_size:

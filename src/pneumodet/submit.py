@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,15 +50,19 @@ class PredictSummary:
     postprocess: PostProcess
     dicom_sr: Path | None = None  # the folder of SRs, when asked for
     reports: int = 0
+    seconds: float = 0.0  # decoding and predicting every file (not loading the model, not writing)
+    engine: str = "torch"
 
 
 def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Path, *, overrides: dict | None = None,
                    hflip_tta: bool | None = None, workers: int = 2, batch_size: int | None = None,
-                   dicom_sr: str | Path | None = None, progress: bool = True) -> PredictSummary:
+                   dicom_sr: str | Path | None = None, engine: str | None = None,
+                   progress: bool = True) -> PredictSummary:
     """Predict every .dcm in ``images_dir``; write ``out`` (submission) and the per-box table beside it.
 
     ``run``: a run folder, a folds folder or a list of run folders (an ensemble; see :func:`load_detector`).
     ``dicom_sr``: a folder that receives one DICOM Structured Report per readable image (``ID.sr.dcm``).
+    ``engine``: auto, torch or onnx (see :func:`pneumodet.detector.load_detector`).
     """
     images_dir, out = Path(images_dir), Path(out)
     if not images_dir.is_dir():
@@ -68,13 +73,14 @@ def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Pa
     check_output_file(out)
     if dicom_sr is not None:
         check_output_dir(dicom_sr)
-    detector = load_detector(run, overrides=overrides, hflip_tta=hflip_tta)
+    detector = load_detector(run, overrides=overrides, hflip_tta=hflip_tta, engine=engine)
     config = detector.config
     loader = DataLoader(DicomFolder(files, detector.image_size), num_workers=workers, collate_fn=lambda b: b,
                         batch_size=batch_size or config.predict.batch_size)
     results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     found_by_id: dict[str, Detection] = {}
     unreadable = 0
+    start = time.perf_counter()
     for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
         for pid, _, _, reason in batch:
             if reason is not None:
@@ -87,6 +93,7 @@ def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Pa
             for found in detector.detect_tensors(list(pids), list(tensors), list(sizes)):
                 results[found.patient_id] = (found.boxes_orig_xyxy, found.scores)
                 found_by_id[found.patient_id] = found
+    seconds = time.perf_counter() - start
     ordered = {f.stem: results[f.stem] for f in files}
     write_submission(out, ordered)
     boxes_csv = write_boxes(boxes_csv_for(out), ordered)
@@ -95,7 +102,8 @@ def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Pa
                         f"{out} has only empty rows")
     reports = 0 if dicom_sr is None else write_reports(files, found_by_id, dicom_sr, run_name(run), progress)
     return PredictSummary(out, boxes_csv, len(files), unreadable, sum(len(s) > 0 for _, s in ordered.values()),
-                          detector.postprocess, None if dicom_sr is None else Path(dicom_sr), reports)
+                          detector.postprocess, None if dicom_sr is None else Path(dicom_sr), reports, seconds,
+                          detector.engine)
 
 
 def write_reports(files: list[Path], found_by_id: dict[str, Detection], out_dir: str | Path, name: str,

@@ -136,7 +136,8 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
     @app.get("/api/health")
     def health():
         return {"status": "ok", "run": service.paths.root.name, "backbone": service.config.model.backbone,
-                "image_size": service.config.data.image_size, "served": service.served}
+                "image_size": service.config.data.image_size, "engine": service.detector.engine,
+                "served": service.served}
 
     @app.get("/api/summary")
     def summary():

@@ -1,0 +1,119 @@
+"""The ONNX Runtime engine against PyTorch and a stock torchvision baseline, timed in one run.
+
+Latency: one 1024² JPEG DICOM → boxes with R50-FPN (random weights: cost depends on the settings, not the
+weights), the default path (100 proposals, fp32, channels-last) in PyTorch and with ``pneumodet export``'s
+engine; the baseline is torchvision's own ``maskrcnn_resnet50_fpn`` at the same input size with its defaults
+(1000 proposals, masks), on a tensor already in memory. Throughput: ``predict_folder`` over 200 DICOMs with
+each engine. The int8 engine's speed is timed with scales calibrated on random images (speed does not depend on
+them). Agreement: a trained run (make demo's, if present) predicted by PyTorch and by each engine over
+its synthetic test images: the share of images whose kept boxes match one to one at IoU ≥ 0.95; for int8,
+``pneumodet export --int8``'s own check on the run's val images is reported beside it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_predict import _run_folder, latency
+
+
+def stock_torchvision_ms(size: int, repeats: int = 10) -> float:
+    import torchvision
+
+    model = torchvision.models.detection.maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=size,
+                                                               max_size=size).eval()
+    image = torch.rand(3, size, size)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            start = time.perf_counter()
+            model([image])
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def agreement(run: Path, images: Path, tmp: Path) -> list[tuple[str, str]]:
+    """Share of images whose kept boxes agree (same count, each matched at IoU >= 0.95) with PyTorch fp32."""
+    import shutil
+
+    from pneumodet.detector import image_tensor, load_detector
+    from pneumodet.export import agreement as share_agreeing
+    from pneumodet.export import export_run
+    from pneumodet.onnx_engine import INT8_FILE, ONNX_FILE, attach
+
+    copy = tmp / "agree"
+    shutil.copytree(run, copy)
+    result = export_run(copy, int8=True)
+    reference = load_detector(copy, engine="torch")
+    tensors = [image_tensor(reference.read(f).pixels, reference.image_size) for f in sorted(images.glob("*.dcm"))]
+    rows = []
+    for label, file in (("fp32", ONNX_FILE), ("int8", INT8_FILE)):
+        engine = load_detector(copy, engine="torch")
+        for predictor in engine.predictors:
+            attach(predictor.model, copy, file=file)
+        share, n = share_agreeing(reference, engine, tensors)
+        extra = (f"; export's own check on {result.int8['images']} val images {result.int8['agreement']:.1%}, "
+                 f"{'active' if result.int8['active'] else 'not active'}") if label == "int8" else ""
+        rows.append((f"{label} engine vs PyTorch boxes at the tuned post-processing, demo model, synthetic test images",
+                     f"{share:.1%} of {n} images the same{extra}"))
+    return rows
+
+
+def run() -> list[tuple[str, str]]:
+    from pneumodet.config import load_config
+    from pneumodet.data.synth import synthesize
+    from pneumodet.io.layout import TEST_IMAGES
+    from pneumodet.onnx_engine import (
+        INT8_FILE,
+        ONNX_FILE,
+        cpu_features,
+        export_onnx,
+        quantize_int8,
+        read_meta,
+        write_meta,
+    )
+    from pneumodet.runs import load_trained
+    from pneumodet.submit import predict_folder
+
+    rows = [("CPU features read from /proc/cpuinfo", ", ".join(cpu_features()))]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        synthesize(tmp / "data", 0, 200, seed=1, progress=False)
+        files = sorted((tmp / "data" / TEST_IMAGES).glob("*.dcm"))
+        for size in (256, 512):
+            baseline = stock_torchvision_ms(size)
+            rows.append((f"stock torchvision maskrcnn_resnet50_fpn {size} px (1000 proposals, masks; tensor in memory)",
+                         f"{baseline:.0f} ms"))
+            config = load_config(None, ["model.weights='none'", f"data.image_size={size}", "model.rpn_post_nms_test=100"])
+            run_dir = _run_folder(tmp / f"run{size}", config)
+            torch_s, torch_parts = latency(run_dir, files)
+            model, _, info = load_trained(run_dir)
+            export_onnx(model, size, Path(info["path"]), run_dir / "engine")
+            onnx_s, onnx_parts = latency(run_dir, files)  # predict.engine auto: the export is used
+            folder = run_dir / "engine"
+            quantize_int8(folder, [np.random.default_rng(i).random((1, 3, size, size), dtype=np.float32)
+                                   for i in range(8)])
+            write_meta(folder, {**read_meta(folder), "active": INT8_FILE})
+            int8_s, int8_parts = latency(run_dir, files)
+            for label, seconds, parts in (("PyTorch", torch_s, torch_parts), ("ONNX Runtime engine", onnx_s, onnx_parts),
+                                          ("ONNX Runtime engine int8", int8_s, int8_parts)):
+                detail = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in parts.items())
+                rows.append((f"one 1024² DICOM → boxes, R50-FPN {size} px, 100 proposals, fp32, {label}",
+                             f"{seconds * 1e3:.0f} ms = {baseline / (seconds * 1e3):.2f}× stock ({detail})"))
+            if size == 256:
+                for engine, active in (("torch", None), ("onnx", ONNX_FILE), ("onnx", INT8_FILE)):
+                    if active:
+                        write_meta(folder, {**read_meta(folder), "active": active})
+                    summary = predict_folder(run_dir, tmp / "data" / TEST_IMAGES, tmp / "sub.csv",
+                                             workers=1, engine=engine, progress=False)
+                    rows.append((f"predict 200 DICOMs, R50-FPN 256 px, 100 proposals, batch 8, {summary.engine} engine",
+                                 f"{summary.images / summary.seconds:.1f} images/s"))
+        demo = Path("demo/runs/demo")
+        if (demo / "weights" / "best.ckpt").is_file():
+            rows += agreement(demo, Path("demo/data") / TEST_IMAGES, tmp)
+    return rows

@@ -1,0 +1,101 @@
+"""``pneumodet export RUN [--int8]``: the CPU engine for a trained run, checked against PyTorch.
+
+fp32 always; ``int8`` also quantizes the exported graph, calibrated on the run's training images, and
+makes it the active engine only if its boxes agree with PyTorch fp32 on the run's val images: the same
+number of kept boxes (at the tuned post-processing) and each matched at IoU >= 0.95 on at least
+``MIN_AGREEMENT`` of the images. The figures go into ``RUN/engine/engine.json`` either way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pneumodet import onnx_engine
+from pneumodet.boxes import iou_xyxy
+from pneumodet.detector import Detector, load_detector
+from pneumodet.errors import UserError
+from pneumodet.runs import RunPaths, load_trained, run_split
+
+MIN_AGREEMENT = 0.98
+MATCH_IOU = 0.95
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    onnx: Path
+    check: dict  # max_abs_diff, torch_ms, onnx_ms (fp32 export)
+    int8: dict | None = None  # agreement, images, active, onnx_ms
+
+
+def _images(run: Path, config, info: dict, split: str, limit: int) -> list[torch.Tensor]:
+    """Return up to ``limit`` of the run's ``split`` images as the model takes them (from its cache)."""
+    from pneumodet.data.dataset import PneumoniaDataset
+
+    try:
+        dataset = PneumoniaDataset(info.get("cache"), config.data.image_size, split,
+                                   split_table=run_split(RunPaths(run)))
+    except (UserError, TypeError) as exc:
+        raise UserError(f"--int8 calibrates on the run's cached images, which are unavailable: {exc}") from None
+    picks = np.linspace(0, len(dataset) - 1, min(limit, len(dataset))).round().astype(int) if len(dataset) else []
+    return [dataset[int(i)][0] for i in picks]
+
+
+def _backbone_inputs(detector: Detector, tensors: list[torch.Tensor]) -> list[np.ndarray]:
+    """Return what the model's backbone receives for each image (after its own normalisation)."""
+    model = detector.predictors[0].model
+    seen = []
+    hook = model.backbone.register_forward_pre_hook(lambda _m, args: seen.append(args[0].float().contiguous().numpy()))
+    try:
+        for tensor in tensors:
+            detector.candidates([tensor], [tuple(tensor.shape[-2:])])
+    finally:
+        hook.remove()
+    return seen
+
+
+def agreement(reference: Detector, candidate: Detector, tensors: list[torch.Tensor]) -> tuple[float, int]:
+    """Return the share of images whose kept boxes agree between two detectors, and how many were compared."""
+    same = 0
+    for tensor in tensors:
+        size = tuple(tensor.shape[-2:])
+        want, got = (d.finish("x", d.candidates([tensor], [size])[0], size) for d in (reference, candidate))
+        if len(want.scores) != len(got.scores):
+            continue
+        if len(want.scores) == 0 or (iou_xyxy(want.boxes_orig_xyxy, got.boxes_orig_xyxy).max(axis=1) >= MATCH_IOU).all():
+            same += 1
+    return (same / len(tensors) if tensors else float("nan")), len(tensors)
+
+
+def export_run(run: str | Path, *, int8: bool = False, calibration: int = 64, checked: int = 200) -> ExportResult:
+    """Export ``run``'s engine (and, with ``int8``, its checked int8 form); return what was written and measured."""
+    run = Path(run)
+    onnx_engine.require_onnx("pneumodet export")
+    model, config, info = load_trained(run)
+    folder = run / onnx_engine.ENGINE_DIR
+    path = onnx_engine.export_onnx(model, config.data.image_size, Path(info["path"]), folder)
+    check = onnx_engine.check_export(model, run, config.data.image_size)
+    if not int8:
+        return ExportResult(path, check)
+    reference = load_detector(run, engine="torch")
+    calibrate_on = _images(run, config, info, "train", calibration)
+    check_on = _images(run, config, info, "val", checked)
+    if not calibrate_on or not check_on:
+        raise UserError(f"{run}: --int8 needs training images to calibrate on and val images to check on")
+    onnx_engine.quantize_int8(folder, _backbone_inputs(reference, calibrate_on))
+    quantized = load_detector(run, engine="torch")
+    for predictor in quantized.predictors:
+        onnx_engine.attach(predictor.model, run, file=onnx_engine.INT8_FILE)
+    quantized.engine = "onnx int8"
+    share, compared = agreement(reference, quantized, check_on)
+    int8_ms = onnx_engine.check_export(model, run, config.data.image_size, file=onnx_engine.INT8_FILE)["onnx_ms"]
+    meta = onnx_engine.read_meta(folder)
+    active = share >= MIN_AGREEMENT
+    meta["int8"] = {"agreement": share, "images": compared, "match_iou": MATCH_IOU, "min_agreement": MIN_AGREEMENT,
+                    "calibration_images": len(calibrate_on), "dense_ms": int8_ms}
+    meta["active"] = onnx_engine.INT8_FILE if active else onnx_engine.ONNX_FILE
+    onnx_engine.write_meta(folder, meta)
+    return ExportResult(path, check, {**meta["int8"], "active": active})

@@ -1,0 +1,119 @@
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pneumodet.detector import image_tensor, load_detector
+from pneumodet.errors import UserError
+from pneumodet.io.layout import TEST_IMAGES
+from pneumodet.onnx_engine import engine_state, export_onnx
+from pneumodet.report.submission import read_submission
+from pneumodet.runs import load_trained
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
+                                reason="the dev extra installs onnxruntime")
+
+
+@pytest.fixture
+def exported(trained_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    model, config, info = load_trained(run)
+    export_onnx(model, config.data.image_size, info["path"], run / "engine")
+    return run
+
+
+def test_the_engine_gives_the_same_candidates_as_pytorch(exported, synth_data):
+    files = sorted((synth_data / TEST_IMAGES).glob("*.dcm"))
+    pytorch = load_detector(exported, engine="torch")
+    engine = load_detector(exported, engine="onnx")
+    assert pytorch.engine == "torch" and engine.engine == "onnx"
+    assert load_detector(exported).engine == "onnx"  # auto: a current export is used
+    n_boxes = 0
+    for path in files:
+        image = pytorch.read(path)
+        tensor = image_tensor(image.pixels, pytorch.image_size)
+        (want,), (got,) = (d.candidates([tensor], [image.original_size]) for d in (pytorch, engine))
+        assert len(want.scores) == len(got.scores)
+        np.testing.assert_allclose(got.boxes_xyxy, want.boxes_xyxy, atol=0.05)
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
+        assert got.gate == pytest.approx(want.gate, abs=1e-4)  # the gate head reads the engine's features
+        n_boxes += len(want.scores)
+    assert n_boxes > 0  # the comparison is not vacuous (the tiny run keeps candidates down to score 0)
+
+
+def test_a_stale_or_missing_export_falls_back_or_refuses(exported, trained_run):
+    assert engine_state(trained_run, load_trained(trained_run)[2]["path"]) == "missing"
+    with pytest.raises(UserError, match="no ONNX export; run pneumodet export"):
+        load_detector(trained_run, engine="onnx")
+    checkpoint = exported / "weights" / "best.ckpt"
+    os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))  # retrained
+    with pytest.warns(UserWarning, match="made from other weights"):
+        assert load_detector(exported).engine == "torch"
+    with pytest.raises(UserError, match="made from other weights"):
+        load_detector(exported, engine="onnx")
+
+
+def test_a_missing_extra_is_one_line(trained_run, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    from pneumodet.onnx_engine import require_onnx
+
+    with pytest.raises(UserError, match=r"pip install 'pneumodet\[onnx\]'"):
+        require_onnx("pneumodet export")
+
+
+@pytest.mark.slow
+def test_cli_export_then_predict_with_each_engine(trained_run, synth_data, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "export", str(run)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "largest output difference" in proc.stdout and (run / "engine" / "dense.onnx").is_file()
+    difference = float(proc.stdout.split("largest output difference ")[1].split(";")[0])
+    assert difference < 1e-3
+    outputs = {}
+    for engine in ("torch", "onnx"):
+        out = tmp_path / f"{engine}.csv"
+        proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "predict", str(run), str(synth_data / TEST_IMAGES),
+                               "--out", str(out), "--workers", "0", "--engine", engine, "--threshold", "0.0"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert f"{engine} engine" in proc.stdout and "images/s" in proc.stdout
+        outputs[engine] = read_submission(out)
+    assert outputs["torch"].keys() == outputs["onnx"].keys()
+    for pid, want in outputs["torch"].items():
+        got = outputs["onnx"][pid]
+        np.testing.assert_allclose(got.boxes_xyxy, want.boxes_xyxy, atol=0.15)  # written to 0.1 px
+        np.testing.assert_allclose(got.scores, want.scores, atol=1e-3)
+
+
+def test_int8_is_used_only_where_its_boxes_agree_with_pytorch(exported):
+    import json
+    from dataclasses import replace
+
+    from pneumodet.export import MIN_AGREEMENT, agreement, export_run
+
+    result = export_run(exported, int8=True, calibration=8)
+    meta = json.loads((exported / "engine" / "engine.json").read_text())
+    assert meta["int8"]["images"] == result.int8["images"] > 0 and 0 <= meta["int8"]["agreement"] <= 1
+    active = meta["int8"]["agreement"] >= MIN_AGREEMENT
+    assert meta["active"] == ("dense.int8.onnx" if active else "dense.onnx") and result.int8["active"] == active
+    assert load_detector(exported).engine == ("onnx int8" if active else "onnx")
+
+    # the agreement measure itself: identical detectors agree everywhere, different post-processing does not
+    from pneumodet.export import _images
+
+    model, config, info = load_trained(exported)
+    tensors = _images(exported, config, info, "val", 20)
+    reference = load_detector(exported, engine="torch")
+    assert agreement(reference, load_detector(exported, engine="torch"), tensors) == (1.0, len(tensors))
+    other = load_detector(exported, engine="torch")
+    other.postprocess = replace(other.postprocess, score_threshold=0.0, max_boxes=3, gate_threshold=0.0)
+    reference.postprocess = replace(reference.postprocess, score_threshold=0.0, max_boxes=1, gate_threshold=0.0)
+    assert agreement(reference, other, tensors)[0] < 1.0
