@@ -37,6 +37,41 @@ def stock_torchvision_ms(size: int, repeats: int = 10) -> float:
     return 1000 * float(np.median(times))
 
 
+def dense_runtimes(onnx_path: Path, size: int, repeats: int = 10) -> str:
+    """Time the exported dense part alone in ONNX Runtime and, if installed (not a dependency), OpenVINO."""
+    import importlib.util
+
+    import onnxruntime as ort
+
+    image = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+
+    def median_ms(fn) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return 1000 * float(np.median(times))
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    parts = [f"ONNX Runtime fp32 {median_ms(lambda: session.run(None, {'image': image})):.0f} ms"]
+    if importlib.util.find_spec("openvino") is not None:
+        import openvino as ov
+
+        core = ov.Core()
+        for hint in ("f32", "bf16"):
+            compiled = core.compile_model(str(onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                                   "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+            request = compiled.create_infer_request()
+            parts.append(f"OpenVINO {hint} {median_ms(lambda r=request: r.infer({0: image})):.0f} ms")
+    else:
+        parts.append("OpenVINO not installed")
+    return ", ".join(parts)
+
+
 def agreement(run: Path, images: Path, tmp: Path) -> list[tuple[str, str]]:
     """Share of images whose kept boxes agree (same count, each matched at IoU >= 0.95) with PyTorch fp32."""
     import shutil
@@ -96,6 +131,8 @@ def run() -> list[tuple[str, str]]:
             export_onnx(model, size, Path(info["path"]), run_dir / "engine")
             onnx_s, onnx_parts = latency(run_dir, files)  # predict.engine auto: the export is used
             folder = run_dir / "engine"
+            rows.append((f"backbone+FPN+RPN head alone, R50-FPN {size} px, batch 1",
+                         dense_runtimes(folder / ONNX_FILE, size)))
             quantize_int8(folder, [np.random.default_rng(i).random((1, 3, size, size), dtype=np.float32)
                                    for i in range(8)])
             write_meta(folder, {**read_meta(folder), "active": INT8_FILE})

@@ -150,18 +150,21 @@ def cmd_predict(args) -> None:
 def cmd_export(args) -> None:
     from pneumodet.export import MIN_AGREEMENT, export_run
     from pneumodet.onnx_engine import cpu_features
+    from pneumodet.runs import fold_runs, is_folds
 
-    result = export_run(args.run, int8=args.int8, calibration=args.calibration, checked=args.check_images)
-    check = result.check
-    print(f"wrote {result.onnx} ({result.onnx.stat().st_size / 1e6:.1f} MB)")
-    print(f"the same image through both: largest output difference {check['max_abs_diff']:.2g}; backbone+FPN+RPN "
-          f"head {check['torch_ms']:.0f} ms in PyTorch, {check['onnx_ms']:.0f} ms in ONNX Runtime fp32 "
-          f"(CPU: {', '.join(cpu_features())})")
-    if result.int8:
-        q = result.int8
-        verdict = "active" if q["active"] else f"not used (below {MIN_AGREEMENT:.0%}); the engine stays fp32"
-        print(f"int8 (calibrated on {q['calibration_images']} training images): {q['dense_ms']:.0f} ms; the same "
-              f"boxes as PyTorch on {q['agreement']:.1%} of {q['images']} val images: {verdict}")
+    runs = fold_runs(args.run) if is_folds(args.run) else [args.run]  # a folds folder: each fold's own engine
+    for run in runs:
+        result = export_run(run, int8=args.int8, calibration=args.calibration, checked=args.check_images)
+        check = result.check
+        print(f"wrote {result.onnx} ({result.onnx.stat().st_size / 1e6:.1f} MB)")
+        print(f"the same image through both: largest output difference {check['max_abs_diff']:.2g}; "
+              f"backbone+FPN+RPN head {check['torch_ms']:.0f} ms in PyTorch, {check['onnx_ms']:.0f} ms in ONNX "
+              f"Runtime fp32 (CPU: {', '.join(cpu_features())})")
+        if result.int8:
+            q = result.int8
+            verdict = "active" if q["active"] else f"not used (below {MIN_AGREEMENT:.0%}); the engine stays fp32"
+            print(f"int8 (calibrated on {q['calibration_images']} training images): {q['dense_ms']:.0f} ms; the "
+                  f"same boxes as PyTorch on {q['agreement']:.1%} of {q['images']} val images: {verdict}")
     print(f"predict, serve and the Python API now use it for {args.run} (--engine torch to bypass)")
 
 
@@ -305,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(needs pip install 'pneumodet[onnx]'); proposals, RoI heads, gate and post-processing stay "
                        "in PyTorch. It prints how far the two paths differ on one image and each one's time. A "
                        "later training of the run makes the export stale: predict then warns and uses PyTorch.")
-    p.add_argument("run", type=Path, help="run folder (its weights/best.ckpt)")
+    p.add_argument("run", type=Path, help="run folder (its weights/best.ckpt), or a folds folder (each fold's run)")
     p.add_argument("--int8", action="store_true", help="also quantize to int8 (calibrated on the run's cached "
                    "training images) and use it only if its boxes agree with PyTorch on >= 98%% of the val images "
                    "(same count, each at IoU >= 0.95); the figures go into RUN/engine/engine.json")
