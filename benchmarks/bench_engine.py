@@ -72,6 +72,17 @@ def dense_runtimes(onnx_path: Path, size: int, repeats: int = 10) -> str:
     return ", ".join(parts)
 
 
+def cli_images_per_s(run: Path, images: Path, out: Path, devices: int) -> str:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "predict", str(run), str(images), "--out", str(out),
+                           "--workers", "1", "--devices", str(devices)], capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        return f"failed: {proc.stderr.strip().splitlines()[-1]}"
+    return next(line for line in proc.stdout.splitlines() if "images/s" in line)
+
+
 def agreement(run: Path, images: Path, tmp: Path) -> list[tuple[str, str]]:
     """Share of images whose kept boxes agree (same count, each matched at IoU >= 0.95) with PyTorch fp32."""
     import shutil
@@ -150,6 +161,10 @@ def run() -> list[tuple[str, str]]:
                                              workers=1, engine=engine, progress=False)
                     rows.append((f"predict 200 DICOMs, R50-FPN 256 px, 100 proposals, batch 8, {summary.engine} engine",
                                  f"{summary.images / summary.seconds:.1f} images/s"))
+                for devices in (1, 2):  # the int8 engine is active now; the CLI, as a user runs it
+                    rows.append((f"pneumodet predict 200 DICOMs, int8 engine, --devices {devices} (processes, "
+                                 f"cores shared among them)", cli_images_per_s(run_dir, tmp / "data" / TEST_IMAGES,
+                                                                              tmp / "cli.csv", devices)))
         demo = Path("demo/runs/demo")
         if (demo / "weights" / "best.ckpt").is_file():
             rows += agreement(demo, Path("demo/data") / TEST_IMAGES, tmp)

@@ -130,14 +130,20 @@ def _fmt(value) -> str:
 
 
 def cmd_predict(args) -> None:
-    from pneumodet.submit import predict_folder
+    from pneumodet.submit import predict_distributed, predict_folder
 
     overrides = {"score_threshold": args.threshold, "nms_iou": args.nms, "max_boxes": args.max_boxes,
                  "shrink": args.shrink, "gate_threshold": args.gate}
     runs = args.run[0] if len(args.run) == 1 else args.run
-    summary = predict_folder(runs, args.images, args.out, overrides=overrides, hflip_tta=args.tta,
-                             workers=args.workers, batch_size=args.batch_size, dicom_sr=args.dicom_sr,
-                             engine=args.engine)
+    options = {"overrides": overrides, "hflip_tta": args.tta, "workers": args.workers, "batch_size": args.batch_size,
+               "dicom_sr": args.dicom_sr, "engine": args.engine}
+    if args.devices * args.num_nodes > 1:
+        summary = predict_distributed(runs, args.images, args.out, devices=args.devices, num_nodes=args.num_nodes,
+                                      **options)
+        if summary is None:  # not rank 0: rank 0 reports
+            return
+    else:
+        summary = predict_folder(runs, args.images, args.out, **options)
     print(f"{summary.images} images ({summary.unreadable} unreadable), {summary.with_boxes} with boxes; "
           f"post-processing {summary.postprocess}")
     print(f"{summary.images / max(summary.seconds, 1e-9):.1f} images/s ({summary.seconds:.1f} s decoding and "
@@ -293,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "evaluate tuned the thresholds, since TTA changes the scores; evaluate --tta tunes for it)")
     p.add_argument("--workers", type=_count, default=2, help="data-loading processes (default 2)")
     p.add_argument("--batch-size", type=_count, default=None, help="images per batch (default: config)")
+    p.add_argument("--devices", type=_count, default=1, help="processes per node, each predicting its share of the "
+                   "files (Lightning's launcher, as train.devices); rank 0 writes the one submission (default 1)")
+    p.add_argument("--num-nodes", type=_count, default=1, help="machines, each running the same command with "
+                   "NODE_RANK, MASTER_ADDR and MASTER_PORT set (as train.num_nodes); IMAGES and --out on shared "
+                   "storage (default 1)")
     p.add_argument("--engine", choices=["auto", "torch", "onnx"], default=None,
                    help="where the convolutions run: onnx (ONNX Runtime, after pneumodet export RUN), torch, or auto "
                    "(default: onnx when the run has a current export and onnxruntime is installed)")

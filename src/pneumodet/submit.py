@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from pneumodet.data.cache import read_for_cache
-from pneumodet.detector import Detection, image_tensor, load_detector
+from pneumodet.detector import Detection, Detector, image_tensor, load_detector
 from pneumodet.errors import UserError
 from pneumodet.files import check_output_dir, check_output_file
 from pneumodet.io.dicom import DicomError
@@ -57,26 +57,34 @@ class PredictSummary:
 def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Path, *, overrides: dict | None = None,
                    hflip_tta: bool | None = None, workers: int = 2, batch_size: int | None = None,
                    dicom_sr: str | Path | None = None, engine: str | None = None,
-                   progress: bool = True) -> PredictSummary:
+                   progress: bool = True, shard: tuple[int, int] | None = None) -> PredictSummary:
     """Predict every .dcm in ``images_dir``; write ``out`` (submission) and the per-box table beside it.
 
     ``run``: a run folder, a folds folder or a list of run folders (an ensemble; see :func:`load_detector`).
     ``dicom_sr``: a folder that receives one DICOM Structured Report per readable image (``ID.sr.dcm``).
     ``engine``: auto, torch or onnx (see :func:`pneumodet.detector.load_detector`).
+    ``shard``: (rank, world size): predict only every world-size-th file from rank and return the raw share
+    (``engine.predict_dist`` gathers the shares of several processes and writes one submission).
     """
     images_dir, out = Path(images_dir), Path(out)
-    if not images_dir.is_dir():
-        raise UserError(f"{images_dir}: images folder not found")
-    files = sorted(images_dir.glob("*.dcm"))
-    if not files:
-        raise UserError(f"{images_dir}: no .dcm files")
+    files = list_images(images_dir)
     check_output_file(out)
     if dicom_sr is not None:
         check_output_dir(dicom_sr)
     detector = load_detector(run, overrides=overrides, hflip_tta=hflip_tta, engine=engine)
-    config = detector.config
+    mine = files if shard is None else files[shard[0]::shard[1]]
+    results, found_by_id, unreadable, seconds = predict_files(detector, mine, workers, batch_size, progress)
+    reports = 0 if dicom_sr is None else write_reports(mine, found_by_id, dicom_sr, run_name(run), progress)
+    if shard is not None:  # a share of the work: the caller gathers the shares and writes them (rank 0)
+        return results, unreadable, seconds, reports, detector
+    return write_outputs(files, results, out, images_dir, unreadable, seconds, reports, detector, dicom_sr)
+
+
+def predict_files(detector: Detector, files: list[Path], workers: int = 2, batch_size: int | None = None,
+                  progress: bool = True):
+    """Return (patient_id -> (boxes_orig_xyxy, scores), patient_id -> Detection, unreadable count, seconds)."""
     loader = DataLoader(DicomFolder(files, detector.image_size), num_workers=workers, collate_fn=lambda b: b,
-                        batch_size=batch_size or config.predict.batch_size)
+                        batch_size=batch_size or detector.config.predict.batch_size)
     results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     found_by_id: dict[str, Detection] = {}
     unreadable = 0
@@ -93,17 +101,57 @@ def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Pa
             for found in detector.detect_tensors(list(pids), list(tensors), list(sizes)):
                 results[found.patient_id] = (found.boxes_orig_xyxy, found.scores)
                 found_by_id[found.patient_id] = found
-    seconds = time.perf_counter() - start
+    return results, found_by_id, unreadable, time.perf_counter() - start
+
+
+def predict_distributed(run, images_dir: str | Path, out: str | Path, *, devices: int, num_nodes: int = 1,
+                        **kwargs) -> PredictSummary | None:
+    """:func:`predict_folder` over ``devices`` processes per node (and ``num_nodes`` nodes), through Lightning's
+    launcher: each process predicts every world-size-th file, rank 0 gathers the shares and writes one
+    submission (and returns its summary; the other processes return None). SRs are written by each process."""
+    from pneumodet.engine.distributed import launch
+
+    images_dir, out = Path(images_dir), Path(out)
+    files = list_images(images_dir)
+    check_output_file(out)
+    processes = launch(devices, num_nodes)
+    rank, world = processes.rank, processes.world
+    results, unreadable, seconds, reports, detector = predict_folder(
+        run, images_dir, out, shard=(rank, world), progress=kwargs.pop("progress", True) and rank == 0, **kwargs)
+    try:
+        shares = processes.gather((results, unreadable, seconds, reports))
+    finally:
+        processes.close()
+    if shares is None:
+        return None
+    merged = {pid: found for share in shares for pid, found in share[0].items()}
+    return write_outputs(files, merged, out, images_dir, sum(s[1] for s in shares), max(s[2] for s in shares),
+                         sum(s[3] for s in shares), detector, kwargs.get("dicom_sr"))
+
+
+def write_outputs(files: list[Path], results: dict, out: Path, images_dir: Path, unreadable: int, seconds: float,
+                  reports: int, detector: Detector, dicom_sr) -> PredictSummary:
+    """Write the submission and the per-box table of every file's results; return the summary."""
     ordered = {f.stem: results[f.stem] for f in files}
     write_submission(out, ordered)
     boxes_csv = write_boxes(boxes_csv_for(out), ordered)
     if unreadable == len(files):
         raise UserError(f"{images_dir}: none of the {len(files)} .dcm files could be read (reasons above); "
                         f"{out} has only empty rows")
-    reports = 0 if dicom_sr is None else write_reports(files, found_by_id, dicom_sr, run_name(run), progress)
     return PredictSummary(out, boxes_csv, len(files), unreadable, sum(len(s) > 0 for _, s in ordered.values()),
                           detector.postprocess, None if dicom_sr is None else Path(dicom_sr), reports, seconds,
                           detector.engine)
+
+
+def list_images(images_dir: str | Path) -> list[Path]:
+    """Return the folder's .dcm files in name order, or raise a UserError."""
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise UserError(f"{images_dir}: images folder not found")
+    files = sorted(images_dir.glob("*.dcm"))
+    if not files:
+        raise UserError(f"{images_dir}: no .dcm files")
+    return files
 
 
 def write_reports(files: list[Path], found_by_id: dict[str, Detection], out_dir: str | Path, name: str,
