@@ -57,27 +57,31 @@ class PredictSummary:
 def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Path, *, overrides: dict | None = None,
                    hflip_tta: bool | None = None, workers: int = 2, batch_size: int | None = None,
                    dicom_sr: str | Path | None = None, engine: str | None = None,
-                   progress: bool = True, shard: tuple[int, int] | None = None) -> PredictSummary:
+                   progress: bool = True) -> PredictSummary:
     """Predict every .dcm in ``images_dir``; write ``out`` (submission) and the per-box table beside it.
 
     ``run``: a run folder, a folds folder or a list of run folders (an ensemble; see :func:`load_detector`).
     ``dicom_sr``: a folder that receives one DICOM Structured Report per readable image (``ID.sr.dcm``).
     ``engine``: auto, torch or onnx (see :func:`pneumodet.detector.load_detector`).
-    ``shard``: (rank, world size): predict only every world-size-th file from rank and return the raw share
-    (``engine.predict_dist`` gathers the shares of several processes and writes one submission).
     """
     images_dir, out = Path(images_dir), Path(out)
     files = list_images(images_dir)
     check_output_file(out)
+    results, unreadable, seconds, reports, detector = _predict_share(
+        run, files, overrides=overrides, hflip_tta=hflip_tta, workers=workers, batch_size=batch_size,
+        dicom_sr=dicom_sr, engine=engine, progress=progress)
+    return write_outputs(files, results, out, images_dir, unreadable, seconds, reports, detector, dicom_sr)
+
+
+def _predict_share(run, files: list[Path], *, overrides=None, hflip_tta=None, workers=2, batch_size=None,
+                   dicom_sr=None, engine=None, progress=True):
+    """Predict ``files`` (and write their SRs); return (results, unreadable, seconds, SRs written, detector)."""
     if dicom_sr is not None:
         check_output_dir(dicom_sr)
     detector = load_detector(run, overrides=overrides, hflip_tta=hflip_tta, engine=engine)
-    mine = files if shard is None else files[shard[0]::shard[1]]
-    results, found_by_id, unreadable, seconds = predict_files(detector, mine, workers, batch_size, progress)
-    reports = 0 if dicom_sr is None else write_reports(mine, found_by_id, dicom_sr, run_name(run), progress)
-    if shard is not None:  # a share of the work: the caller gathers the shares and writes them (rank 0)
-        return results, unreadable, seconds, reports, detector
-    return write_outputs(files, results, out, images_dir, unreadable, seconds, reports, detector, dicom_sr)
+    results, found_by_id, unreadable, seconds = predict_files(detector, files, workers, batch_size, progress)
+    reports = 0 if dicom_sr is None else write_reports(files, found_by_id, dicom_sr, run_name(run), progress)
+    return results, unreadable, seconds, reports, detector
 
 
 def predict_files(detector: Detector, files: list[Path], workers: int = 2, batch_size: int | None = None,
@@ -116,8 +120,9 @@ def predict_distributed(run, images_dir: str | Path, out: str | Path, *, devices
     check_output_file(out)
     processes = launch(devices, num_nodes)
     rank, world = processes.rank, processes.world
-    results, unreadable, seconds, reports, detector = predict_folder(
-        run, images_dir, out, shard=(rank, world), progress=kwargs.pop("progress", True) and rank == 0, **kwargs)
+    progress = kwargs.pop("progress", True) and rank == 0
+    results, unreadable, seconds, reports, detector = _predict_share(run, files[rank::world], progress=progress,
+                                                                     **kwargs)
     try:
         shares = processes.gather((results, unreadable, seconds, reports))
     finally:
