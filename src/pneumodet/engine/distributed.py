@@ -29,9 +29,6 @@ class Processes:
         dist.all_gather_object(everything, value)
         return everything if self.rank == 0 else None
 
-    def barrier(self) -> None:
-        self.fabric.barrier()
-
     def close(self) -> None:
         """Leave the process group once every process is done (gloo's threads otherwise may abort the exit)."""
         import torch.distributed as dist
@@ -41,14 +38,15 @@ class Processes:
             dist.destroy_process_group()
 
 
-def launch(devices: int, num_nodes: int = 1, accelerator: str = "cpu") -> Processes:
-    """Start (or join) ``devices`` processes per node; each CPU process gets its share of the cores."""
+def launch(devices: int, num_nodes: int = 1, accelerator: str = "auto") -> Processes:
+    """Start (or join) ``devices`` processes per node (one per GPU where there are GPUs: Fabric makes each
+    process's GPU the current one); each CPU process gets its share of the cores."""
     import lightning as L
 
     fabric = L.Fabric(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                       strategy="ddp" if devices * num_nodes > 1 else "auto")
     fabric.launch()
-    if accelerator == "cpu":
+    if fabric.device.type == "cpu":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         torch.set_num_threads(max(1, cores // devices))
     return Processes(fabric.global_rank, fabric.world_size, fabric)
