@@ -173,6 +173,8 @@ def write_reports(files: list[Path], found_by_id: dict[str, Detection], out_dir:
             written += 1
         except UserError as exc:  # one bad header must not cost the other reports
             print(f"pneumodet predict: {exc}; no SR written", file=sys.stderr)
+        except Exception as exc:  # a header highdicom refuses in a way not foreseen: that file only
+            print(f"pneumodet predict: {path.name}: no SR written ({type(exc).__name__}: {exc})"[:300], file=sys.stderr)
     return written
 
 

@@ -89,3 +89,16 @@ def test_cli_predict_writes_an_sr_per_image_matching_the_submission(trained_run,
         np.testing.assert_allclose(scores, want_scores, atol=1e-5)
         assert 0.0 <= image_score <= 1.0
         assert refs["SOPInstanceUID"] == pydicom.dcmread(images / f"{pid}.dcm").SOPInstanceUID
+
+
+@pytest.mark.parametrize("tags, keyword", [({"StudyDate": "2020-01-01"}, "StudyDate"), ({"StudyTime": "25:99"}, "StudyTime"),
+                                           ({"PatientSex": "X"}, "PatientSex"), ({"PatientBirthDate": "19xx"},
+                                                                                 "PatientBirthDate")])
+def test_a_header_value_dicom_refuses_is_left_empty_and_named(make_dicom, tmp_path, tags, keyword):
+    # real archives hold such values; highdicom refuses to copy them, and the SR is still worth writing
+    source = make_dicom("odd", tags=tags)
+    said = []
+    out = write_sr(source, tmp_path / "odd.sr.dcm", np.array([[1, 2, 30, 40]]), np.array([0.7]), 0.7, warn=said.append)
+    assert len(said) == 1 and keyword in said[0]
+    assert pydicom.dcmread(out).get(keyword, "") == ""
+    np.testing.assert_allclose(read_sr_boxes(out)[0], [[1, 2, 30, 40]])

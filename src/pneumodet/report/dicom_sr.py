@@ -73,7 +73,32 @@ def source_header(path: str | Path, warn=None):
     for keyword in TYPE2_COPIED:  # an SR must carry them, empty if the source has no value
         if keyword not in ds:
             setattr(ds, keyword, "")
+    blanked = _blank_nonconformant(ds)
+    if blanked:
+        (warn or _stderr)(f"{Path(path).name}: invalid {', '.join(blanked)}; left empty in its SR")
     return ds
+
+
+def _blank_nonconformant(ds) -> list[str]:
+    """Empty the copied attributes whose values DICOM (and so highdicom) refuses; return their keywords.
+
+    Real archives hold dates like 2020-01-01, times like 25:99 and sexes like X; the SR is still worth writing.
+    """
+    from pydicom.valuerep import DA, TM
+
+    blanked = []
+    for keyword, parse in (("StudyDate", DA), ("PatientBirthDate", DA), ("StudyTime", TM)):
+        value = str(ds.get(keyword, "") or "").strip()
+        try:
+            if value:
+                parse(value)
+        except (ValueError, TypeError):
+            setattr(ds, keyword, "")
+            blanked.append(keyword)
+    if str(ds.get("PatientSex", "") or "").strip().upper() not in ("", "M", "F", "O"):
+        ds.PatientSex = ""
+        blanked.append("PatientSex")
+    return blanked
 
 
 def _stderr(message: str) -> None:
