@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from pneumodet.predict import Predictor, fuse_boxes, to_original
@@ -58,3 +59,15 @@ def test_fusion_never_merges_two_boxes_of_one_pass_and_stays_within_0_1():
     one_pass = (np.array([[0, 0, 10, 10]] * 5, float), np.array([0.99, 0.98, 0.97, 0.96, 0.95]))
     boxes, scores = fuse_boxes([one_pass, (np.zeros((0, 4)), np.zeros(0))])
     assert len(boxes) == 5 and scores.max() <= 0.5
+
+
+def test_found_scoring_keeps_a_box_on_one_sets_scale():
+    a = (np.array([[0, 0, 10, 10], [50, 50, 60, 60]], float), np.array([0.8, 0.6]))
+    b = (np.array([[2, 0, 12, 10]], float), np.array([0.4]))
+    c = (np.zeros((0, 4)), np.zeros(0))
+    boxes, scores = fuse_boxes([a, b, c], score="found")
+    assert np.allclose(scores, [0.6, 0.6])  # (0.8 + 0.4) / 2 models that found it; 0.6 / 1
+    assert np.allclose(fuse_boxes([a, b, c])[1], [0.4, 0.2])  # the average over all three sets
+    assert np.allclose(boxes[0], fuse_boxes([a, b, c])[0][0])  # the same fused box either way
+    with pytest.raises(ValueError):
+        fuse_boxes([a], score="max")

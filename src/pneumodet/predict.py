@@ -12,15 +12,21 @@ from pneumodet.config import RunConfig
 from pneumodet.model import boxes_only
 from pneumodet.postprocess import Candidates
 
+FUSED_SCORES = ("average", "found")
 
-def fuse_boxes(sets: list[tuple[np.ndarray, np.ndarray]], iou: float = 0.55) -> tuple[np.ndarray, np.ndarray]:
+
+def fuse_boxes(sets: list[tuple[np.ndarray, np.ndarray]], iou: float = 0.55, score: str = "average"
+               ) -> tuple[np.ndarray, np.ndarray]:
     """Return weighted box fusion of several predictions of one image (e.g. an image and its flip).
 
     Boxes are clustered greedily by descending score at ``iou``; a cluster takes at most one box from
     each set (two boxes of one pass are two findings, never one). A cluster's box is the score-weighted
-    mean, its score the sum of its scores divided by the number of sets: within [0, 1], and a box that
-    only some passes found is down-weighted.
+    mean. Its score (within [0, 1] either way) is, with ``score="average"``, the sum of its scores divided
+    by the number of sets, so a box only some sets found is down-weighted; with ``"found"``, the mean over
+    the sets that found it, which keeps each box on the scale of a single set's scores.
     """
+    if score not in FUSED_SCORES:
+        raise ValueError(f"score must be one of {FUSED_SCORES}, got {score!r}")
     if not sets:
         return np.zeros((0, 4)), np.zeros(0)
     boxes = np.concatenate([as_boxes(b) for b, _ in sets])
@@ -40,16 +46,16 @@ def fuse_boxes(sets: list[tuple[np.ndarray, np.ndarray]], iou: float = 0.55) -> 
                 continue
         clusters.append([i])
         fused.append(boxes[i].copy())
-    out_scores = np.array([scores[c].sum() / len(sets) for c in clusters])
+    out_scores = np.array([scores[c].sum() / (len(sets) if score == "average" else len(c)) for c in clusters])
     out_boxes = np.asarray(fused).reshape(-1, 4)
     order = np.argsort(-out_scores, kind="stable")
     return out_boxes[order], out_scores[order]
 
 
-def fuse_candidates(passes: list[Candidates]) -> Candidates:
+def fuse_candidates(passes: list[Candidates], score: str = "average") -> Candidates:
     """Return one image's candidates from several passes (flip TTA, or the models of an ensemble): boxes by
-    :func:`fuse_boxes`, the gate the passes' mean."""
-    boxes, scores = fuse_boxes([c[:2] for c in passes])
+    :func:`fuse_boxes` (``score``: how a fused box is scored), the gate the passes' mean."""
+    boxes, scores = fuse_boxes([c[:2] for c in passes], score=score)
     return Candidates(boxes, scores, float(np.mean([c.gate for c in passes])))
 
 
