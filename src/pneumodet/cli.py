@@ -80,7 +80,8 @@ def cmd_prepare(args) -> None:
           f"{summary['boxes']} boxes; {problems} problem(s) in {result.qc_csv}")
     print(f"cache {state}: {result.cache_dir}")
     if result.split_csv:
-        print(f"split: {result.split_csv}")
+        print(f"split: {result.split_csv} ({result.val_images} val images, {result.val_positives} positive; "
+              f"val fraction {result.val_fraction:.2f})")
 
 
 def cmd_train(args) -> None:
@@ -228,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "stage_2_train_images/, ...)")
     p.add_argument("--out", type=Path, required=True, help="cache folder")
     p.add_argument("--size", type=_count, default=256, help="cached image size in pixels (default 256)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of images for validation (default 0.1)")
+    p.add_argument("--val-fraction", type=float, default=None, help="share of images for validation, which tunes "
+                   "the thresholds (default 0.1, raised for small sets to reach about 50 images, at most 0.25)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--groups", type=Path, default=None, help="CSV patientId,group: images of one group "
                    "(e.g. one person) stay in one split")

@@ -167,3 +167,17 @@ def test_split_file_has_every_usable_image_once(synth_data, tmp_path):
     assert list(split.columns) == ["patient_id", "split", "fold"]
     assert split["patient_id"].is_unique and len(split) == 30
     assert set(split["split"]) == {"train", "val"} and sorted(split["fold"].unique()) == [0, 1, 2, 3, 4]
+
+
+def test_the_default_val_share_grows_for_small_sets_so_about_50_images_tune_thresholds(synth_data, tmp_path):
+    from pneumodet.data.prepare import auto_val_fraction
+
+    assert auto_val_fraction(26684) == 0.1  # the real training set: 10 %
+    assert auto_val_fraction(240) == pytest.approx(50 / 240)  # issue 8's small sets: 50 images, not 24
+    assert auto_val_fraction(30) == 0.25  # never more than a quarter
+    result = prepare(synth_data, tmp_path / "cache", size_px=64, progress=False, workers=1)
+    split = pd.read_csv(tmp_path / "cache" / "split.csv")
+    assert result.val_fraction == 0.25 and result.val_images == (split["split"] == "val").sum()
+    assert 6 <= result.val_images <= 9 and 0 <= result.val_positives <= result.val_images
+    given = prepare(synth_data, tmp_path / "cache", size_px=64, val_fraction=0.1, progress=False, workers=1)
+    assert given.val_fraction == 0.1 and given.val_images < result.val_images

@@ -37,6 +37,21 @@ class PrepareResult:
     summary: dict
     qc_csv: Path
     split_csv: Path | None
+    val_fraction: float | None = None  # the share used (given, or chosen for the set's size)
+    val_images: int = 0
+    val_positives: int = 0
+
+
+#: with the default val share, small sets get up to MAX_AUTO_VAL of their images so that about MIN_VAL_IMAGES
+#: tune the thresholds (24 val images with 8 positives gave thresholds that did not carry to unseen data)
+MIN_VAL_IMAGES = 50
+DEFAULT_VAL = 0.1
+MAX_AUTO_VAL = 0.25
+
+
+def auto_val_fraction(n_images: int) -> float:
+    """Return the default val share for ``n_images`` labelled images: 10 %, raised to reach ~50 images, at most 25 %."""
+    return min(MAX_AUTO_VAL, max(DEFAULT_VAL, MIN_VAL_IMAGES / max(n_images, 1)))
 
 
 def find_images(data: Path, subset: str) -> Path:
@@ -50,13 +65,14 @@ def find_images(data: Path, subset: str) -> Path:
                     f"(pneumodet download or pneumodet synth makes one)")
 
 
-def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction: float = 0.1, seed: int = 0,
+def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction: float | None = None, seed: int = 0,
             groups_csv: str | Path | None = None, subset: str = "train", workers: int | None = None,
             progress: bool = True, folds: int = 5, labels_csv: str | Path | None = None) -> PrepareResult:
     """Check, cache and split the data set in ``data``; write everything under ``out``.
 
     ``split.csv`` holds each labelled image's split (train/val) and its fold (0 .. ``folds``-1, for
-    ``train --folds``), both stratified by class and view and grouped by ``groups_csv``.
+    ``train --folds``), both stratified by class and view and grouped by ``groups_csv``. ``val_fraction``
+    None: :func:`auto_val_fraction` of the labelled images.
     ``labels_csv``: a Kaggle-format labels file to use instead of ``DATA/stage_2_train_labels.csv`` (e.g. the
     review page's export); the class file is not read with it, and images it does not name are left out.
     """
@@ -99,11 +115,16 @@ def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction:
     qc_csv, _ = write_qc(out, problems, summary, suffix)
     split_csv = None
     if subset == "train":
+        if val_fraction is None:
+            val_fraction = auto_val_fraction(len(images))
         split = split_images(images, val_fraction, seed, groups)
         split["fold"] = assign_folds(images, folds, seed, groups).to_numpy()  # for train --folds
         split_csv = out / "split.csv"
         with atomic_path(split_csv) as tmp:
             split.to_csv(tmp, index=False)
+        val = set(split.loc[split["split"] == "val", "patient_id"])
+        positives = int((images["patient_id"].isin(val) & (images["n_boxes"] > 0)).sum())
+        return PrepareResult(cache_dir, reused, summary, qc_csv, split_csv, val_fraction, len(val), positives)
     return PrepareResult(cache_dir, reused, summary, qc_csv, split_csv)
 
 
