@@ -74,9 +74,9 @@ def export_onnx(model, image_size: int, checkpoint: Path, out_dir: str | Path) -
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(dense, (example,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["image"],
                               output_names=outputs, dynamic_axes={k: {0: "batch"} for k in ["image", *outputs]})
-    (out_dir / INT8_FILE).unlink(missing_ok=True)  # made from the weights before, if at all
     write_meta(out_dir, {"image_size": image_size, "feature_names": names, "opset": OPSET,
                          "torch": torch.__version__, "source": source_of(checkpoint), "active": ONNX_FILE})
+    (out_dir / INT8_FILE).unlink(missing_ok=True)  # made from the weights before, if at all; no longer active
     return out_dir / ONNX_FILE
 
 
