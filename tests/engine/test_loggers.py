@@ -57,3 +57,13 @@ def test_a_missing_extra_is_one_line_naming_it_before_anything_is_written(tiny_c
 def test_an_unknown_logger_is_refused_with_a_suggestion():
     with pytest.raises(ConfigError, match="did you mean tensorboard"):
         tiny_config("train.loggers=['csv', 'tensorbord']")
+
+
+def test_an_unreachable_mlflow_server_is_one_line_within_a_second(tiny_cache, tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9/")  # the discard port: nothing listens
+    start = time.monotonic()
+    with pytest.raises(UserError, match="no MLflow server answers there"):
+        train(tiny_config("train.loggers=['csv', 'mlflow']"), tiny_cache, run=tmp_path / "run", progress=False)
+    assert time.monotonic() - start < 5 and not (tmp_path / "run").exists()  # said before anything is written

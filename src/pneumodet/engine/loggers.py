@@ -17,6 +17,7 @@ import os
 from pneumodet.config import RunConfig
 from pneumodet.errors import UserError
 from pneumodet.files import write_text_atomic
+from pneumodet.network import can_reach
 from pneumodet.runs import RunPaths
 
 #: logger name -> (the module it needs, the pneumodet extra that installs it); config.LOGGERS adds csv
@@ -25,12 +26,27 @@ MLFLOW_RUN_ID = "mlflow_run_id"
 
 
 def check_loggers(names: tuple[str, ...]) -> None:
-    """Raise a one-line UserError if a chosen logger's package is not installed."""
+    """Raise a one-line UserError if a chosen logger's package is not installed or its server does not answer."""
     for name in names:
         if name in OPTIONAL:
             module, extra = OPTIONAL[name]
             if importlib.util.find_spec(module) is None:
                 raise UserError(f"train.loggers: {name} needs the {extra} extra: pip install 'pneumodet[{extra}]'")
+    if "mlflow" in names and os.environ.get("MLFLOW_TRACKING_URI"):
+        check_server(os.environ["MLFLOW_TRACKING_URI"])
+
+
+def check_server(uri: str) -> None:
+    """Raise a one-line UserError within a second if an http(s) tracking server cannot be reached (MLflow itself
+    retries for minutes before it gives up)."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https") and parsed.hostname:
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        if not can_reach(parsed.hostname, port):
+            raise UserError(f"MLFLOW_TRACKING_URI={uri}: no MLflow server answers there; start it, or unset "
+                            "MLFLOW_TRACKING_URI to log into the run folder (RUN/mlruns)")
 
 
 def build_loggers(config: RunConfig, paths: RunPaths) -> list:
