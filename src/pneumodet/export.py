@@ -28,7 +28,7 @@ MATCH_IOU = 0.95
 class ExportResult:
     onnx: Path
     check: dict  # max_abs_diff, torch_ms, onnx_ms (fp32 export)
-    int8: dict | None = None  # agreement, images, active, onnx_ms
+    int8: dict | None = None  # agreement, images, calibration_images, dense_ms, active, ...
 
 
 def _images(run: Path, config, info: dict, split: str, limit: int) -> list[torch.Tensor]:
