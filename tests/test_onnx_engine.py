@@ -117,3 +117,9 @@ def test_int8_is_used_only_where_its_boxes_agree_with_pytorch(exported):
     other.postprocess = replace(other.postprocess, score_threshold=0.0, max_boxes=3, gate_threshold=0.0)
     reference.postprocess = replace(reference.postprocess, score_threshold=0.0, max_boxes=1, gate_threshold=0.0)
     assert agreement(reference, other, tensors)[0] < 1.0
+
+
+def test_running_an_export_needs_onnxruntime_only(exported, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
+    assert load_detector(exported).engine == "onnx"  # auto: onnx (the exporter's package) is not needed to run it

@@ -51,8 +51,10 @@ def source_of(checkpoint: Path) -> dict:
     return {"checkpoint": Path(checkpoint).name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
-def require_onnx(what: str = "the ONNX engine") -> None:
-    for module in ("onnxruntime", "onnx"):
+def require_onnx(what: str = "the ONNX engine", modules: tuple[str, ...] = ("onnxruntime", "onnx")) -> None:
+    """Raise a one-line UserError naming the extra if one of ``modules`` is missing (running an export needs only
+    onnxruntime; making one needs onnx too)."""
+    for module in modules:
         if importlib.util.find_spec(module) is None:
             raise UserError(f"{what} needs the onnx extra: pip install 'pneumodet[onnx]'")
 
@@ -155,22 +157,27 @@ def engine_state(run_root: Path, checkpoint: Path) -> str:
     return "ready" if meta.get("source") == source_of(checkpoint) else "stale"
 
 
-def attach(model, run_root: Path, threads: int | None = None, file: str | None = None):
-    """Swap ``model``'s backbone and RPN head for the ONNX Runtime session of ``run_root``'s export (the one
-    engine.json makes active: fp32, or int8 when it agreed with PyTorch; ``file`` to choose); return it."""
-    require_onnx()
+def _session(path: Path, threads: int | None = None):
+    """Return an ONNX Runtime CPU session for ``path`` with torch's thread count, sharing the cores with torch."""
     import onnxruntime as ort
 
-    folder = Path(run_root) / ENGINE_DIR
-    meta = read_meta(folder)
-    file = file or meta.get("active", ONNX_FILE)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     # ORT's threads spin after a run by default; here torch's threads run next on the same cores (measured:
     # spinning made torch's part of each image ~20 ms slower on 2 cores)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def attach(model, run_root: Path, threads: int | None = None, file: str | None = None):
+    """Swap ``model``'s backbone and RPN head for the ONNX Runtime session of ``run_root``'s export (the one
+    engine.json makes active: fp32, or int8 when it agreed with PyTorch; ``file`` to choose); return it."""
+    require_onnx(modules=("onnxruntime",))
+    folder = Path(run_root) / ENGINE_DIR
+    meta = read_meta(folder)
+    file = file or meta.get("active", ONNX_FILE)
+    session = _session(folder / file, threads)
     backbone = _OnnxBackbone(session, meta["feature_names"], model.backbone.out_channels)
     model.backbone, model.rpn.head = backbone, _StashedRpnHead(backbone)
     model.engine = "onnx int8" if file == INT8_FILE else "onnx"
@@ -183,12 +190,8 @@ def check_export(model, run_root: Path, image_size: int, repeats: int = 5, file:
     import time
 
     import numpy as np
-    import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(Path(run_root) / ENGINE_DIR / file), options, providers=["CPUExecutionProvider"])
+    session = _session(Path(run_root) / ENGINE_DIR / file)
     dense = DenseExport(model.backbone, model.rpn.head).eval()
     image = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
 
