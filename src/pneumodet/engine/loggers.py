@@ -50,9 +50,9 @@ def check_server(uri: str) -> None:
 
 
 def build_loggers(config: RunConfig, paths: RunPaths) -> list:
-    """Return Lightning loggers for ``config.train.loggers`` (csv is not one: MetricsHistory writes it)."""
+    """Return Lightning loggers for ``config.train.loggers`` (csv is not one: MetricsHistory writes it); call
+    :func:`check_loggers` first (train does, before the run folder exists)."""
     names = config.train.loggers
-    check_loggers(names)
     loggers = []
     if "tensorboard" in names:
         from lightning.pytorch.loggers import TensorBoardLogger

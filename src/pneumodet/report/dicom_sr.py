@@ -12,7 +12,6 @@ Needs ``highdicom`` (a dependency of pneumodet).
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,7 +49,7 @@ def _codes():
 def source_header(path: str | Path, warn=None):
     """Return the source DICOM's header (no pixels), with new UIDs for any of REFERENCE_UIDS it lacks.
 
-    ``warn(message)`` is told which were missing (default: stderr).
+    ``warn(message)`` is told which were missing (default: a UserWarning, one line under the command line).
     """
     import pydicom
     from pydicom.uid import generate_uid
@@ -66,7 +65,7 @@ def source_header(path: str | Path, warn=None):
         missing.append("SOPClassUID")
         ds.SOPClassUID = SECONDARY_CAPTURE
     if missing:
-        (warn or _stderr)(f"{Path(path).name}: no {', '.join(missing)}; its SR references new UIDs "
+        (warn or _warn)(f"{Path(path).name}: no {', '.join(missing)}; its SR references new UIDs "
                           "(it will not link to the image in a PACS)")
     if "PatientID" not in ds:
         ds.PatientID = Path(path).stem
@@ -75,7 +74,7 @@ def source_header(path: str | Path, warn=None):
             setattr(ds, keyword, "")
     blanked = _blank_nonconformant(ds)
     if blanked:
-        (warn or _stderr)(f"{Path(path).name}: invalid {', '.join(blanked)}; left empty in its SR")
+        (warn or _warn)(f"{Path(path).name}: invalid {', '.join(blanked)}; left empty in its SR")
     return ds
 
 
@@ -101,8 +100,8 @@ def _blank_nonconformant(ds) -> list[str]:
     return blanked
 
 
-def _stderr(message: str) -> None:
-    print(f"pneumodet: warning: {message}", file=sys.stderr)
+def _warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def rectangle(box_xyxy: Sequence[float]) -> np.ndarray:
