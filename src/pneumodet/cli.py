@@ -194,6 +194,7 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pneumodet.config import ENGINES  # light: dataclasses and YAML, no torch
     parser = argparse.ArgumentParser(prog="pneumodet", description="Find pneumonia on chest radiographs "
                                      "(RSNA Pneumonia Detection Challenge) with Mask R-CNN.")
     parser.add_argument("--version", action="version", version=f"pneumodet {__version__}")
@@ -306,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-nodes", type=_count, default=1, help="machines, each running the same command with "
                    "NODE_RANK, MASTER_ADDR and MASTER_PORT set (as train.num_nodes); IMAGES and --out on shared "
                    "storage (default 1)")
-    p.add_argument("--engine", choices=["auto", "torch", "onnx"], default=None,
+    p.add_argument("--engine", choices=ENGINES, default=None,
                    help="where the convolutions run: onnx (ONNX Runtime, after pneumodet export RUN), torch, or auto "
                    "(default: onnx when the run has a current export and onnxruntime is installed)")
     p.add_argument("--dicom-sr", type=Path, default=None, metavar="OUT_DIR",

@@ -364,9 +364,11 @@ CHOICES = {
     "model.gate_backbone": ("shared", "densenet121"),
     "model.gate_weights": ("none", "imagenet", "xrv"),
     "train.optimizer": ("sgd", "adamw"),
-    "predict.engine": ("auto", "torch", "onnx"),
+    "predict.engine": ("auto", "torch", "onnx"),  # ENGINES
     "train.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"),
 }
+#: where predict runs the convolutions (onnx_engine.py): predict.engine, predict --engine, load_detector(engine=)
+ENGINES = CHOICES["predict.engine"]
 #: train.loggers may name these (engine/loggers.py)
 LOGGERS = ("csv", "tensorboard", "mlflow")
 #: (low, high) pairs whose low must not exceed high

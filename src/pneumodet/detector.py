@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pneumodet.boxes import xyxy_to_xywh
-from pneumodet.config import RunConfig
+from pneumodet.config import ENGINES, RunConfig
 from pneumodet.data.cache import read_for_cache, to_cache_size
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomImage
@@ -151,8 +151,8 @@ def use_engine(model, run: Path, checkpoint: Path, engine: str):
     """Run ``model``'s convolutions in ONNX Runtime if ``engine`` asks for it (auto: when exported and usable)."""
     from pneumodet import onnx_engine
 
-    if engine not in onnx_engine.ENGINES:
-        raise UserError(f"--engine must be one of {', '.join(onnx_engine.ENGINES)}, got {engine!r}")
+    if engine not in ENGINES:
+        raise UserError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine == "torch":
         return model
     state = onnx_engine.engine_state(run, checkpoint)

@@ -29,7 +29,6 @@ ONNX_FILE = "dense.onnx"
 INT8_FILE = "dense.int8.onnx"
 META_FILE = "engine.json"
 OPSET = 17
-ENGINES = ("auto", "torch", "onnx")
 
 
 class DenseExport(nn.Module):
