@@ -20,7 +20,7 @@ from pneumodet.files import write_text_atomic
 from pneumodet.metrics import Prediction, roc_auc, rsna_map, sensitivity_specificity
 from pneumodet.postprocess import Candidates, PostProcess, image_score, max_box_score, postprocess
 from pneumodet.report.submission import read_candidates, write_candidates
-from pneumodet.runs import RunPaths, find_run, fold_runs, is_folds, run_split, write_split
+from pneumodet.runs import RunPaths, find_run, fold_runs, is_folds, run_dataset, write_split
 
 GRID = {
     "score_threshold": [round(t, 2) for t in np.arange(0.05, 0.951, 0.05)],
@@ -166,13 +166,8 @@ def collect(detector: Detector, cache: str | Path | None, split: str, progress: 
             reuse_predictions: bool) -> tuple[ValSet, PneumoniaDataset]:
     """Return the candidates of a run's ``split`` images (its own split.csv) with their truth."""
     paths, config, info = detector.paths, detector.config, detector.info
-    if cache is None:
-        if not info.get("cache"):
-            raise UserError(f"{paths.root}: the checkpoint does not say which cache it was trained on; pass --data")
-        cache = info["cache"]
-    # the run's own split: never score a run on images it trained on, whatever the cache's split.csv says now
-    dataset = PneumoniaDataset(cache, config.data.image_size, split, mask_shape=config.data.mask_shape,
-                               split_table=run_split(paths) if split != "all" else None)
+    dataset = run_dataset(paths, config, info, split, cache)
+    cache = cache or info["cache"]
     if len(dataset) == 0:
         raise UserError(f"{cache}: none of the run's {split} images are in this cache; evaluate another "
                         "labelled set with --split all")

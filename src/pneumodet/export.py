@@ -18,7 +18,7 @@ from pneumodet import onnx_engine
 from pneumodet.boxes import iou_xyxy
 from pneumodet.detector import Detector, load_detector
 from pneumodet.errors import UserError
-from pneumodet.runs import RunPaths, load_trained, run_split
+from pneumodet.runs import RunPaths, load_trained, run_dataset
 
 MIN_AGREEMENT = 0.98
 MATCH_IOU = 0.95
@@ -33,11 +33,8 @@ class ExportResult:
 
 def _images(run: Path, config, info: dict, split: str, limit: int) -> list[torch.Tensor]:
     """Return up to ``limit`` of the run's ``split`` images as the model takes them (from its cache)."""
-    from pneumodet.data.dataset import PneumoniaDataset
-
     try:
-        dataset = PneumoniaDataset(info.get("cache"), config.data.image_size, split,
-                                   split_table=run_split(RunPaths(run)))
+        dataset = run_dataset(RunPaths(run), config, info, split)
     except (UserError, TypeError) as exc:
         raise UserError(f"--int8 calibrates on the run's cached images, which are unavailable: {exc}") from None
     picks = np.linspace(0, len(dataset) - 1, min(limit, len(dataset))).round().astype(int) if len(dataset) else []

@@ -203,6 +203,20 @@ def write_split(paths: RunPaths, table) -> None:
         table.to_csv(tmp, index=False)
 
 
+def run_dataset(paths: RunPaths, config: RunConfig, info: dict, split: str, cache: str | Path | None = None):
+    """Return the run's ``split`` images (its own split.csv; ``all``: every image) from ``cache``, by default the
+    cache the checkpoint says it trained on: the one place evaluate, serve and export find a run's images."""
+    from pneumodet.data.dataset import PneumoniaDataset
+
+    if cache is None:
+        if not info.get("cache"):
+            raise UserError(f"{paths.root}: the checkpoint does not say which cache it was trained on; pass --data")
+        cache = info["cache"]
+    # the run's own split: never score a run on images it trained on, whatever the cache's split.csv says now
+    return PneumoniaDataset(cache, config.data.image_size, split, mask_shape=config.data.mask_shape,
+                            split_table=run_split(paths) if split != "all" else None)
+
+
 def run_split(paths: RunPaths):
     """Return the run's own (patient_id, split) table; a run without one cannot be scored on its val split."""
     import pandas as pd

@@ -26,7 +26,7 @@ from pneumodet.detector import load_detector
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomError, read_dicom_bytes
 from pneumodet.postprocess import PostProcess
-from pneumodet.runs import run_split
+from pneumodet.runs import run_dataset
 from pneumodet.service.guard import allowed_hosts, install_guard, is_loopback, read_upload, resolve_token
 from pneumodet.service.review import OUTCOMES, build_items, load_val_predictions, render_png, review_detail
 from pneumodet.service.verdicts import VERDICTS_FILE, VerdictError, VerdictStore, export_labels
@@ -232,14 +232,11 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
 
 
 def _load_review(service: ModelService) -> dict:
-    from pneumodet.data.dataset import PneumoniaDataset
-
     raw_path = service.paths.predictions / "val.csv"
     if not raw_path.is_file():
         return {"items": [], "cache": None, "note": f"no {raw_path.name}: run pneumodet evaluate {service.paths.root}"}
     try:
-        dataset = PneumoniaDataset(service.info.get("cache"), service.config.data.image_size, "val",
-                                   split_table=run_split(service.paths))
+        dataset = run_dataset(service.paths, service.config, service.info, "val")
     except (UserError, TypeError) as exc:
         return {"items": [], "cache": None, "note": f"val images unavailable: {exc}"}
     items = build_items(dataset, load_val_predictions(raw_path), service.pp)
