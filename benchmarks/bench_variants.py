@@ -1,14 +1,17 @@
 """Unseen-generator check: the README flow on each synthetic variant, test RSNA mAP on its own test images.
 
-For each recipe and each variant (default, wide, shifted): ``synth --train 240 --test 60 --seed 21
---variant V``, ``prepare --size <config's> --val-fraction 0.2``, ``train --config C --set ...``,
+For each recipe and each variant (default, wide, shifted): ``synth --train 240 --test 300 --seed 21
+--variant V`` (240 labelled images, as the unseen sets have; 300 test images, because 60 (12-16
+positives) left differences of 0.1 in the noise), ``prepare --size <config's> --val-fraction 0.2``,
+``train --config C --set ...``,
 ``evaluate``, ``predict`` the test images and ``score`` them against the synthetic truth; for a gated recipe
 also ``predict --gate 0`` (the same run without its gate) and ``evaluate --tta`` then ``predict`` (flip TTA,
 thresholds tuned for it). ``folds`` does the same with ``train --folds 3`` (out-of-fold tuning, the 3-model
 ensemble) and scores each fold alone. A recipe is chosen on default and wide; shifted is never used for a
 choice, only reported.
 
-Slow (about 8 min per recipe and variant, 25 min per folds run, on 2 cores):
+Slow (per recipe and variant about 8 min at 128 px and 16-20 min at 256 px; 25 min per folds run at 128 px;
+on 2 cores):
 ``python benchmarks/run.py variants`` and ``python benchmarks/run.py folds``.
 """
 
@@ -26,14 +29,18 @@ import yaml
 VARIANTS = ("default", "wide", "shifted")
 AUGMENT = ["augment.hflip_p=0.5", "augment.scale=[0.9,1.1]", "augment.translate_x=0.05", "augment.translate_y=0.05",
            "augment.rotate_deg=5.0", "augment.brightness=[0.8,1.2]", "augment.contrast=[0.8,1.2]"]
+AT_128 = ["data.image_size=128", "model.anchor_sizes=[8,16,32,64,128]"]  # demo.yaml's input size until 256 px
 RECIPES = [  # label, config, overrides
-    ("demo.yaml as before train.steps (12 epochs, whatever the set's size)", "configs/demo.yaml",
-     ["train.steps=0", "model.gate=false"]),
-    ("demo.yaml (train.steps=1200), no gate", "configs/demo.yaml", ["model.gate=false"]),
-    ("demo.yaml + flips and wider augmentation, no gate", "configs/demo.yaml", [*AUGMENT, "model.gate=false"]),
-    ("demo.yaml with its detached gate", "configs/demo.yaml", []),
+    ("demo.yaml at 128 px as before train.steps (12 epochs, whatever the set's size)", "configs/demo.yaml",
+     [*AT_128, "train.steps=0", "model.gate=false"]),
+    ("demo.yaml at 128 px (train.steps=1200), no gate", "configs/demo.yaml", [*AT_128, "model.gate=false"]),
+    ("demo.yaml at 128 px + flips and wider augmentation, no gate", "configs/demo.yaml",
+     [*AT_128, *AUGMENT, "model.gate=false"]),
+    ("demo.yaml at 128 px with its detached gate", "configs/demo.yaml", AT_128),
+    ("demo.yaml (256 px, detached gate)", "configs/demo.yaml", []),
 ]
 FOLDS = 3
+TEST_IMAGES = 300
 
 
 def _cli(*args: str) -> str:
@@ -43,11 +50,12 @@ def _cli(*args: str) -> str:
     return proc.stdout
 
 
-def _data(root: Path, variant: str, config: str, folds: int = 5) -> tuple[Path, Path]:
+def _data(root: Path, variant: str, config: str, folds: int = 5, overrides: list[str] = ()) -> tuple[Path, Path]:
     data, cache = root / f"data-{variant}", root / f"cache-{variant}"
     size = yaml.safe_load(Path(config).read_text())["data"]["image_size"]
+    size = next((o.split("=", 1)[1] for o in overrides if o.startswith("data.image_size=")), size)
     if not data.is_dir():
-        _cli("synth", str(data), "--train", "240", "--test", "60", "--seed", "21", "--variant", variant)
+        _cli("synth", str(data), "--train", "240", "--test", str(TEST_IMAGES), "--seed", "21", "--variant", variant)
     _cli("prepare", str(data), "--out", str(cache), "--size", str(size), "--val-fraction", "0.2",
          "--folds", str(folds))
     return data, cache
@@ -76,7 +84,7 @@ def _scores(run: Path, data: Path) -> dict:
 
 def flow(root: Path, variant: str, config: str, overrides: list[str], name: str) -> dict:
     """Run the README flow on one variant; return val and test RSNA mAP and the training time."""
-    data, cache = _data(root, variant, config)
+    data, cache = _data(root, variant, config, overrides=overrides)
     run = root / "runs" / f"{name}-{variant}"
     start = time.perf_counter()
     _cli("train", "--config", config, "--data", str(cache), "--run", str(run), *[f"--set={o}" for o in overrides])
@@ -84,12 +92,13 @@ def flow(root: Path, variant: str, config: str, overrides: list[str], name: str)
     return {**_scores(run, data), "train_s": seconds}
 
 
-def folds_flow(root: Path, variant: str, config: str) -> dict:
+def folds_flow(root: Path, variant: str, config: str, overrides: list[str] = ()) -> dict:
     """train --folds 3, out-of-fold evaluate, the ensemble's test mAP and each fold's own."""
-    data, cache = _data(root, variant, config, FOLDS)
+    data, cache = _data(root, variant, config, FOLDS, overrides)
     folds = root / "runs" / f"folds-{variant}"
     start = time.perf_counter()
-    _cli("train", "--config", config, "--data", str(cache), "--run", str(folds), "--folds", str(FOLDS))
+    _cli("train", "--config", config, "--data", str(cache), "--run", str(folds), "--folds", str(FOLDS),
+         *[f"--set={o}" for o in overrides])
     seconds = time.perf_counter() - start
     result = _scores(folds, data)
     singles = []
@@ -122,7 +131,7 @@ def run_folds() -> list[tuple[str, str]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in ("default", "wide"):
-            result = folds_flow(Path(tmp), variant, "configs/demo.yaml")
-            rows.append((f"demo.yaml, train --folds {FOLDS}, variant {variant}: the ensemble",
+            result = folds_flow(Path(tmp), variant, "configs/demo.yaml", AT_128)  # as measured in BENCHMARKS.md
+            rows.append((f"demo.yaml at 128 px, train --folds {FOLDS}, variant {variant}: the ensemble",
                          _row(result) + "; each fold alone " + ", ".join(f"{s:.3f}" for s in result["folds"])))
     return rows
