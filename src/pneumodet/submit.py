@@ -67,45 +67,40 @@ def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Pa
     images_dir, out = Path(images_dir), Path(out)
     files = list_images(images_dir)
     check_output_file(out)
-    results, unreadable, seconds, reports, detector = _predict_share(
+    found_by_id, seconds, reports, detector = _predict_share(
         run, files, overrides=overrides, hflip_tta=hflip_tta, workers=workers, batch_size=batch_size,
         dicom_sr=dicom_sr, engine=engine, progress=progress)
-    return write_outputs(files, results, out, images_dir, unreadable, seconds, reports, detector, dicom_sr)
+    return write_outputs(files, found_by_id, out, images_dir, seconds, reports, detector, dicom_sr)
 
 
 def _predict_share(run, files: list[Path], *, overrides=None, hflip_tta=None, workers=2, batch_size=None,
                    dicom_sr=None, engine=None, progress=True):
-    """Predict ``files`` (and write their SRs); return (results, unreadable, seconds, SRs written, detector)."""
+    """Predict ``files`` (and write their SRs); return (patient_id -> Detection, seconds, SRs written, detector)."""
     if dicom_sr is not None:
         check_output_dir(dicom_sr)
     detector = load_detector(run, overrides=overrides, hflip_tta=hflip_tta, engine=engine)
-    results, found_by_id, unreadable, seconds = predict_files(detector, files, workers, batch_size, progress)
+    found_by_id, seconds = predict_files(detector, files, workers, batch_size, progress)
     reports = 0 if dicom_sr is None else write_reports(files, found_by_id, dicom_sr, run_name(run), progress)
-    return results, unreadable, seconds, reports, detector
+    return found_by_id, seconds, reports, detector
 
 
 def predict_files(detector: Detector, files: list[Path], workers: int = 2, batch_size: int | None = None,
                   progress: bool = True):
-    """Return (patient_id -> (boxes_orig_xyxy, scores), patient_id -> Detection, unreadable count, seconds)."""
+    """Return (patient_id -> Detection of every readable file, seconds); an unreadable file gets one stderr line."""
     loader = DataLoader(DicomFolder(files, detector.image_size), num_workers=workers, collate_fn=lambda b: b,
                         batch_size=batch_size or detector.config.predict.batch_size)
-    results: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     found_by_id: dict[str, Detection] = {}
-    unreadable = 0
     start = time.perf_counter()
     for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
         for pid, _, _, reason in batch:
             if reason is not None:
-                unreadable += 1
-                results[pid] = (np.zeros((0, 4)), np.zeros(0))
                 print(f"pneumodet predict: {pid}.dcm: {reason}; empty prediction written", file=sys.stderr)
         good = [item for item in batch if item[1] is not None]
         if good:
             pids, tensors, sizes, _ = zip(*good, strict=True)
             for found in detector.detect_tensors(list(pids), list(tensors), list(sizes)):
-                results[found.patient_id] = (found.boxes_orig_xyxy, found.scores)
                 found_by_id[found.patient_id] = found
-    return results, found_by_id, unreadable, time.perf_counter() - start
+    return found_by_id, time.perf_counter() - start
 
 
 def predict_distributed(run, images_dir: str | Path, out: str | Path, *, devices: int, num_nodes: int = 1,
@@ -121,23 +116,26 @@ def predict_distributed(run, images_dir: str | Path, out: str | Path, *, devices
     processes = launch(devices, num_nodes)
     rank, world = processes.rank, processes.world
     progress = kwargs.pop("progress", True) and rank == 0
-    results, unreadable, seconds, reports, detector = _predict_share(run, files[rank::world], progress=progress,
-                                                                     **kwargs)
+    found_by_id, seconds, reports, detector = _predict_share(run, files[rank::world], progress=progress, **kwargs)
     try:
-        shares = processes.gather((results, unreadable, seconds, reports))
+        shares = processes.gather((found_by_id, seconds, reports))
     finally:
         processes.close()
     if shares is None:
         return None
     merged = {pid: found for share in shares for pid, found in share[0].items()}
-    return write_outputs(files, merged, out, images_dir, sum(s[1] for s in shares), max(s[2] for s in shares),
-                         sum(s[3] for s in shares), detector, kwargs.get("dicom_sr"))
+    return write_outputs(files, merged, out, images_dir, max(s[1] for s in shares), sum(s[2] for s in shares),
+                         detector, kwargs.get("dicom_sr"))
 
 
-def write_outputs(files: list[Path], results: dict, out: Path, images_dir: Path, unreadable: int, seconds: float,
+def write_outputs(files: list[Path], found_by_id: dict[str, Detection], out: Path, images_dir: Path, seconds: float,
                   reports: int, detector: Detector, dicom_sr) -> PredictSummary:
-    """Write the submission and the per-box table of every file's results; return the summary."""
-    ordered = {f.stem: results[f.stem] for f in files}
+    """Write the submission and the per-box table of every file (no Detection: unreadable, an empty row); return
+    the summary."""
+    nothing = (np.zeros((0, 4)), np.zeros(0))
+    ordered = {f.stem: (found_by_id[f.stem].boxes_orig_xyxy, found_by_id[f.stem].scores) if f.stem in found_by_id
+               else nothing for f in files}
+    unreadable = len(files) - len(found_by_id)
     write_submission(out, ordered)
     boxes_csv = write_boxes(boxes_csv_for(out), ordered)
     if unreadable == len(files):
