@@ -146,11 +146,11 @@ class _StashedRpnHead(nn.Module):
 
 def engine_state(run_root: Path, checkpoint: Path) -> str:
     """Return ``ready``, ``missing`` (never exported) or ``stale`` (exported from another checkpoint)."""
-    meta_path = Path(run_root) / ENGINE_DIR / META_FILE
-    if not (Path(run_root) / ENGINE_DIR / ONNX_FILE).is_file() or not meta_path.is_file():
+    folder = Path(run_root) / ENGINE_DIR
+    if not (folder / ONNX_FILE).is_file() or not (folder / META_FILE).is_file():
         return "missing"
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = read_meta(folder)
     except ValueError:
         return "stale"
     return "ready" if meta.get("source") == source_of(checkpoint) else "stale"
