@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def test_a_stale_or_missing_export_falls_back_or_refuses(exported, trained_run):
     assert engine_state(trained_run, load_trained(trained_run)[2]["path"]) == "missing"
     with pytest.raises(UserError, match="no ONNX export; run pneumodet export"):
         load_detector(trained_run, engine="onnx")
-    checkpoint = exported / "weights" / "best.ckpt"
+    checkpoint = Path(load_trained(exported)[2]["path"])
     os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))  # retrained
     with pytest.warns(UserWarning, match="made from other weights"):
         assert load_detector(exported).engine == "torch"

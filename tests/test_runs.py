@@ -10,6 +10,7 @@ from pneumodet.runs import (
     METRIC_COLUMNS,
     RunPaths,
     atomic_save,
+    chosen_checkpoint,
     find_run,
     new_run_dir,
     read_checkpoint,
@@ -41,6 +42,24 @@ def test_checkpoints_are_plain_and_checked(tmp_path):
         find_run(tmp_path)
     with pytest.raises(UserError, match="run folder not found"):
         find_run(tmp_path / "nope")
+
+
+def test_the_config_chooses_last_or_best_and_older_runs_keep_best(tmp_path):
+    paths = RunPaths(tmp_path)
+    paths.weights.mkdir()
+
+    def save(path, epoch, train):
+        atomic_save({"state_dict": {}, "pneumodet": {"epoch": epoch, "config": {"train": train}}}, path)
+
+    for wanted, chosen in (("last", paths.last), ("best", paths.best)):
+        save(paths.best, 7, {"checkpoint": wanted})
+        save(paths.last, 9, {"checkpoint": wanted})
+        assert chosen_checkpoint(paths)["path"] == chosen
+    save(paths.best, 7, {})  # trained before train.checkpoint existed: best, as it was evaluated
+    save(paths.last, 9, {})
+    assert chosen_checkpoint(paths)["pneumodet"]["epoch"] == 7
+    paths.best.unlink()  # stopped before a best was saved: the one there is
+    assert chosen_checkpoint(paths)["path"] == paths.last
 
 
 def test_metrics_round_trip_with_empty_cells(tmp_path):

@@ -322,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(needs pip install 'pneumodet[onnx]'); proposals, RoI heads, gate and post-processing stay "
                        "in PyTorch. It prints how far the two paths differ on one image and each one's time. A "
                        "later training of the run makes the export stale: predict then warns and uses PyTorch.")
-    p.add_argument("run", type=Path, help="run folder (its weights/best.ckpt), or a folds folder (each fold's run)")
+    p.add_argument("run", type=Path, help="run folder (the weights its train.checkpoint chose: last.ckpt or "
+                   "best.ckpt), or a folds folder (each fold's run)")
     p.add_argument("--int8", action="store_true", help="also quantize to int8 (calibrated on the run's cached "
                    "training images) and use it only if its boxes agree with PyTorch on >= 98%% of the val images "
                    "(same count, each at IoU >= 0.95); the figures go into RUN/engine/engine.json")

@@ -116,6 +116,9 @@ class TrainConfig:
     # experiment logs: csv (metrics.csv, always written), tensorboard (RUN/tensorboard), mlflow (MLFLOW_TRACKING_URI
     # or RUN/mlruns); the last two are extras: pip install 'pneumodet[tensorboard]' / 'pneumodet[mlflow]'
     loggers: tuple[str, ...] = ("csv",)
+    # the weights evaluate, predict, export and serve use: last (the end of the schedule) or best (the epoch
+    # with the highest val RSNA mAP, which is noise when val holds a few dozen positives)
+    checkpoint: str = "last"
 
 
 @dataclass(frozen=True)
@@ -364,6 +367,7 @@ CHOICES = {
     "model.gate_backbone": ("shared", "densenet121"),
     "model.gate_weights": ("none", "imagenet", "xrv"),
     "train.optimizer": ("sgd", "adamw"),
+    "train.checkpoint": ("last", "best"),
     "predict.engine": ("auto", "torch", "onnx"),  # ENGINES
     "train.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"),
 }

@@ -172,7 +172,8 @@ def use_engine(model, run: Path, checkpoint: Path, engine: str):
 
 def load_detector(run: str | Path | list, *, overrides: dict | None = None, hflip_tta: bool | None = None,
                   engine: str | None = None) -> Detector:
-    """Return the Detector of a trained run folder: its best weights and its tuned post-processing.
+    """Return the Detector of a trained run folder: the weights its ``train.checkpoint`` chose and its tuned
+    post-processing.
 
     ``run`` may also be a folds folder (``train --folds K``: an ensemble of its K runs, with the post-processing
     ``evaluate`` tuned on their out-of-fold predictions) or a list of run folders (an ensemble with the

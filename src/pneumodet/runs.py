@@ -174,14 +174,29 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
-def load_trained(run: str | Path, which: str = "best"):
+def chosen_checkpoint(paths: RunPaths) -> dict:
+    """Return the checkpoint a run's ``train.checkpoint`` chooses (last or best), with its ``path``.
+
+    Runs trained before the setting existed chose best; either falls back on the other while it is missing
+    (a run stopped before its first validation has only last.ckpt).
+    """
+    first, other = paths.last, paths.best
+    if not first.is_file():
+        first, other = other, first
+    checkpoint = read_checkpoint(first)
+    wanted = checkpoint["pneumodet"]["config"].get("train", {}).get("checkpoint", "best")
+    if (wanted == "best") != (first == paths.best) and other.is_file():
+        first, checkpoint = other, read_checkpoint(other)
+    return {**checkpoint, "path": first}
+
+
+def load_trained(run: str | Path):
     """Return (model in eval mode, RunConfig, checkpoint info) from a run folder, without Lightning."""
     from pneumodet.model import build_model
 
     paths = find_run(run)
-    path = paths.best if which == "best" and paths.best.is_file() else paths.last
-    checkpoint = read_checkpoint(path)
-    info = checkpoint["pneumodet"]
+    checkpoint = chosen_checkpoint(paths)
+    path, info = checkpoint["path"], checkpoint["pneumodet"]
     config: RunConfig = from_dict(info["config"], legacy=True)
     model = build_model(_no_download(config).model, config.data.image_size)
     state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}

@@ -28,7 +28,7 @@ def test_eight_images_are_learnt_to_rsna_map_0_9(tmp_path):
     prepare(tmp_path / "data", tmp_path / "cache", size_px=SIZE, progress=False, workers=2)
     images = pd.read_csv(tmp_path / "cache" / f"train-{SIZE}px" / "images.csv", dtype={"patient_id": str})
     chosen = images[images.n_boxes > 0].patient_id.tolist()[:6] + images[images.n_boxes == 0].patient_id.tolist()[:2]
-    # the same 8 images are the training set and the val set: best.ckpt is then the best fit to them
+    # the same 8 images are the training set and the val set: best.ckpt (train.checkpoint) is the best fit to them
     split = pd.DataFrame({"patient_id": chosen * 2, "split": ["train"] * 8 + ["val"] * 8})
     split.to_csv(tmp_path / "cache" / "split.csv", index=False)
     config = load_config(None, [
@@ -36,7 +36,7 @@ def test_eight_images_are_learnt_to_rsna_map_0_9(tmp_path):
         "model.mask_head_channels=16", "model.mask_head_convs=1", "model.anchor_sizes=[8, 16, 32, 64, 128]",
         "model.rpn_post_nms_train=100", "model.rpn_post_nms_test=50", "model.min_score=0.0",
         "model.gate=True", "augment.enabled=False", "train.batch_size=2", "train.steps=400", "train.epochs=10",
-        "train.optimizer='sgd'", "train.lr=0.02", "train.warmup_steps=20",
+        "train.optimizer='sgd'", "train.lr=0.02", "train.checkpoint='best'", "train.warmup_steps=20",
         "train.stages=[{'until_epoch': 8}, {'until_epoch': 10, 'lr_scale': 0.1}]"])
     result = train(config, tmp_path / "cache", run=tmp_path / "run", progress=False)
     detector = load_detector(result.run)
