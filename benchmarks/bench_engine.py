@@ -110,6 +110,34 @@ def agreement(run: Path, images: Path, tmp: Path) -> list[tuple[str, str]]:
     return rows
 
 
+def cpu_recipe_rows(tmp: Path, files: list[Path]) -> list[tuple[str, str]]:
+    """The CPU recipe's model (configs/demo.yaml: tiny FPN at 256 px), random weights: latency with each engine
+    and the CLI's throughput, as for R50-FPN above. Its accuracy is the variants benchmark's."""
+    from pneumodet.config import load_config
+    from pneumodet.onnx_engine import INT8_FILE, export_onnx, quantize_int8, read_meta, write_meta
+    from pneumodet.runs import load_trained
+
+    rows = []
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    run_dir = _run_folder(tmp / "cpu-recipe", config)
+    label = f"CPU recipe (demo.yaml: tiny FPN, {config.data.image_size} px, {config.model.rpn_post_nms_test} proposals)"
+    torch_s, _ = latency(run_dir, files)
+    model, _, info = load_trained(run_dir)
+    folder = run_dir / "engine"
+    export_onnx(model, config.data.image_size, Path(info["path"]), folder)
+    onnx_s, _ = latency(run_dir, files)
+    quantize_int8(folder, [np.random.default_rng(i).random((1, 3, config.data.image_size, config.data.image_size),
+                                                             dtype=np.float32) for i in range(8)])
+    write_meta(folder, {**read_meta(folder), "active": INT8_FILE})
+    int8_s, _ = latency(run_dir, files)
+    rows.append((f"one 1024² DICOM → boxes, {label}",
+                 f"PyTorch {torch_s * 1e3:.0f} ms, ONNX Runtime {onnx_s * 1e3:.0f} ms, int8 {int8_s * 1e3:.0f} ms"))
+    for devices in (1, 2):
+        rows.append((f"pneumodet predict 200 DICOMs, {label}, int8 engine, --devices {devices}",
+                     cli_images_per_s(run_dir, files[0].parent, tmp / "cpu-recipe.csv", devices)))
+    return rows
+
+
 def run() -> list[tuple[str, str]]:
     from pneumodet.config import load_config
     from pneumodet.data.synth import synthesize
@@ -165,7 +193,8 @@ def run() -> list[tuple[str, str]]:
                     rows.append((f"pneumodet predict 200 DICOMs, int8 engine, --devices {devices} (processes, "
                                  f"cores shared among them)", cli_images_per_s(run_dir, tmp / "data" / TEST_IMAGES,
                                                                               tmp / "cli.csv", devices)))
+        rows += cpu_recipe_rows(tmp, files)
         demo = Path("demo/runs/demo")
-        if (demo / "weights" / "best.ckpt").is_file():
+        if (demo / "weights" / "last.ckpt").is_file():
             rows += agreement(demo, Path("demo/data") / TEST_IMAGES, tmp)
     return rows
