@@ -61,6 +61,25 @@ def test_cache_sized_images_are_not_resized_again():
     assert max(other.shape[-2:]) == SIZE
 
 
+@pytest.mark.parametrize("normalize", ["fixed", "image"])
+def test_per_image_normalisation_ignores_exposure_and_contrast(normalize):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="tiny_fpn", weights="none", frozen_bn=False, min_score=0.0,
+                                    normalize=normalize), SIZE).eval()
+    image = torch.rand(1, SIZE, SIZE) * 0.5 + 0.25  # grey, as the cache holds it
+    darker = 0.6 * image + 0.05  # another exposure and contrast of the same film
+    with torch.no_grad():
+        a, b = model.transform([image, darker])[0].tensors
+        model([image, darker])  # the backbone gets the 3 channels it takes
+    assert a.shape == (3, SIZE, SIZE)
+    if normalize == "image":
+        assert torch.allclose(a, b, atol=1e-4)
+        assert abs(float(a.mean())) < 1e-4 and abs(float(a.std()) - 1) < 1e-3
+    else:  # ImageNet's fixed mean and std: what pretrained weights expect, so exposure shows through
+        assert not torch.allclose(a, b, atol=0.1)
+        assert torch.allclose(a[0], (image[0] - 0.485) / 0.229, atol=1e-5)
+
+
 def test_weights_from_a_file(tmp_path):
     cfg = ModelConfig(backbone="resnet18_fpn", weights="none")
     torch.manual_seed(1)

@@ -78,6 +78,10 @@ class ModelConfig:
     gate_detach: bool = True
     gate_backbone: str = "shared"  # shared: a head on the detector's FPN; densenet121: a separate classifier
     gate_weights: str = "none"  # densenet121's start: none, imagenet, or xrv (torchxrayvision's chest X-ray weights)
+    # how pixels are scaled before the backbone: fixed (ImageNet's mean and std, what pretrained weights expect) or
+    # image (each image to zero mean and unit spread: an exposure or contrast the training set never showed looks
+    # like one it did)
+    normalize: str = "fixed"
 
 
 @dataclass(frozen=True)
@@ -366,6 +370,7 @@ CHOICES = {
     "data.mask_shape": ("rectangle", "ellipse"),
     "model.gate_backbone": ("shared", "densenet121"),
     "model.gate_weights": ("none", "imagenet", "xrv"),
+    "model.normalize": ("fixed", "image"),
     "train.optimizer": ("sgd", "adamw"),
     "train.checkpoint": ("last", "best"),
     "predict.engine": ("auto", "torch", "onnx"),  # ENGINES

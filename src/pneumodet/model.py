@@ -177,7 +177,18 @@ class GatedMaskRCNN(MaskRCNN):
 
 
 class CacheSizeTransform(GeneralizedRCNNTransform):
-    """torchvision's transform, minus the resize when the image already has the cache size."""
+    """torchvision's transform, minus the resize when the image already has the cache size; ``per_image``
+    scales each image by its own mean and standard deviation instead of the fixed ones."""
+
+    def __init__(self, *args, per_image: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.per_image = per_image
+
+    def normalize(self, image):
+        if not self.per_image:
+            return super().normalize(image)
+        image = (image - image.mean()) / image.std().clamp_min(1e-3)
+        return image.expand(len(self.image_mean), -1, -1)  # grey (1 channel) to the 3 the backbone takes, as fixed does
 
     def resize(self, image, target=None):
         if tuple(image.shape[-2:]) == (self.min_size[0], self.max_size):
@@ -291,7 +302,7 @@ def build_model(cfg: ModelConfig, image_size: int) -> GatedMaskRCNN:
         **kwargs,
     )
     model.transform = CacheSizeTransform(image_size, image_size, model.transform.image_mean,
-                                         model.transform.image_std)
+                                         model.transform.image_std, per_image=cfg.normalize == "image")
     if not cfg.masks:
         model.roi_heads.mask_roi_pool = model.roi_heads.mask_head = model.roi_heads.mask_predictor = None
     _load_weights(model, cfg)
