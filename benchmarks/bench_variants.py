@@ -29,7 +29,8 @@ import yaml
 VARIANTS = ("default", "wide", "shifted")
 AUGMENT = ["augment.hflip_p=0.5", "augment.scale=[0.9,1.1]", "augment.translate_x=0.05", "augment.translate_y=0.05",
            "augment.rotate_deg=5.0", "augment.brightness=[0.8,1.2]", "augment.contrast=[0.8,1.2]"]
-AT_128 = ["data.image_size=128", "model.anchor_sizes=[8,16,32,64,128]"]  # demo.yaml's input size until 256 px
+# demo.yaml's input size until 256 px, and its normalisation until model.normalize: image
+AT_128 = ["data.image_size=128", "model.anchor_sizes=[8,16,32,64,128]", "model.normalize=fixed"]
 RECIPES = [  # label, config, overrides
     ("demo.yaml at 128 px as before train.steps (12 epochs, whatever the set's size)", "configs/demo.yaml",
      [*AT_128, "train.steps=0", "model.gate=false"]),
@@ -37,7 +38,9 @@ RECIPES = [  # label, config, overrides
     ("demo.yaml at 128 px + flips and wider augmentation, no gate", "configs/demo.yaml",
      [*AT_128, *AUGMENT, "model.gate=false"]),
     ("demo.yaml at 128 px with its detached gate", "configs/demo.yaml", AT_128),
-    ("demo.yaml (256 px, detached gate)", "configs/demo.yaml", []),
+    ("demo.yaml at 256 px with fixed normalisation (ImageNet's mean and std)", "configs/demo.yaml",
+     ["model.normalize=fixed"]),
+    ("demo.yaml (256 px, detached gate, each image normalised by its own mean and std)", "configs/demo.yaml", []),
 ]
 FOLDS = 3
 TEST_IMAGES = 300
