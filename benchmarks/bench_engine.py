@@ -132,10 +132,11 @@ def cpu_recipe_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tu
     against the stock baseline timed in the same run, and the CLI's throughput, as for R50-FPN above. Its
     accuracy is the variants benchmark's."""
     from pneumodet.config import load_config
+    from pneumodet.demo import DEMO_CONFIG
     from pneumodet.onnx_engine import INT8_FILE, ONNX_FILE, read_meta, write_meta
 
     rows = []
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    config = load_config(DEMO_CONFIG)
     run_dir = _run_folder(tmp / "cpu-recipe", config)
     label = f"CPU recipe (demo.yaml: tiny FPN, {config.data.image_size} px, {config.model.rpn_post_nms_test} proposals)"
     for engine, seconds, _ in engine_latencies(run_dir, config.data.image_size, files):
