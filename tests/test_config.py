@@ -61,6 +61,7 @@ def test_shipped_configs_load():
     ("data.num_workers=-3", "data.num_workers must be in [0, 256], got -3"),
     ("augment.hflip_p=2", "augment.hflip_p must be in [0, 1], got 2"),
     ("augment.scale=[1.2, 0.8]", "augment.scale is a (low, high) range, got [1.2, 0.8]; write [0.8, 1.2]"),
+    ("augment.gamma=[0, 1.4]", "augment.gamma must be in (0, 10], got [0, 1.4]"),
     ("predict.score_threshold=5", "predict.score_threshold must be in [0, 1], got 5"),
     ("predict.max_boxes=0", "predict.max_boxes must be in [1, 100], got 0"),
     ("model.anchor_ratios=[-1]", "model.anchor_ratios must be in (0, 100], got [-1]"),

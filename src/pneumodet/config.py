@@ -44,6 +44,9 @@ class AugmentConfig:
     shear_deg: float = 1.0
     brightness: tuple[float, float] = (0.9, 1.1)
     contrast: tuple[float, float] = (0.9, 1.1)
+    # pixel ** gamma after brightness and contrast, drawn from this range: (1, 1) is off. Unlike brightness and
+    # contrast, a gamma survives model.normalize: image, and films differ in it (each scanner's look-up table)
+    gamma: tuple[float, float] = (1.0, 1.0)
     blur_sigma: tuple[float, float] = (0.3, 1.0)
     sharpen: tuple[float, float] = (1.2, 2.0)
     blur_or_sharpen_p: float = 0.5  # probability of one of the two
@@ -348,7 +351,8 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "data.train_limit": (0, INF), "data.val_limit": (0, INF),
     "augment.scale": (0, 10, "open"), "augment.translate_x": (0, 0.5), "augment.translate_y": (0, 0.5),
     "augment.rotate_deg": (0, 180), "augment.shear_deg": (0, 60), "augment.brightness": (0, 10, "open"),
-    "augment.contrast": (0, 10, "open"), "augment.blur_sigma": (0, 50, "open"), "augment.sharpen": (0, 50),
+    "augment.contrast": (0, 10, "open"), "augment.gamma": (0, 10, "open"),
+    "augment.blur_sigma": (0, 50, "open"), "augment.sharpen": (0, 50),
     "augment.blur_or_sharpen_p": (0, 1), "augment.hflip_p": (0, 1),
     "model.trainable_layers": (0, 5), "model.anchor_sizes": (1, 4096), "model.anchor_ratios": (0, 100, "open"),
     "model.rpn_pre_nms_train": (1, 100000), "model.rpn_post_nms_train": (1, 100000),
@@ -381,7 +385,7 @@ ENGINES = CHOICES["predict.engine"]
 #: train.loggers may name these (engine/loggers.py)
 LOGGERS = ("csv", "tensorboard", "mlflow")
 #: (low, high) pairs whose low must not exceed high
-PAIRS = ("augment.scale", "augment.brightness", "augment.contrast", "augment.blur_sigma", "augment.sharpen")
+PAIRS = ("augment.scale", "augment.brightness", "augment.contrast", "augment.gamma", "augment.blur_sigma", "augment.sharpen")
 
 
 def _value(config: RunConfig, key: str):

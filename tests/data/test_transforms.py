@@ -72,6 +72,25 @@ def test_intensity_ops_leave_the_target_alone():
     assert brighter.last == "brightness x1.20, contrast x1.00"
 
 
+def test_gamma_is_off_by_default_and_bends_the_grey_levels_when_on():
+    image, target = _sample([[10, 10, 20, 30]])
+    image = image * 0.5 + 0.25
+    plain = RandBrightnessContrast((1.0, 1.0), (1.0, 1.0))
+    torch.manual_seed(0)
+    out = plain(image.clone(), target)[0]
+    after_plain = torch.rand(())
+    torch.manual_seed(0)
+    torch.rand(2)  # brightness and contrast: off, gamma draws nothing, so older runs keep their random stream
+    assert torch.equal(out, image) and "gamma" not in plain.last and torch.equal(after_plain, torch.rand(()))
+    squared = RandBrightnessContrast((1.0, 1.0), (1.0, 1.0), (2.0, 2.0))
+    out, new = squared(image.clone(), target)
+    assert new is target and torch.allclose(out, image ** 2) and squared.last.endswith("gamma 2.00")
+    # not a linear change of grey levels (on more than two of them): per-image normalisation cannot undo it
+    ramp = torch.linspace(0.1, 0.9, 64).expand(1, 64, 64).clone()
+    standardise = lambda x: (x - x.mean()) / x.std()  # noqa: E731
+    assert not torch.allclose(standardise(squared(ramp.clone(), target)[0]), standardise(ramp), atol=1e-2)
+
+
 def test_pipeline_presets():
     assert train_transforms(AugmentConfig(enabled=False)) is None
     pipeline = train_transforms(AugmentConfig(hflip_p=0.5))

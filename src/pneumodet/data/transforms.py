@@ -104,16 +104,23 @@ class RandHFlip:
 
 
 class RandBrightnessContrast:
-    def __init__(self, brightness=(0.9, 1.1), contrast=(0.9, 1.1)):
-        self.brightness, self.contrast, self.last = brightness, contrast, ""
+    """Brightness and contrast factors, then ``pixel ** gamma``, each drawn from its range (gamma (1, 1): none)."""
+
+    def __init__(self, brightness=(0.9, 1.1), contrast=(0.9, 1.1), gamma=(1.0, 1.0)):
+        self.brightness, self.contrast, self.gamma, self.last = brightness, contrast, tuple(gamma), ""
 
     def variants(self) -> list:
         return [self]
 
     def __call__(self, image, target):
         b, c = _uniform(*self.brightness), _uniform(*self.contrast)
+        image = F.adjust_contrast(F.adjust_brightness(image, b), c).clamp_(0, 1)
         self.last = f"brightness x{b:.2f}, contrast x{c:.2f}"
-        return F.adjust_contrast(F.adjust_brightness(image, b), c).clamp_(0, 1), target
+        if self.gamma != (1.0, 1.0):  # drawn only when on, so runs without it keep their random stream
+            g = _uniform(*self.gamma)
+            self.last += f", gamma {g:.2f}"
+            image = image.pow_(g)
+        return image, target
 
 
 class RandBlurOrSharpen:
@@ -161,7 +168,7 @@ def train_ops(cfg: AugmentConfig) -> list:
     if not cfg.enabled:
         return []
     ops = [RandAffine(cfg.scale, (cfg.translate_x, cfg.translate_y), cfg.rotate_deg, cfg.shear_deg),
-           RandBrightnessContrast(cfg.brightness, cfg.contrast),
+           RandBrightnessContrast(cfg.brightness, cfg.contrast, cfg.gamma),
            RandBlurOrSharpen(cfg.blur_sigma, cfg.sharpen, cfg.blur_or_sharpen_p)]
     if cfg.hflip_p > 0:
         ops.append(RandHFlip(cfg.hflip_p))
