@@ -34,6 +34,18 @@ def test_user_errors_exit_2_with_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_a_reader_that_goes_away_is_no_traceback(tmp_path):
+    """`pneumodet score ... | head`: the pipe closes before the JSON is written; exit 0, nothing on stderr."""
+    labels, submission = tmp_path / "labels.csv", tmp_path / "sub.csv"
+    labels.write_text("patientId,x,y,width,height,Target\na,10,10,50,50,1\nb,,,,,0\n")
+    submission.write_text("patientId,PredictionString\na,0.9 10 10 50 50\nb,\n")
+    proc = subprocess.Popen([sys.executable, "-m", "pneumodet.cli", "score", str(submission), "--labels",
+                             str(labels)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the child has imported pandas and scored
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0 and err == ""
+
+
 def test_bad_option_value_exits_2(capsys):
     with pytest.raises(SystemExit) as info:
         main(["synth", "x", "--train", "many"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -384,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunFailure as exc:
         print(f"pneumodet {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (`pneumodet score ... | head`): nothing left to tell it
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python's flush at exit would raise again)
+        return 0
     except OSError as exc:
         from pneumodet.files import OUTPUT_ERRNOS
 
