@@ -30,7 +30,10 @@ VARIANTS = ("default", "wide", "shifted")
 AUGMENT = ["augment.hflip_p=0.5", "augment.scale=[0.9,1.1]", "augment.translate_x=0.05", "augment.translate_y=0.05",
            "augment.rotate_deg=5.0", "augment.brightness=[0.8,1.2]", "augment.contrast=[0.8,1.2]"]
 # demo.yaml's input size until 256 px, and its normalisation until model.normalize: image
-AT_128 = ["data.image_size=128", "model.anchor_sizes=[8,16,32,64,128]", "model.normalize=fixed"]
+AT_128 = ["data.image_size=128", "model.anchor_sizes=[8,16,32,64,128]", "model.normalize=fixed", "augment.hflip_p=0",
+          "predict.hflip_tta=false"]
+# demo.yaml's augmentation and inference until flips (hflip_p 0.5 and flip TTA)
+NO_FLIPS = ["augment.hflip_p=0", "predict.hflip_tta=false"]
 RECIPES = [  # label, config, overrides
     ("demo.yaml at 128 px as before train.steps (12 epochs, whatever the set's size)", "configs/demo.yaml",
      [*AT_128, "train.steps=0", "model.gate=false"]),
@@ -39,8 +42,12 @@ RECIPES = [  # label, config, overrides
      [*AT_128, *AUGMENT, "model.gate=false"]),
     ("demo.yaml at 128 px with its detached gate", "configs/demo.yaml", AT_128),
     ("demo.yaml at 256 px with fixed normalisation (ImageNet's mean and std)", "configs/demo.yaml",
-     ["model.normalize=fixed"]),
-    ("demo.yaml (256 px, detached gate, each image normalised by its own mean and std)", "configs/demo.yaml", []),
+     ["model.normalize=fixed", *NO_FLIPS]),
+    ("demo.yaml at 256 px, each image normalised by its own mean and std, no flips", "configs/demo.yaml",
+     NO_FLIPS),
+    ("demo.yaml without flips, + gamma 0.7-1.4", "configs/demo.yaml", [*NO_FLIPS, "augment.gamma=[0.7,1.4]"]),
+    ("demo.yaml (256 px, detached gate, per-image normalisation, flips in training and flip TTA)",
+     "configs/demo.yaml", []),
 ]
 FOLDS = 3
 TEST_IMAGES = 300
