@@ -72,12 +72,13 @@ def dense_runtimes(onnx_path: Path, size: int, repeats: int = 10) -> str:
     return ", ".join(parts)
 
 
-def cli_images_per_s(run: Path, images: Path, out: Path, devices: int) -> str:
+def cli_images_per_s(run: Path, images: Path, out: Path, devices: int, *options: str) -> str:
     import subprocess
     import sys
 
     proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "predict", str(run), str(images), "--out", str(out),
-                           "--workers", "1", "--devices", str(devices)], capture_output=True, text=True, timeout=1200)
+                           "--workers", "1", "--devices", str(devices), *options], capture_output=True, text=True,
+                          timeout=1200)
     if proc.returncode != 0:
         return f"failed: {proc.stderr.strip().splitlines()[-1]}"
     return next(line for line in proc.stdout.splitlines() if "images/s" in line)
@@ -138,7 +139,9 @@ def cpu_recipe_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tu
     rows = []
     config = load_config(DEMO_CONFIG)
     run_dir = _run_folder(tmp / "cpu-recipe", config)
-    label = f"CPU recipe (demo.yaml: tiny FPN, {config.data.image_size} px, {config.model.rpn_post_nms_test} proposals)"
+    tta = ", flip TTA" if config.predict.hflip_tta else ""
+    label = (f"CPU recipe (demo.yaml: tiny FPN, {config.data.image_size} px, {config.model.rpn_post_nms_test} "
+             f"proposals{tta})")
     for engine, seconds, _ in engine_latencies(run_dir, config.data.image_size, files):
         rows.append((f"one 1024² DICOM → boxes, {label}, {engine}",
                      f"{seconds * 1e3:.0f} ms = {baseline_ms / (seconds * 1e3):.1f}× stock"))
@@ -149,6 +152,11 @@ def cpu_recipe_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tu
         for devices in (1, 2):
             rows.append((f"pneumodet predict 200 DICOMs, {label}, {name} engine, --devices {devices}",
                          cli_images_per_s(run_dir, files[0].parent, tmp / "cpu-recipe.csv", devices)))
+    if tta:  # what the recipe's throughput is without TTA (predict --no-tta), fp32 engine
+        write_meta(folder, {**read_meta(folder), "active": ONNX_FILE})
+        for devices in (1, 2):
+            rows.append((f"pneumodet predict 200 DICOMs, CPU recipe with --no-tta, fp32 engine, --devices {devices}",
+                         cli_images_per_s(run_dir, files[0].parent, tmp / "cpu-recipe.csv", devices, "--no-tta")))
     return rows
 
 
