@@ -29,11 +29,10 @@ import yaml
 VARIANTS = ("default", "wide", "shifted")
 AUGMENT = ["augment.hflip_p=0.5", "augment.scale=[0.9,1.1]", "augment.translate_x=0.05", "augment.translate_y=0.05",
            "augment.rotate_deg=5.0", "augment.brightness=[0.8,1.2]", "augment.contrast=[0.8,1.2]"]
-# demo.yaml's input size until 256 px, and its normalisation until model.normalize: image
-AT_128 = ["data.image_size=128", "model.anchor_sizes=[8,16,32,64,128]", "model.normalize=fixed", "augment.hflip_p=0",
-          "predict.hflip_tta=false"]
 # demo.yaml's augmentation and inference until flips (hflip_p 0.5 and flip TTA)
 NO_FLIPS = ["augment.hflip_p=0", "predict.hflip_tta=false"]
+# demo.yaml's input size until 256 px, and its normalisation until model.normalize: image
+AT_128 = ["data.image_size=128", "model.anchor_sizes=[8,16,32,64,128]", "model.normalize=fixed", *NO_FLIPS]
 RECIPES = [  # label, config, overrides
     ("demo.yaml at 128 px as before train.steps (12 epochs, whatever the set's size)", "configs/demo.yaml",
      [*AT_128, "train.steps=0", "model.gate=false"]),

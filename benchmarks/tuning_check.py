@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _test_cache(run: Path, data: Path) -> Path:
+def _test_cache(run: Path, data: Path, size: int) -> Path:
     from pneumodet.data.prepare import prepare
 
     root = run / "tuning_check"
@@ -30,14 +30,8 @@ def _test_cache(run: Path, data: Path) -> Path:
         if not link.exists():
             os.symlink((data / "stage_2_test_images").resolve(), link)
         (layout / "stage_2_train_labels.csv").write_bytes((data / "synthetic_test_labels.csv").read_bytes())
-        prepare(layout, cache, size_px=_size(run), workers=1, progress=False)
+        prepare(layout, cache, size_px=size, workers=1, progress=False)
     return cache
-
-
-def _size(run: Path) -> int:
-    from pneumodet.config import load_config
-
-    return load_config(run / "config.yaml").data.image_size
 
 
 def _smoothed(val, pp):
@@ -58,7 +52,7 @@ def check(run: Path, data: Path) -> str:
     detector = load_detector(run, hflip_tta=False)
     start = PostProcess.from_config(detector.config.predict)
     val, _ = collect(detector, None, "val", False, True)
-    test, _ = collect(detector, _test_cache(run, data), "all", False, False)
+    test, _ = collect(detector, _test_cache(run, data, detector.config.data.image_size), "all", False, False)
     tuned, _ = tune(val, start)
     no_gate, _ = tune(val, start, gate=False)
     bound, _ = tune(test, start)
