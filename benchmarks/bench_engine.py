@@ -147,16 +147,14 @@ def cpu_recipe_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tu
                      f"{seconds * 1e3:.0f} ms = {baseline_ms / (seconds * 1e3):.1f}× stock"))
     folder = run_dir / "engine"
     # int8 is active only where export's agreement check passes (the trained demo model's may not): time both
-    for name, active in (("fp32", ONNX_FILE), ("int8", INT8_FILE)):
+    cases = [(f"{label}, fp32 engine", ONNX_FILE, ()), (f"{label}, int8 engine", INT8_FILE, ())]
+    if tta:  # what the recipe's throughput is without TTA (predict --no-tta), fp32 engine
+        cases.append(("CPU recipe with --no-tta, fp32 engine", ONNX_FILE, ("--no-tta",)))
+    for name, active, options in cases:
         write_meta(folder, {**read_meta(folder), "active": active})
         for devices in (1, 2):
-            rows.append((f"pneumodet predict 200 DICOMs, {label}, {name} engine, --devices {devices}",
-                         cli_images_per_s(run_dir, files[0].parent, tmp / "cpu-recipe.csv", devices)))
-    if tta:  # what the recipe's throughput is without TTA (predict --no-tta), fp32 engine
-        write_meta(folder, {**read_meta(folder), "active": ONNX_FILE})
-        for devices in (1, 2):
-            rows.append((f"pneumodet predict 200 DICOMs, CPU recipe with --no-tta, fp32 engine, --devices {devices}",
-                         cli_images_per_s(run_dir, files[0].parent, tmp / "cpu-recipe.csv", devices, "--no-tta")))
+            rows.append((f"pneumodet predict 200 DICOMs, {name}, --devices {devices}",
+                         cli_images_per_s(run_dir, files[0].parent, tmp / "cpu-recipe.csv", devices, *options)))
     return rows
 
 
