@@ -1,13 +1,14 @@
 """The ONNX Runtime engine against PyTorch and a stock torchvision baseline, timed in one run.
 
 Latency: one 1024² JPEG DICOM → boxes with R50-FPN (random weights: cost depends on the settings, not the
-weights), the default path (100 proposals, fp32, channels-last) in PyTorch and with ``pneumodet export``'s
-engine; the baseline is torchvision's own ``maskrcnn_resnet50_fpn`` at the same input size with its defaults
-(1000 proposals, masks), on a tensor already in memory. Throughput: ``predict_folder`` over 200 DICOMs with
-each engine. The int8 engine's speed is timed with scales calibrated on random images (speed does not depend on
-them). Agreement: a trained run (make demo's, if present) predicted by PyTorch and by each engine over
-its synthetic test images: the share of images whose kept boxes match one to one at IoU ≥ 0.95; for int8,
-``pneumodet export --int8``'s own check on the run's val images is reported beside it.
+weights), the default path (100 proposals, fp32, channels-last) in PyTorch and with each form of
+``pneumodet export``'s engine (fp32; the box head int8; both parts int8); the baseline is torchvision's own
+``maskrcnn_resnet50_fpn`` at the same input size with its defaults (1000 proposals, masks), on a tensor
+already in memory. Throughput: ``predict_folder`` over 200 DICOMs with each engine. The int8 engine's speed
+is timed with scales calibrated on random images (speed does not depend on them). Agreement: a trained run
+(make demo's, if present) predicted by PyTorch and by each engine over its synthetic test images: the share
+of images whose kept boxes match one to one at IoU ≥ 0.95; for the int8 forms, ``pneumodet export --int8``'s
+own check on the run's val images is reported beside it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_predict import _run_folder, latency
+
+from pneumodet.onnx_engine import HEADS_FILE, HEADS_INT8_FILE, INT8_FILE, ONNX_FILE, read_meta, write_meta
+
+#: the engine's forms, by what engine.json makes active: (label, dense file, heads file)
+ENGINE_FORMS = (("fp32", ONNX_FILE, HEADS_FILE), ("int8 box head", ONNX_FILE, HEADS_INT8_FILE),
+                ("int8", INT8_FILE, HEADS_INT8_FILE))
+
+
+def activate(folder: Path, dense: str, heads: str) -> None:
+    write_meta(folder, {**read_meta(folder), "active": dense, "active_heads": heads})
 
 
 def stock_torchvision_ms(size: int, repeats: int = 10) -> float:
@@ -91,7 +102,7 @@ def agreement(run: Path, images: Path, tmp: Path) -> list[tuple[str, str]]:
     from pneumodet.detector import image_tensor, load_detector
     from pneumodet.export import agreement as share_agreeing
     from pneumodet.export import export_run
-    from pneumodet.onnx_engine import INT8_FILE, ONNX_FILE, attach
+    from pneumodet.onnx_engine import attach
 
     copy = tmp / "agree"
     shutil.copytree(run, copy)
@@ -99,32 +110,39 @@ def agreement(run: Path, images: Path, tmp: Path) -> list[tuple[str, str]]:
     reference = load_detector(copy, engine="torch")
     tensors = [image_tensor(reference.read(f).pixels, reference.image_size) for f in sorted(images.glob("*.dcm"))]
     rows = []
-    for label, file in (("fp32", ONNX_FILE), ("int8", INT8_FILE)):
+    q = result.int8
+    checks = {"int8": f"; export's own check on {q['images']} val images {q['agreement']:.1%}, "
+                      f"{'active' if q['active'] else 'not active'}"}
+    if "heads_agreement" in q:
+        checks["int8 box head"] = (f"; export's own check on {q['images']} val images {q['heads_agreement']:.1%}, "
+                                   f"{'active' if q['heads_active'] else 'not active'}")
+    for label, file, heads in ENGINE_FORMS:
         engine = load_detector(copy, engine="torch")
         for predictor in engine.predictors:
-            attach(predictor.model, copy, file=file)
+            attach(predictor.model, copy, file=file, heads_file=heads)
         share, n = share_agreeing(reference, engine, tensors)
-        extra = (f"; export's own check on {result.int8['images']} val images {result.int8['agreement']:.1%}, "
-                 f"{'active' if result.int8['active'] else 'not active'}") if label == "int8" else ""
+        extra = checks.get(label, "")
         rows.append((f"{label} engine vs PyTorch boxes at the tuned post-processing, demo model, synthetic test images",
                      f"{share:.1%} of {n} images the same{extra}"))
     return rows
 
 
 def engine_latencies(run_dir: Path, size: int, files: list[Path]) -> list[tuple[str, float, dict]]:
-    """Time the run with PyTorch, then export it and time the ONNX Runtime engine, then int8 (scales calibrated
-    on random images: speed does not depend on them); return (engine, seconds, parts) each. int8 stays active."""
-    from pneumodet.onnx_engine import INT8_FILE, export_onnx, quantize_int8, read_meta, write_meta
+    """Time the run with PyTorch, then export it and time each form of the ONNX Runtime engine (int8 scales
+    calibrated on random images: speed does not depend on them); return (engine, seconds, parts) each. The
+    last form (int8) stays active."""
+    from pneumodet.onnx_engine import export_onnx, quantize_heads_int8, quantize_int8
     from pneumodet.runs import load_trained
 
-    timed = [("PyTorch", *latency(run_dir, files))]
+    timed = [("PyTorch fp32", *latency(run_dir, files))]
     model, _, info = load_trained(run_dir)
     folder = run_dir / "engine"
     export_onnx(model, size, Path(info["path"]), folder)
-    timed.append(("ONNX Runtime engine", *latency(run_dir, files)))  # predict.engine auto: the export is used
     quantize_int8(folder, [np.random.default_rng(i).random((1, 3, size, size), dtype=np.float32) for i in range(8)])
-    write_meta(folder, {**read_meta(folder), "active": INT8_FILE})
-    timed.append(("ONNX Runtime engine int8", *latency(run_dir, files)))
+    quantize_heads_int8(folder)
+    for label, dense, heads in ENGINE_FORMS:  # predict.engine auto: the export is used
+        activate(folder, dense, heads)
+        timed.append((f"ONNX Runtime engine {label}", *latency(run_dir, files)))
     return timed
 
 
@@ -134,8 +152,6 @@ def cpu_recipe_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tu
     accuracy is the variants benchmark's."""
     from pneumodet.config import load_config
     from pneumodet.demo import DEMO_CONFIG
-    from pneumodet.onnx_engine import INT8_FILE, ONNX_FILE, read_meta, write_meta
-
     rows = []
     config = load_config(DEMO_CONFIG)
     run_dir = _run_folder(tmp / "cpu-recipe", config)
@@ -146,12 +162,12 @@ def cpu_recipe_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tu
         rows.append((f"one 1024² DICOM → boxes, {label}, {engine}",
                      f"{seconds * 1e3:.0f} ms = {baseline_ms / (seconds * 1e3):.1f}× stock"))
     folder = run_dir / "engine"
-    # int8 is active only where export's agreement check passes (the trained demo model's may not): time both
-    cases = [(f"{label}, fp32 engine", ONNX_FILE, ()), (f"{label}, int8 engine", INT8_FILE, ())]
-    if tta:  # what the recipe's throughput is without TTA (predict --no-tta), fp32 engine
-        cases.append(("CPU recipe with --no-tta, fp32 engine", ONNX_FILE, ("--no-tta",)))
-    for name, active, options in cases:
-        write_meta(folder, {**read_meta(folder), "active": active})
+    # int8 is active only where export's agreement check passes (the trained demo model's may not): time each
+    cases = [(f"{label}, {form} engine", dense, heads, ()) for form, dense, heads in ENGINE_FORMS]
+    if tta:  # what the recipe's throughput is without TTA (predict --no-tta), with the int8 box head
+        cases.append(("CPU recipe with --no-tta, int8 box head engine", *ENGINE_FORMS[1][1:], ("--no-tta",)))
+    for name, dense, heads, options in cases:
+        activate(folder, dense, heads)
         for devices in (1, 2):
             rows.append((f"pneumodet predict 200 DICOMs, {name}, --devices {devices}",
                          cli_images_per_s(run_dir, files[0].parent, tmp / "cpu-recipe.csv", devices, *options)))
@@ -162,7 +178,7 @@ def run() -> list[tuple[str, str]]:
     from pneumodet.config import load_config
     from pneumodet.data.synth import synthesize
     from pneumodet.io.layout import TEST_IMAGES
-    from pneumodet.onnx_engine import INT8_FILE, ONNX_FILE, cpu_features, read_meta, write_meta
+    from pneumodet.onnx_engine import cpu_features
     from pneumodet.submit import predict_folder
 
     rows = [("CPU features read from /proc/cpuinfo", ", ".join(cpu_features()))]
@@ -184,12 +200,12 @@ def run() -> list[tuple[str, str]]:
                          dense_runtimes(folder / ONNX_FILE, size)))
             for label, seconds, parts in timed:
                 detail = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in parts.items())
-                rows.append((f"one 1024² DICOM → boxes, R50-FPN {size} px, 100 proposals, fp32, {label}",
+                rows.append((f"one 1024² DICOM → boxes, R50-FPN {size} px, 100 proposals, {label}",
                              f"{seconds * 1e3:.0f} ms = {baseline / (seconds * 1e3):.2f}× stock ({detail})"))
             if size == 256:
-                for engine, active in (("torch", None), ("onnx", ONNX_FILE), ("onnx", INT8_FILE)):
-                    if active:
-                        write_meta(folder, {**read_meta(folder), "active": active})
+                for engine, files_active in (("torch", None), *(("onnx", form[1:]) for form in ENGINE_FORMS)):
+                    if files_active:
+                        activate(folder, *files_active)
                     summary = predict_folder(run_dir, tmp / "data" / TEST_IMAGES, tmp / "sub.csv",
                                              workers=1, engine=engine, progress=False)
                     rows.append((f"predict 200 DICOMs, R50-FPN 256 px, 100 proposals, batch 8, {summary.engine} engine",

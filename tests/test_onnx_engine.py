@@ -34,6 +34,8 @@ def test_the_engine_gives_the_same_candidates_as_pytorch(exported, synth_data):
     engine = load_detector(exported, engine="onnx")
     assert pytorch.engine == "torch" and engine.engine == "onnx"
     assert load_detector(exported).engine == "onnx"  # auto: a current export is used
+    heads = engine.predictors[0].model.roi_heads
+    assert type(heads.box_head).__name__ == "_OnnxBoxHead"  # the box head runs in ONNX Runtime too
     n_boxes = 0
     for path in files:
         image = pytorch.read(path)
@@ -45,6 +47,41 @@ def test_the_engine_gives_the_same_candidates_as_pytorch(exported, synth_data):
         assert got.gate == pytest.approx(want.gate, abs=1e-4)  # the gate head reads the engine's features
         n_boxes += len(want.scores)
     assert n_boxes > 0  # the comparison is not vacuous (the tiny run keeps candidates down to score 0)
+
+
+def test_an_export_without_the_heads_graph_keeps_the_box_head_in_torch(exported, synth_data):
+    import json
+
+    meta_path = exported / "engine" / "engine.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("heads", "active_heads")}))
+    (exported / "engine" / "heads.onnx").unlink()  # as an export made before the heads graph existed
+    engine = load_detector(exported)
+    assert engine.engine == "onnx"
+    assert type(engine.predictors[0].model.roi_heads.box_head).__name__ == "TwoMLPHead"
+    pytorch = load_detector(exported, engine="torch")
+    image = pytorch.read(sorted((synth_data / TEST_IMAGES).glob("*.dcm"))[0])
+    tensor = image_tensor(image.pixels, pytorch.image_size)
+    (want,), (got,) = (d.candidates([tensor], [image.original_size]) for d in (pytorch, engine))
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
+
+
+def test_the_int8_box_head_is_quantized_and_close_to_fp32(exported):
+    import onnx
+    import onnxruntime as ort
+
+    from pneumodet.onnx_engine import quantize_heads_int8
+
+    path = quantize_heads_int8(exported / "engine")
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops or "DynamicQuantizeMatMul" in ops, ops
+    shape = [d.dim_value for d in onnx.load(str(exported / "engine" / "heads.onnx")).graph.input[0].type.tensor_type
+             .shape.dim][1:]
+    pooled = np.random.default_rng(0).random((16, *shape), dtype=np.float32)
+    want, got = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"pooled": pooled})
+                 for p in (exported / "engine" / "heads.onnx", path))
+    for a, b in zip(want, got, strict=True):
+        assert a.shape == b.shape and 0 < np.abs(a - b).max() < 0.05 * max(1.0, np.abs(a).max())
 
 
 def test_a_stale_or_missing_export_falls_back_or_refuses(exported, trained_run):
@@ -105,7 +142,13 @@ def test_int8_is_used_only_where_its_boxes_agree_with_pytorch(exported):
     assert meta["int8"]["images"] == result.int8["images"] > 0 and 0 <= meta["int8"]["agreement"] <= 1
     active = meta["int8"]["agreement"] >= MIN_AGREEMENT
     assert meta["active"] == ("dense.int8.onnx" if active else "dense.onnx") and result.int8["active"] == active
-    assert load_detector(exported).engine == ("onnx int8" if active else "onnx")
+    # where both parts in int8 disagree, the int8 box head alone was checked and used only if it agrees
+    heads_active = active or meta["int8"]["heads_agreement"] >= MIN_AGREEMENT
+    assert ("heads_agreement" in meta["int8"]) == (not active)
+    assert meta["active_heads"] == ("heads.int8.onnx" if heads_active else "heads.onnx")
+    assert result.int8["heads_active"] == heads_active
+    want = "onnx int8" if active else "onnx int8 box head" if heads_active else "onnx"
+    assert load_detector(exported).engine == result.int8["engine"] == want
 
     # the agreement measure itself: identical detectors agree everywhere, different post-processing does not
     from pneumodet.export import _images

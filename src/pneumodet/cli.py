@@ -170,9 +170,13 @@ def cmd_export(args) -> None:
               f"Runtime fp32 (CPU: {', '.join(cpu_features())})")
         if result.int8:
             q = result.int8
-            verdict = "active" if q["active"] else f"not used (below {MIN_AGREEMENT:.0%}); the engine stays fp32"
+            verdict = "active" if q["active"] else f"not used (below {MIN_AGREEMENT:.0%})"
             print(f"int8 (calibrated on {q['calibration_images']} training images): {q['dense_ms']:.0f} ms; the "
                   f"same boxes as PyTorch on {q['agreement']:.1%} of {q['images']} val images: {verdict}")
+            if "heads_agreement" in q:
+                verdict = "active" if q["heads_active"] else f"not used (below {MIN_AGREEMENT:.0%})"
+                print(f"int8 box head alone (dense part fp32): the same boxes on {q['heads_agreement']:.1%}: {verdict}")
+            print(f"engine: {q['engine']}")
     print(f"predict, serve and the Python API now use it for {args.run} (--engine torch to bypass)")
 
 
@@ -319,15 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a run's convolutions to ONNX: the faster CPU inference engine",
                        description="Export the trained model's backbone, FPN and RPN head (most of its FLOPs) to "
-                       "RUN/engine/dense.onnx. predict, serve and the Python API then run that part in ONNX Runtime "
-                       "(needs pip install 'pneumodet[onnx]'); proposals, RoI heads, gate and post-processing stay "
-                       "in PyTorch. It prints how far the two paths differ on one image and each one's time. A "
+                       "RUN/engine/dense.onnx and its box head (the fully connected layers on each RoI) to "
+                       "RUN/engine/heads.onnx. predict, serve and the Python API then run those parts in ONNX "
+                       "Runtime (needs pip install 'pneumodet[onnx]'); proposals, RoIAlign, gate and "
+                       "post-processing stay in PyTorch. It prints how far the two paths differ and each one's "
+                       "time for the dense part. A "
                        "later training of the run makes the export stale: predict then warns and uses PyTorch.")
     p.add_argument("run", type=Path, help="run folder (the weights its train.checkpoint chose: last.ckpt or "
                    "best.ckpt), or a folds folder (each fold's run)")
-    p.add_argument("--int8", action="store_true", help="also quantize to int8 (calibrated on the run's cached "
-                   "training images) and use it only if its boxes agree with PyTorch on >= 98%% of the val images "
-                   "(same count, each at IoU >= 0.95); the figures go into RUN/engine/engine.json")
+    p.add_argument("--int8", action="store_true", help="also quantize to int8 (the dense part calibrated on the "
+                   "run's cached training images, the box head dynamically) and use it only if its boxes agree "
+                   "with PyTorch on >= 98%% of the val images (same count, each at IoU >= 0.95); where both parts "
+                   "in int8 do not, the int8 box head alone is tried; the figures go into RUN/engine/engine.json")
     p.add_argument("--calibration", type=_count, default=64, help="training images to calibrate int8 on (default 64)")
     p.add_argument("--check-images", type=_count, default=200, help="val images to check int8 on (default 200)")
     p.set_defaults(func=cmd_export)

@@ -1,11 +1,17 @@
-"""The CPU inference engine: the detector's convolutions run in ONNX Runtime, the rest stays in torch.
+"""The CPU inference engine: the detector's dense layers run in ONNX Runtime, the rest stays in torch.
 
-``pneumodet export RUN`` writes the dense part of the trained model (backbone, FPN and RPN head: most of
-the FLOPs, and plain convolutions that export cleanly) to ``RUN/engine/dense.onnx``, with ``engine.json``
-naming the checkpoint it came from. :func:`attach` swaps that part of a loaded model for an ONNX Runtime
-session; anchors, proposals, RoIAlign, the box head, the gate head and post-processing stay torchvision's,
-so the boxes agree with PyTorch (a test and ``make bench`` check it). Picked over OpenVINO by measurement
-(BENCHMARKS.md). Needs the ``onnx`` extra: ``pip install 'pneumodet[onnx]'``.
+``pneumodet export RUN`` writes two graphs of the trained model to ``RUN/engine/``: ``dense.onnx`` (backbone,
+FPN and RPN head: most of the FLOPs, and plain convolutions that export cleanly) and ``heads.onnx`` (the box
+head and box predictor: fully connected layers on each RoI's pooled features), with ``engine.json`` naming the
+checkpoint they came from. :func:`attach` swaps those parts of a loaded model for ONNX Runtime sessions;
+anchors, proposals, RoIAlign, the gate head and post-processing stay torchvision's, so the boxes agree with
+PyTorch (a test and ``make bench`` check it). Picked over OpenVINO by measurement (BENCHMARKS.md). Needs the
+``onnx`` extra: ``pip install 'pneumodet[onnx]'``.
+
+int8: ``dense.int8.onnx`` is quantized statically (scales calibrated on the run's images), ``heads.int8.onnx``
+dynamically (int8 weights, each batch's activations quantized as it runs: nothing to calibrate). engine.json's
+``active`` and ``active_heads`` name the file of each part that predict uses; an export made before the heads
+graph existed has neither ``heads`` key and runs its box head in torch.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from pneumodet.files import atomic_path, write_text_atomic
 ENGINE_DIR = "engine"
 ONNX_FILE = "dense.onnx"
 INT8_FILE = "dense.int8.onnx"
+HEADS_FILE = "heads.onnx"
+HEADS_INT8_FILE = "heads.int8.onnx"
 META_FILE = "engine.json"
 OPSET = 17
 
@@ -42,6 +50,24 @@ class DenseExport(nn.Module):
         features = list(self.backbone(images).values())
         objectness, deltas = self.rpn_head(features)
         return (*features, *objectness, *deltas)
+
+
+class HeadsExport(nn.Module):
+    """Box head + box predictor as one graph: pooled RoI features (N, C, R, R) in, (class logits, deltas) out."""
+
+    def __init__(self, box_head: nn.Module, box_predictor: nn.Module):
+        super().__init__()
+        self.box_head, self.box_predictor = box_head, box_predictor
+
+    def forward(self, pooled: torch.Tensor):
+        return self.box_predictor(self.box_head(pooled))
+
+
+def _pooled_shape(model) -> tuple[int, int, int]:
+    """Return (channels, height, width) of what the box RoI pool hands the box head."""
+    size = model.roi_heads.box_roi_pool.output_size
+    height, width = (size, size) if isinstance(size, int) else size
+    return model.backbone.out_channels, height, width
 
 
 def source_of(checkpoint: Path) -> dict:
@@ -75,9 +101,17 @@ def export_onnx(model, image_size: int, checkpoint: Path, out_dir: str | Path) -
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(dense, (example,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["image"],
                               output_names=outputs, dynamic_axes={k: {0: "batch"} for k in ["image", *outputs]})
+        heads = HeadsExport(model.roi_heads.box_head, model.roi_heads.box_predictor).eval()
+        with atomic_path(out_dir / HEADS_FILE) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(heads, (torch.zeros(2, *_pooled_shape(model)),), str(tmp), dynamo=False,
+                              opset_version=OPSET, input_names=["pooled"], output_names=["class_logits", "deltas"],
+                              dynamic_axes={k: {0: "rois"} for k in ["pooled", "class_logits", "deltas"]})
     write_meta(out_dir, {"image_size": image_size, "feature_names": names, "opset": OPSET,
-                         "torch": torch.__version__, "source": source_of(checkpoint), "active": ONNX_FILE})
-    (out_dir / INT8_FILE).unlink(missing_ok=True)  # made from the weights before, if at all; no longer active
+                         "torch": torch.__version__, "source": source_of(checkpoint), "active": ONNX_FILE,
+                         "heads": HEADS_FILE, "active_heads": HEADS_FILE})
+    for stale in (INT8_FILE, HEADS_INT8_FILE):  # made from the weights before, if at all; no longer active
+        (out_dir / stale).unlink(missing_ok=True)
     return out_dir / ONNX_FILE
 
 
@@ -116,6 +150,25 @@ def quantize_int8(out_dir: str | Path, calibration: list) -> Path:
     return out_dir / INT8_FILE
 
 
+def quantize_heads_int8(out_dir: str | Path) -> Path:
+    """Write ``HEADS_INT8_FILE`` beside the fp32 heads: int8 weights, activations quantized per batch as it runs
+    (dynamic: the box head's inputs depend on the proposals, so there is nothing fixed to calibrate)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out_dir = Path(out_dir)
+    prepared = out_dir / f".{HEADS_FILE}.pre-{os.getpid()}"
+    try:
+        quant_pre_process(str(out_dir / HEADS_FILE), str(prepared))
+        with atomic_path(out_dir / HEADS_INT8_FILE) as tmp:
+            # only the fully connected layers: the matrix products are the cost (a conv box head stays fp32)
+            quantize_dynamic(str(prepared), str(tmp), weight_type=QuantType.QInt8,
+                             op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        prepared.unlink(missing_ok=True)
+    return out_dir / HEADS_INT8_FILE
+
+
 class _OnnxBackbone(nn.Module):
     """Stands in for the model's backbone: runs the exported graph, keeps the RPN head's outputs for it."""
 
@@ -144,6 +197,34 @@ class _StashedRpnHead(nn.Module):
         return list(objectness), list(deltas)
 
 
+class _OnnxBoxHead(nn.Module):
+    """Stands in for the box head: runs the exported box head + predictor, keeps the predictor's outputs."""
+
+    def __init__(self, session, classes: int):
+        super().__init__()
+        self.session, self.classes = session, classes
+        self.outputs = None
+
+    def forward(self, pooled: torch.Tensor):
+        if pooled.shape[0] == 0:  # no proposal: nothing to run
+            self.outputs = (pooled.new_zeros(0, self.classes), pooled.new_zeros(0, 4 * self.classes))
+        else:
+            array = pooled.detach().float().contiguous().cpu().numpy()
+            self.outputs = tuple(torch.from_numpy(o) for o in self.session.run(None, {"pooled": array}))
+        return pooled.new_zeros(pooled.shape[0], 0)  # what the predictor stand-in receives and ignores
+
+
+class _StashedBoxPredictor(nn.Module):
+    """Stands in for the box predictor: returns what the ONNX box head computed for these RoIs."""
+
+    def __init__(self, head: _OnnxBoxHead):
+        super().__init__()
+        self.source = [head]  # a list: not a submodule, so it is not registered twice
+
+    def forward(self, _features):
+        return self.source[0].outputs
+
+
 def engine_state(run_root: Path, checkpoint: Path) -> str:
     """Return ``ready``, ``missing`` (never exported) or ``stale`` (exported from another checkpoint)."""
     folder = Path(run_root) / ENGINE_DIR
@@ -169,9 +250,19 @@ def _session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def attach(model, run_root: Path, threads: int | None = None, file: str | None = None):
-    """Swap ``model``'s backbone and RPN head for the ONNX Runtime session of ``run_root``'s export (the one
-    engine.json makes active: fp32, or int8 when it agreed with PyTorch; ``file`` to choose); return it."""
+def engine_label(file: str, heads_file: str | None) -> str:
+    """Return how predict names an engine: ``onnx``, ``onnx int8`` (both parts int8) or which part is int8."""
+    if file == INT8_FILE:
+        return "onnx int8" if heads_file in (None, HEADS_INT8_FILE) else "onnx int8 dense"
+    return "onnx int8 box head" if heads_file == HEADS_INT8_FILE else "onnx"
+
+
+def attach(model, run_root: Path, threads: int | None = None, file: str | None = None,
+           heads_file: str | None = None):
+    """Swap ``model``'s backbone, RPN head, box head and box predictor for the ONNX Runtime sessions of
+    ``run_root``'s export (the files engine.json makes active: fp32, or int8 where it agreed with PyTorch;
+    ``file`` and ``heads_file`` to choose); return it. An export without the heads graph leaves the box head in
+    torch."""
     require_onnx(modules=("onnxruntime",))
     folder = Path(run_root) / ENGINE_DIR
     meta = read_meta(folder)
@@ -179,13 +270,21 @@ def attach(model, run_root: Path, threads: int | None = None, file: str | None =
     session = _session(folder / file, threads)
     backbone = _OnnxBackbone(session, meta["feature_names"], model.backbone.out_channels)
     model.backbone, model.rpn.head = backbone, _StashedRpnHead(backbone)
-    model.engine = "onnx int8" if file == INT8_FILE else "onnx"
+    if meta.get("heads"):
+        heads_file = heads_file or meta.get("active_heads", HEADS_FILE)
+        heads = model.roi_heads
+        box_head = _OnnxBoxHead(_session(folder / heads_file, threads), heads.box_predictor.cls_score.out_features)
+        heads.box_head, heads.box_predictor = box_head, _StashedBoxPredictor(box_head)
+    else:
+        heads_file = None
+    model.engine = engine_label(file, heads_file)
     return model
 
 
 def check_export(model, run_root: Path, image_size: int, repeats: int = 5, file: str = ONNX_FILE) -> dict:
-    """Run the exported graph and the PyTorch model's dense part on the same random image; return the largest
-    absolute difference of their outputs and each one's median milliseconds per image."""
+    """Run the exported dense graph and the PyTorch model's dense part on the same random image, and the heads
+    graph and PyTorch's box head on the same random RoI features; return the largest absolute difference of
+    their outputs and each one's median milliseconds per image for the dense part."""
     import time
 
     import numpy as np
@@ -206,7 +305,14 @@ def check_export(model, run_root: Path, image_size: int, repeats: int = 5, file:
     with torch.no_grad():
         want, torch_ms = timed(lambda: [o.numpy() for o in dense(image)])
     got, onnx_ms = timed(lambda: session.run(None, {"image": image.numpy()}))
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(want, got, strict=True))
+    pairs = list(zip(want, got, strict=True))
+    if (Path(run_root) / ENGINE_DIR / HEADS_FILE).is_file():
+        pooled = torch.rand(8, *_pooled_shape(model), generator=torch.Generator().manual_seed(1))
+        heads = _session(Path(run_root) / ENGINE_DIR / HEADS_FILE)
+        with torch.no_grad():
+            want = [o.numpy() for o in HeadsExport(model.roi_heads.box_head, model.roi_heads.box_predictor).eval()(pooled)]
+        pairs += zip(want, heads.run(None, {"pooled": pooled.numpy()}), strict=True)
+    diff = max(float(np.abs(a - b).max()) for a, b in pairs)
     return {"max_abs_diff": diff, "torch_ms": torch_ms, "onnx_ms": onnx_ms}
 
 
