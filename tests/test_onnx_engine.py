@@ -88,6 +88,11 @@ def test_a_stale_or_missing_export_falls_back_or_refuses(exported, trained_run):
     assert engine_state(trained_run, load_trained(trained_run)[2]["path"]) == "missing"
     with pytest.raises(UserError, match="no ONNX export; run pneumodet export"):
         load_detector(trained_run, engine="onnx")
+    heads = exported / "engine" / "heads.onnx"
+    heads.rename(heads.with_suffix(".moved"))  # a file engine.json names is gone: missing, not a crash
+    assert engine_state(exported, load_trained(exported)[2]["path"]) == "missing"
+    assert load_detector(exported).engine == "torch"
+    heads.with_suffix(".moved").rename(heads)
     checkpoint = Path(load_trained(exported)[2]["path"])
     os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))  # retrained
     with pytest.warns(UserWarning, match="made from other weights"):

@@ -226,7 +226,8 @@ class _StashedBoxPredictor(nn.Module):
 
 
 def engine_state(run_root: Path, checkpoint: Path) -> str:
-    """Return ``ready``, ``missing`` (never exported) or ``stale`` (exported from another checkpoint)."""
+    """Return ``ready``, ``missing`` (never exported, or a file engine.json names is gone) or ``stale``
+    (exported from another checkpoint)."""
     folder = Path(run_root) / ENGINE_DIR
     if not (folder / ONNX_FILE).is_file() or not (folder / META_FILE).is_file():
         return "missing"
@@ -234,6 +235,9 @@ def engine_state(run_root: Path, checkpoint: Path) -> str:
         meta = read_meta(folder)
     except ValueError:
         return "stale"
+    named = [meta.get(k) for k in ("active", "heads", "active_heads")]
+    if not all((folder / name).is_file() for name in named if isinstance(name, str)):
+        return "missing"
     return "ready" if meta.get("source") == source_of(checkpoint) else "stale"
 
 
