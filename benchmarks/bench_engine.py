@@ -152,6 +152,7 @@ def cpu_recipe_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tu
     accuracy is the variants benchmark's."""
     from pneumodet.config import load_config
     from pneumodet.demo import DEMO_CONFIG
+
     rows = []
     config = load_config(DEMO_CONFIG)
     run_dir = _run_folder(tmp / "cpu-recipe", config)
