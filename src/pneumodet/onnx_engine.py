@@ -123,13 +123,25 @@ def write_meta(out_dir: str | Path, meta: dict) -> None:
     write_text_atomic(Path(out_dir) / META_FILE, json.dumps(meta, indent=2) + "\n")
 
 
+def _quantize(out_dir: Path, source: str, target: str, quantize) -> Path:
+    """Run ONNX Runtime's pre-processing on ``out_dir/source`` into a private file, then ``quantize(prepared,
+    tmp)`` into ``out_dir/target`` atomically; the pre-processed file never outlives the call."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = out_dir / f".{source}.pre-{os.getpid()}"
+    try:
+        quant_pre_process(str(out_dir / source), str(prepared))
+        with atomic_path(out_dir / target) as tmp:
+            quantize(str(prepared), str(tmp))
+    finally:
+        prepared.unlink(missing_ok=True)
+    return out_dir / target
+
+
 def quantize_int8(out_dir: str | Path, calibration: list) -> Path:
     """Write ``INT8_FILE`` beside the fp32 export: weights int8 per channel, activations uint8, scales
     calibrated on ``calibration`` (the backbone's inputs for real images: (1, 3, S, S) float32 arrays)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    out_dir = Path(out_dir)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -139,34 +151,19 @@ def quantize_int8(out_dir: str | Path, calibration: list) -> Path:
             item = next(self.items, None)
             return None if item is None else {"image": item}
 
-    prepared = out_dir / f".{ONNX_FILE}.pre-{os.getpid()}"
-    try:
-        quant_pre_process(str(out_dir / ONNX_FILE), str(prepared))
-        with atomic_path(out_dir / INT8_FILE) as tmp:
-            quantize_static(str(prepared), str(tmp), Reader(), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
-    finally:
-        prepared.unlink(missing_ok=True)
-    return out_dir / INT8_FILE
+    return _quantize(Path(out_dir), ONNX_FILE, INT8_FILE, lambda prepared, tmp: quantize_static(
+        prepared, tmp, Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, per_channel=True))
 
 
 def quantize_heads_int8(out_dir: str | Path) -> Path:
     """Write ``HEADS_INT8_FILE`` beside the fp32 heads: int8 weights, activations quantized per batch as it runs
     (dynamic: the box head's inputs depend on the proposals, so there is nothing fixed to calibrate)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    out_dir = Path(out_dir)
-    prepared = out_dir / f".{HEADS_FILE}.pre-{os.getpid()}"
-    try:
-        quant_pre_process(str(out_dir / HEADS_FILE), str(prepared))
-        with atomic_path(out_dir / HEADS_INT8_FILE) as tmp:
-            # only the fully connected layers: the matrix products are the cost (a conv box head stays fp32)
-            quantize_dynamic(str(prepared), str(tmp), weight_type=QuantType.QInt8,
-                             op_types_to_quantize=["MatMul", "Gemm"])
-    finally:
-        prepared.unlink(missing_ok=True)
-    return out_dir / HEADS_INT8_FILE
+    # only the fully connected layers: the matrix products are the cost (a conv box head stays fp32)
+    return _quantize(Path(out_dir), HEADS_FILE, HEADS_INT8_FILE, lambda prepared, tmp: quantize_dynamic(
+        prepared, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"]))
 
 
 class _OnnxBackbone(nn.Module):
