@@ -31,7 +31,9 @@ SETTINGS = [
 CHILD = r"""
 import json, resource, sys, time, torch
 from pneumodet.config import ModelConfig
+from pneumodet.memory import keep_freed_memory
 from pneumodet.model import build_model
+keep_freed_memory()  # as pneumodet train does
 size, overrides, steps = int(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
 bf16 = overrides.pop("bf16", False)
 torch.manual_seed(0)

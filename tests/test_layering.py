@@ -8,7 +8,8 @@ from pathlib import Path
 
 SRC = Path(__file__).parents[1] / "src"
 FLOORS = {  # the foundations first: modules every layer may use
-    0: ["pneumodet", "pneumodet.errors", "pneumodet.boxes", "pneumodet.network", "pneumodet.io.layout"],
+    0: ["pneumodet", "pneumodet.errors", "pneumodet.boxes", "pneumodet.network", "pneumodet.io.layout",
+        "pneumodet.memory"],
     1: ["pneumodet.files", "pneumodet.metrics"],
     2: ["pneumodet.config"],
     3: ["pneumodet.postprocess"],

@@ -23,7 +23,6 @@ from pneumodet.config import ENGINES, RunConfig
 from pneumodet.data.cache import read_for_cache, to_cache_size
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomImage
-from pneumodet.memory import keep_freed_memory
 from pneumodet.postprocess import Candidates, PostProcess, image_score, postprocess
 from pneumodet.predict import fuse_candidates, predictor_for, to_original
 from pneumodet.runs import RunPaths, find_run, fold_runs, is_folds, load_trained
@@ -187,7 +186,6 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     runs = list(run) if isinstance(run, list | tuple) else [Path(run)]
     if not runs:
         raise UserError("no run folder given")
-    keep_freed_memory()  # every batch reuses the last one's pages (pneumodet.memory)
     if len(runs) == 1 and is_folds(runs[0]):
         tuned_at, runs = RunPaths(Path(runs[0])), fold_runs(runs[0])
     else:

@@ -23,6 +23,7 @@ from pneumodet.engine.loggers import build_loggers, check_loggers, start_loggers
 from pneumodet.engine.module import DetectionModule
 from pneumodet.errors import UserError
 from pneumodet.files import write_text_atomic
+from pneumodet.memory import keep_freed_memory
 from pneumodet.runs import (
     FOLDS_FILE,
     RunPaths,
@@ -99,6 +100,7 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     check_loggers(cfg.loggers)  # a missing extra is said before anything is written
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory()  # each step reuses the last one's pages (pneumodet.memory)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # a resumed run goes on with the split it started with, whatever the cache's split.csv says now
     if resume and paths.split.is_file():
