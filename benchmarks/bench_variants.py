@@ -10,8 +10,8 @@ thresholds tuned for it). ``folds`` does the same with ``train --folds 3`` (out-
 ensemble) and scores each fold alone. A recipe is chosen on default and wide; shifted is never used for a
 choice, only reported.
 
-Slow (per recipe and variant about 8 min at 128 px, 16-20 min at 256 px with 1,200 steps and 25 min with
-2,000; 25 min per folds run at 128 px; on 2 cores):
+Slow (per recipe and variant about 8 min at 128 px, 16-20 min at 256 px with 1,200 steps, 25 min with
+2,000 and 37 min with 3,000; 25 min per folds run at 128 px; on 2 cores):
 ``python benchmarks/run.py variants`` and ``python benchmarks/run.py folds``.
 """
 
@@ -29,8 +29,9 @@ import yaml
 VARIANTS = ("default", "wide", "shifted")
 AUGMENT = ["augment.hflip_p=0.5", "augment.scale=[0.9,1.1]", "augment.translate_x=0.05", "augment.translate_y=0.05",
            "augment.rotate_deg=5.0", "augment.brightness=[0.8,1.2]", "augment.contrast=[0.8,1.2]"]
-# demo.yaml's schedule until 2,000 steps
+# demo.yaml's schedule until 2,000 steps, then until 3,000
 STEPS_1200 = ["train.steps=1200"]
+STEPS_2000 = ["train.steps=2000"]
 # demo.yaml's augmentation and inference until flips (hflip_p 0.5 and flip TTA), and its schedule then
 NO_FLIPS = ["augment.hflip_p=0", "predict.hflip_tta=false", *STEPS_1200]
 # demo.yaml's input size until 256 px, and its normalisation until model.normalize: image
@@ -50,7 +51,8 @@ RECIPES = [  # label, config, overrides
     ("demo.yaml at 1,200 steps (256 px, detached gate, per-image normalisation, flips in training and flip TTA)",
      "configs/demo.yaml", STEPS_1200),
     ("demo.yaml at 1,200 steps + 64 RoIs per image", "configs/demo.yaml", [*STEPS_1200, "model.rois_per_image=64"]),
-    ("demo.yaml (the same at 2,000 steps)", "configs/demo.yaml", []),
+    ("demo.yaml at 2,000 steps", "configs/demo.yaml", STEPS_2000),
+    ("demo.yaml (the same at 3,000 steps)", "configs/demo.yaml", []),
 ]
 FOLDS = 3
 TEST_IMAGES = 300

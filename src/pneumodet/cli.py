@@ -372,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "50 left differences of 0.1 in the noise)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override configs/demo.yaml, e.g. --set train.steps=1200 (its length in optimizer steps: "
-                   "the recipe's 2000, which the demo shortens to 800 to fit 15 minutes on 2 cores; repeatable)")
+                   "the recipe's 3000, which the demo shortens to 800 to fit 15 minutes on 2 cores; repeatable)")
     p.set_defaults(func=cmd_demo)
     return parser
 

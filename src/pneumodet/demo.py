@@ -12,7 +12,7 @@ import torch
 from pneumodet.config import load_config
 
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
-#: the demo trains demo.yaml's recipe for fewer steps than its 2,000, so that make demo stays within 15 minutes
+#: the demo trains demo.yaml's recipe for fewer steps than its 3,000, so that make demo stays within 15 minutes
 #: on 2 cores; --set train.steps=... overrides it
 DEMO_STEPS = 800
 
