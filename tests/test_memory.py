@@ -1,4 +1,4 @@
-"""pneumodet.memory: large blocks come from the heap and stay there when freed, so the next batch reuses
+"""pneumodet.memory: large blocks come from the heap and stay there when freed, so the next step reuses
 pages that are already mapped instead of a fresh mmap (and its page faults) each time."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def test_large_blocks_come_from_the_heap_and_stay():
     mapped_before, free_before, changed, mapped_after, free_after, again = _run({"PNEUMODET_KEEP_FREED_MEMORY": "1"})
     assert int(mapped_before) >= 64 and int(free_before) < 64  # malloc as it was: its own mmap, unmapped on free
     assert changed == "True" and again == "True"  # a second call keeps the answer
-    assert int(mapped_after) == 0 and int(free_after) >= 64  # from the heap, and kept there for the next batch
+    assert int(mapped_after) == 0 and int(free_after) >= 64  # from the heap, and kept there for the next step
 
 
 @pytest.mark.skipif(not _glibc(), reason="glibc's mallopt and mallinfo2 (2.33 or later)")
