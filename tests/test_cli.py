@@ -15,6 +15,14 @@ def test_every_command_has_help(capsys):
         assert "usage: pneumodet" in capsys.readouterr().out
 
 
+def test_train_help_names_the_memory_switch(capsys):
+    """The one environment setting that changes training must be findable from ``train --help``."""
+    from pneumodet import memory
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    assert f"{memory.ENV}=0" in " ".join(capsys.readouterr().out.split())
+
+
 def test_synth_then_prepare(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "d"), "--train", "12", "--test", "2", "--seed", "1", "--workers", "1"]) == 0
     assert "wrote 12 train" in capsys.readouterr().out

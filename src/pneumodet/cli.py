@@ -13,7 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
-from pneumodet import __version__
+from pneumodet import __version__, memory
 from pneumodet.errors import RunFailure, UserError
 
 
@@ -253,7 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train Mask R-CNN on a prepared cache",
                        description="Train Mask R-CNN with Lightning into a run folder (config.yaml, env.txt, "
                        "metrics.csv, weights/best.ckpt and last.ckpt, plots/). --resume continues a run from "
-                       "its last checkpoint with the same schedule.")
+                       "its last checkpoint with the same schedule.",
+                       epilog=f"Environment: {memory.ENV}=0 leaves glibc's malloc at its defaults; "
+                       "by default training keeps freed blocks instead of returning them to the system after each "
+                       "step (2-7 % faster steps here, BENCHMARKS.md: training step).")
     p.add_argument("--config", type=Path, default=None, help="YAML configuration (configs/demo.yaml, seed.yaml, "
                    "rsna.yaml)")
     p.add_argument("--data", type=Path, required=True, help="cache folder written by pneumodet prepare "

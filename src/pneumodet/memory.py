@@ -23,6 +23,8 @@ import os
 #: glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+#: set to 0 (or false/no/off) to leave malloc as it is
+ENV = "PNEUMODET_KEEP_FREED_MEMORY"
 
 _done: bool | None = None
 
@@ -36,7 +38,7 @@ def keep_freed_memory(mmap_mb: int = 512, trim_mb: int = 1024) -> bool:
     if _done is not None:
         return _done
     _done = False
-    if os.environ.get("PNEUMODET_KEEP_FREED_MEMORY", "1").strip().lower() in ("0", "false", "no", "off"):
+    if os.environ.get(ENV, "1").strip().lower() in ("0", "false", "no", "off"):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
