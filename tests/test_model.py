@@ -39,6 +39,21 @@ def test_every_backbone_trains_and_detects(backbone):
         assert det["boxes"].min() >= 0 and det["boxes"].max() <= SIZE
 
 
+def test_tiny_depth_adds_convs_and_keeps_depth_1_loadable():
+    """depth 1 is the network earlier runs saved (same weight names); deeper stages add stride-1 convs."""
+    base = build_model(ModelConfig(backbone="tiny_fpn", weights="none", frozen_bn=False), SIZE)
+    deep = build_model(ModelConfig(backbone="tiny_fpn", weights="none", frozen_bn=False, tiny_depth=3), SIZE)
+    convs = [sum(isinstance(m, torch.nn.Conv2d) for m in model.backbone.body.modules()) for model in (base, deep)]
+    assert convs == [2 + 1 + 2 * 3, 2 + 3 + 4 * 3]
+    assert "backbone.body.layer1.0.0.weight" in base.state_dict()
+    assert "backbone.body.layer2.1.0.weight" in base.state_dict()
+    assert "backbone.body.layer2.2.0.weight" not in base.state_dict()
+    assert "backbone.body.layer2.3.0.weight" in deep.state_dict()
+    deep.train()
+    losses = deep(*_batch())
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
 def test_speed_settings_reach_torchvision():
     cfg = ModelConfig(backbone="resnet18_fpn", weights="none", rois_per_image=16, rpn_post_nms_train=123,
                       rpn_post_nms_test=45, masks=False)

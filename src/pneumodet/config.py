@@ -58,6 +58,7 @@ class ModelConfig:
     backbone: str = "resnet50_fpn"  # resnet50_fpn, resnet50_fpn_v2, resnet18_fpn, mobilenet_v3_fpn, tiny_fpn
     weights: str = "coco"  # coco, imagenet, none, or a file path
     trainable_layers: int = 5  # ResNet stages trained (0-5) once past the heads-only stage
+    tiny_depth: int = 1  # tiny_fpn: stride-1 convs in each of its four stages (1: 9 convs in all, 2: 13)
     frozen_bn: bool = True  # FrozenBatchNorm2d (batch statistics are poor at small batch sizes)
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per FPN level (P2-P6)
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
@@ -360,7 +361,7 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "model.rpn_batch_size_per_image": (1, 100000), "model.rois_per_image": (1, 100000),
     "model.roi_positive_fraction": (0, 1, "open"),
     "model.min_score": (0, 1), "model.mask_head_channels": (1, 4096),
-    "model.mask_head_convs": (1, 16), "model.gate_loss_weight": (0, 100),
+    "model.mask_head_convs": (1, 16), "model.tiny_depth": (1, 8), "model.gate_loss_weight": (0, 100),
     "train.steps": (0, 10_000_000), "train.epochs": (1, 100000), "train.batch_size": (1, 4096), "train.lr": (0, 10, "open"),
     "train.momentum": (0, 0.999), "train.weight_decay": (0, 1), "train.grad_clip": (0, INF),
     "train.warmup_steps": (0, INF), "train.devices": (1, 4096), "train.num_nodes": (1, 4096),

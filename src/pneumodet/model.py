@@ -219,19 +219,25 @@ def _conv_bn(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-def tiny_fpn(channels=(24, 48, 96, 160), out_channels: int = 64) -> BackboneWithFPN:
+def tiny_fpn(channels=(24, 48, 96, 160), out_channels: int = 64, depth: int = 1) -> BackboneWithFPN:
     """Return a small plain CNN + FPN (strides 4-32, 64 channels) that trains from scratch on a CPU.
 
     For the offline demo: no pretrained weights exist for it, and at 128-256 px it runs ~8x faster
-    than ResNet-18 FPN, whose 256-channel FPN and RPN at stride 4 dominate the cost.
+    than ResNet-18 FPN, whose 256-channel FPN and RPN at stride 4 dominate the cost. ``depth`` is the number
+    of stride-1 convs in each stage after its first (downsampling) one; depth 1 is the original network.
     """
     c1, c2, c3, c4 = channels
+
+    def stage(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+        first = [_conv_bn(c_in, c_out, stride)] if stride > 1 else []
+        return nn.Sequential(*first, *[_conv_bn(c_out, c_out, 1) for _ in range(depth)])
+
     body = nn.Sequential(OrderedDict(
         stem=nn.Sequential(_conv_bn(3, c1 // 2, 2), _conv_bn(c1 // 2, c1, 2)),  # 3 channels: the transform's output
-        layer1=nn.Sequential(_conv_bn(c1, c1, 1)),
-        layer2=nn.Sequential(_conv_bn(c1, c2, 2), _conv_bn(c2, c2, 1)),
-        layer3=nn.Sequential(_conv_bn(c2, c3, 2), _conv_bn(c3, c3, 1)),
-        layer4=nn.Sequential(_conv_bn(c3, c4, 2), _conv_bn(c4, c4, 1)),
+        layer1=stage(c1, c1, 1),
+        layer2=stage(c1, c2, 2),
+        layer3=stage(c2, c3, 2),
+        layer4=stage(c3, c4, 2),
     ))
     return BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
                            list(channels), out_channels)
@@ -240,7 +246,7 @@ def tiny_fpn(channels=(24, 48, 96, 160), out_channels: int = 64) -> BackboneWith
 def _backbone(cfg: ModelConfig, norm_layer) -> nn.Module:
     layers = cfg.trainable_layers
     if cfg.backbone == "tiny_fpn":
-        return tiny_fpn()
+        return tiny_fpn(depth=cfg.tiny_depth)
     if cfg.backbone in ("resnet50_fpn", "resnet50_fpn_v2"):
         return _resnet_fpn_extractor(resnet50(norm_layer=norm_layer), layers)
     if cfg.backbone == "resnet18_fpn":
