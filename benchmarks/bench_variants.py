@@ -36,6 +36,9 @@ STEPS_2000 = ["train.steps=2000"]
 NO_FLIPS = ["augment.hflip_p=0", "predict.hflip_tta=false", *STEPS_1200]
 # demo.yaml's input size until 256 px, and its normalisation until model.normalize: image
 AT_128 = ["data.image_size=128", "model.anchor_sizes=[8,16,32,64,128]", "model.normalize=fixed", *NO_FLIPS]
+# a longer low-rate stage: demo.yaml's stages end at 9 and 12 of 12 epochs (the drop after 3/4 of the run)
+LOW_LR = ("train.stages=[{until_epoch: 6, lr_scale: 1.0, layers: all}, {until_epoch: 10, lr_scale: 0.1, layers: all}, "
+          "{until_epoch: 12, lr_scale: 0.01, layers: all}]")
 RECIPES = [  # label, config, overrides
     ("demo.yaml at 128 px as before train.steps (12 epochs, whatever the set's size)", "configs/demo.yaml",
      [*AT_128, "train.steps=0", "model.gate=false"]),
@@ -53,6 +56,11 @@ RECIPES = [  # label, config, overrides
     ("demo.yaml at 1,200 steps + 64 RoIs per image", "configs/demo.yaml", [*STEPS_1200, "model.rois_per_image=64"]),
     ("demo.yaml at 2,000 steps", "configs/demo.yaml", STEPS_2000),
     ("demo.yaml (the same at 3,000 steps)", "configs/demo.yaml", []),
+    ("demo.yaml, another seed (train.seed=1)", "configs/demo.yaml", ["train.seed=1"]),
+    ("demo.yaml with the drop at half the run and a second drop (lr x1 / x0.1 / x0.01 until epochs 6 / 10 / 12)",
+     "configs/demo.yaml", [LOW_LR]),
+    ("demo.yaml with a deeper tiny_fpn (model.tiny_depth=2: 13 convs instead of 9)", "configs/demo.yaml",
+     ["model.tiny_depth=2"]),
 ]
 FOLDS = 3
 TEST_IMAGES = 300
