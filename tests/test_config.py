@@ -68,6 +68,8 @@ def test_shipped_configs_load():
     ("model.anchor_ratios=[]", "model.anchor_ratios needs at least one value"),
     ("train.optimizer='adam'", "train.optimizer must be one of sgd, adamw, got 'adam'; did you mean adamw?"),
     ("model.backbone='resnet18'", "did you mean resnet18_fpn?"),
+    ("model.tiny_depth=2", "model.tiny_depth applies to model.backbone tiny_fpn only, not resnet50_fpn"),
+    ("model.tiny_depth=0", "model.tiny_depth must be in [1, 8], got 0"),
     ("train.stages=[{'until_epoch': 20, 'lr_scale': 0}]", "train.stages[].lr_scale must be > 0"),
     ("train.stages=[{'until_epoch': 9}, {'until_epoch': 4}, {'until_epoch': 16}]", "until_epoch must be >= 1 and increasing"),
 ])

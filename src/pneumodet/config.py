@@ -435,6 +435,8 @@ def validate(config: RunConfig) -> RunConfig:
     stages = config.train.stages
     checks = [
         (len(config.model.anchor_sizes) == 5, "model.anchor_sizes needs 5 sizes, one per FPN level (P2-P6)"),
+        (config.model.tiny_depth == 1 or config.model.backbone == "tiny_fpn",
+         f"model.tiny_depth applies to model.backbone tiny_fpn only, not {config.model.backbone}"),
         (len(stages) >= 1, "train.stages needs at least one stage"),
         (all(s.layers in ("heads", "all") for s in stages), "train.stages[].layers: heads or all"),
         (all(s.lr_scale > 0 for s in stages), "train.stages[].lr_scale must be > 0"),
