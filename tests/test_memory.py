@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from pneumodet.memory import ENV
+
 # glibc's mallinfo2 while a 64 MiB block is alive and after it is freed, before and after keep_freed_memory():
 # hblkhd is the bytes in mmapped blocks, fordblks the free bytes the heap keeps
 SCRIPT = """
@@ -48,7 +50,7 @@ def _glibc() -> bool:
 
 @pytest.mark.skipif(not _glibc(), reason="glibc's mallopt and mallinfo2 (2.33 or later)")
 def test_large_blocks_come_from_the_heap_and_stay():
-    mapped_before, free_before, changed, mapped_after, free_after, again = _run({"PNEUMODET_KEEP_FREED_MEMORY": "1"})
+    mapped_before, free_before, changed, mapped_after, free_after, again = _run({ENV: "1"})
     assert int(mapped_before) >= 64 and int(free_before) < 64  # malloc as it was: its own mmap, unmapped on free
     assert changed == "True" and again == "True"  # a second call keeps the answer
     assert int(mapped_after) == 0 and int(free_after) >= 64  # from the heap, and kept there for the next step
@@ -56,6 +58,6 @@ def test_large_blocks_come_from_the_heap_and_stay():
 
 @pytest.mark.skipif(not _glibc(), reason="glibc's mallopt and mallinfo2 (2.33 or later)")
 def test_the_environment_turns_it_off():
-    mapped_before, _, changed, mapped_after, free_after, _ = _run({"PNEUMODET_KEEP_FREED_MEMORY": "0"})
+    mapped_before, _, changed, mapped_after, free_after, _ = _run({ENV: "0"})
     assert changed == "False"
     assert int(mapped_after) >= 64 and int(free_after) < 64
