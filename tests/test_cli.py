@@ -23,6 +23,15 @@ def test_train_help_names_the_memory_switch(capsys):
     assert f"{memory.ENV}=0" in " ".join(capsys.readouterr().out.split())
 
 
+def test_evaluate_takes_tta_sizes_in_range(capsys):
+    parser = build_parser()
+    assert parser.parse_args(["evaluate", "run", "--tta-scales", "1", "1.25"]).tta_scales == [1.0, 1.25]
+    assert parser.parse_args(["evaluate", "run"]).tta_scales is None  # the config's
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["evaluate", "run", "--tta-scales", "1", "9"])
+    assert info.value.code == 2 and "expected a number in [0.25, 4], got 9" in capsys.readouterr().err
+
+
 def test_synth_then_prepare(tmp_path, capsys):
     assert main(["synth", str(tmp_path / "d"), "--train", "12", "--test", "2", "--seed", "1", "--workers", "1"]) == 0
     assert "wrote 12 train" in capsys.readouterr().out

@@ -89,8 +89,8 @@ def test_out_of_fold_tuning_uses_every_fold(tmp_path, monkeypatch):
     }
 
     class FakeDetector:
-        def __init__(self, run, hflip_tta=None):
-            self.name = run.name
+        def __init__(self, run, hflip_tta=None, tta_scales=None):
+            self.name, self.tta_scales = run.name, tta_scales
             self.config = tiny_config()
             self.info = {"path": str(run / "weights" / "best.ckpt"), "epoch": 1}
             self.predictors = [SimpleNamespace(hflip_tta=hflip_tta)]
@@ -125,3 +125,18 @@ def test_evaluate_records_flip_tta_and_predict_follows_it(trained_run, tmp_path)
         assert load_detector(copy).predictors[0].hflip_tta is True  # thresholds tuned with TTA are used with TTA
     assert load_detector(copy, hflip_tta=False).predictors[0].hflip_tta is False  # unless told otherwise
     assert evaluate(copy, progress=False)["hflip_tta"] is False  # evaluate starts from the config again
+
+
+@pytest.mark.filterwarnings("ignore:.*trained without flips")  # the tiny run trains without them
+def test_evaluate_records_tta_sizes_and_predict_follows_them(trained_run, tmp_path):
+    import shutil
+
+    from pneumodet.detector import load_detector
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    assert load_detector(copy, hflip_tta=True).predictors[0].scales == (1.0,)  # the config's: one size
+    result = evaluate(copy, progress=False, hflip_tta=True, tta_scales=(1.0, 1.5))
+    assert result["tta_scales"] == [1.0, 1.5] == json.loads((copy / "metrics.json").read_text())["tta_scales"]
+    assert load_detector(copy).predictors[0].scales == (1.0, 1.5)  # tuned with both sizes, predicted with both
+    assert load_detector(copy, hflip_tta=False).predictors[0].scales == (1.0,)  # no TTA: one size

@@ -101,6 +101,29 @@ def test_a_stale_or_missing_export_falls_back_or_refuses(exported, trained_run):
         load_detector(exported, engine="onnx")
 
 
+@pytest.mark.filterwarnings("ignore:.*trained without flips")  # the tiny run trains without them
+def test_the_engine_takes_the_sizes_of_scale_tta_and_an_old_fixed_size_export_does_not(exported, synth_data):
+    import json
+
+    pytorch = load_detector(exported, engine="torch", hflip_tta=True, tta_scales=(1.0, 1.5))
+    engine = load_detector(exported, engine="onnx", hflip_tta=True, tta_scales=(1.0, 1.5))
+    assert engine.engine == "onnx" and engine.predictors[0].scales == (1.0, 1.5)
+    image = pytorch.read(sorted((synth_data / TEST_IMAGES).glob("*.dcm"))[0])
+    tensor = image_tensor(image.pixels, pytorch.image_size)
+    (want,), (got,) = (d.candidates([tensor], [image.original_size]) for d in (pytorch, engine))
+    assert len(want.scores) > 0 and len(got.scores) == len(want.scores)
+    np.testing.assert_allclose(got.boxes_xyxy, want.boxes_xyxy, atol=0.05)
+    np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
+    meta_path = exported / "engine" / "engine.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "any_size"}))  # an export made before
+    assert load_detector(exported, hflip_tta=True).engine == "onnx"  # one size: it still serves
+    with pytest.warns(UserWarning, match="takes one input size"):
+        assert load_detector(exported, hflip_tta=True, tta_scales=(1.0, 1.5)).engine == "torch"
+    with pytest.raises(UserError, match="takes one input size.*pneumodet export"):
+        load_detector(exported, engine="onnx", hflip_tta=True, tta_scales=(1.0, 1.5))
+
+
 def test_a_missing_extra_is_one_line(trained_run, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))

@@ -48,6 +48,41 @@ def test_flip_tta_unflips_and_fuses():
     assert model.roi_heads.nms_thresh == 0.1 and model.roi_heads.detections_per_img == 3  # restored
 
 
+class Sized(torch.nn.Module):
+    """A stand-in detector whose transform resizes: its box grows with the size it runs at (as a real model's
+    boxes differ between sizes), given in the input's pixels (as torchvision's transform maps them back)."""
+
+    def __init__(self):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.transform = SimpleNamespace(min_size=(64,), max_size=64)
+        self.roi_heads = Fixed().roi_heads
+        self.sizes = []
+
+    def forward(self, images):
+        size = self.transform.min_size[0]
+        self.sizes.append(size)
+        side = 32 + size / 16  # 36 px at 64, 38 px at 96: IoU 0.9, one finding
+        return [{"boxes": torch.tensor([[0.0, 0.0, side, side]]), "scores": torch.tensor([size / 100])}
+                for _ in images]
+
+
+def test_scale_tta_runs_each_size_and_fuses_them():
+    model, image = Sized(), torch.zeros(1, 64, 64)
+    found = Predictor(model, 64, scales=(1.0, 1.5))([image])[0]
+    assert model.sizes == [64, 96] and model.transform.min_size == (64,) and model.transform.max_size == 64
+    side = (36 * 0.64 + 38 * 0.96) / (0.64 + 0.96)  # the score-weighted mean of the two sizes' boxes
+    assert np.allclose(found.boxes_xyxy, [[0, 0, side, side]]) and np.allclose(found.scores, [0.8])
+    model.sizes.clear()
+    found = Predictor(model, 64, hflip_tta=True, scales=(1.0, 1.5))([image])[0]
+    assert model.sizes == [64, 64, 96, 96]  # each size, plain and flipped
+    # this stand-in ignores the image, so its flipped passes give a mirrored box: two findings, each in 2 of 4 passes
+    assert np.allclose(found.boxes_xyxy, [[0, 0, side, side], [64 - side, 0, 64, side]])
+    assert np.allclose(found.scores, [(0.64 + 0.96) / 4] * 2)
+    assert np.allclose(Predictor(model, 64)([image])[0].boxes_xyxy, [[0, 0, 36, 36]])  # one size: one plain pass
+
+
 def test_fusion_never_merges_two_boxes_of_one_pass_and_stays_within_0_1():
     # two plain boxes at IoU 0.49 and one flipped box between them: before, all three merged into 1.275
     plain = (np.array([[0, 0, 100, 100], [34.2, 0, 134.2, 100]], float), np.array([0.9, 0.85]))

@@ -109,7 +109,8 @@ def cmd_train(args) -> None:
 def cmd_evaluate(args) -> None:
     from pneumodet.evaluate import evaluate
 
-    result = evaluate(args.run, args.data, split=args.split, reuse_predictions=args.reuse, hflip_tta=args.tta)
+    result = evaluate(args.run, args.data, split=args.split, reuse_predictions=args.reuse, hflip_tta=args.tta,
+                      tta_scales=args.tta_scales)
     pp = result["postprocess"]
     image = result["image_level"]
     print(f"{result['split']} RSNA mAP {result['rsna_map']:.4f} (before tuning {result['rsna_map_before_tuning']:.4f}) "
@@ -287,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="predict val with horizontal-flip TTA and tune for it (default: the config's "
                    "predict.hflip_tta); metrics.json records it and predict follows it")
+    p.add_argument("--tta-scales", type=_between(0.25, 4), nargs="+", default=None, metavar="S",
+                   help="with TTA, also predict each image at these multiples of the run's input size (e.g. 1 1.25; "
+                   "each size is a pass and a flipped pass, boxes fused) and tune for them (default: the config's "
+                   "predict.tta_scales); metrics.json records them and predict follows")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict a folder of DICOMs into a Kaggle submission",

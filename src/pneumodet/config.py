@@ -140,6 +140,10 @@ class PredictConfig:
     shrink: float = 1.0  # scale boxes about their centres (the winners used ~0.875)
     gate_threshold: float = 0.0  # with model.gate: images whose gate probability is below keep no box (0: off)
     hflip_tta: bool = False
+    # with TTA on (hflip_tta, --tta), each image is also predicted at these multiples of data.image_size (the
+    # model resizes it; boxes come back in the image's pixels) and every pass is fused box by box: [1.0] is
+    # one size. Each size costs a pass (and a flipped one), a size s about s^2 times the pixels
+    tta_scales: tuple[float, ...] = (1.0,)
     batch_size: int = 8
     bf16: bool = False  # bf16 autocast at inference (CPU with AVX-512 BF16, or GPU): check boxes on val first
     channels_last: bool = True  # NHWC convolutions: faster on this CPU, identical results
@@ -369,6 +373,7 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "train.threads": (0, 4096),
     "predict.score_threshold": (0, 1), "predict.nms_iou": (0, 1), "predict.max_boxes": (1, 100),
     "predict.shrink": (0, 1.5, "open"), "predict.batch_size": (1, 4096), "predict.gate_threshold": (0, 1),
+    "predict.tta_scales": (0.25, 4),
 }
 #: the values a setting may take, by key
 CHOICES = {

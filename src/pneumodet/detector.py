@@ -72,24 +72,32 @@ def tuned_tta(paths: RunPaths, fallback: bool) -> bool:
     return fallback if saved is None else bool(saved)
 
 
+def tuned_tta_scales(paths: RunPaths, fallback: tuple[float, ...]) -> tuple[float, ...]:
+    """Return the TTA sizes evaluate tuned the post-processing with (metrics.json), else ``fallback``."""
+    saved = _saved_evaluation(paths).get("tta_scales")
+    return tuple(fallback) if not saved else tuple(float(s) for s in saved)
+
+
 class Detector:
     """A trained model (or an ensemble of them) with its post-processing: DICOMs in, :class:`Detection` out.
 
     ``model``: one model, or a list of models sharing ``config``'s input size (an ensemble: each model's
     candidates, after its own flip TTA, are merged by weighted box fusion (scored as :attr:`fused_score` says)
     and their gates averaged).
-    ``postprocess`` is the run's tuned one (metrics.json) unless given; ``hflip_tta`` the run's setting
-    unless given.
+    ``postprocess`` is the run's tuned one (metrics.json) unless given; ``hflip_tta`` (TTA on or off) and
+    ``tta_scales`` (its sizes) the run's settings unless given.
     """
 
     def __init__(self, model, config: RunConfig, postprocess: PostProcess, *, hflip_tta: bool | None = None,
-                 paths: RunPaths | None = None, info: dict | None = None):
+                 tta_scales: tuple[float, ...] | None = None, paths: RunPaths | None = None,
+                 info: dict | None = None):
         self.config, self.postprocess, self.paths, self.info = config, postprocess, paths, info or {}
         self.image_size = config.data.image_size
         models = model if isinstance(model, list | tuple) else [model]
         engines = {getattr(m, "engine", "torch") for m in models}
         self.engine = engines.pop() if len(engines) == 1 else "mixed"
-        self.predictors = [predictor_for(m, config, hflip_tta=hflip_tta) for m in models]
+        self.tta_scales = tuple(config.predict.tta_scales if tta_scales is None else tta_scales)
+        self.predictors = [predictor_for(m, config, hflip_tta=hflip_tta, tta_scales=self.tta_scales) for m in models]
 
     def _predict(self, tensors: list[torch.Tensor]) -> list[Candidates]:
         per_model = [predictor(tensors) for predictor in self.predictors]
@@ -147,8 +155,9 @@ class Detector:
         return self.detect_tensors([pid], [image_tensor(pixels, self.image_size)], [size])[0]
 
 
-def use_engine(model, run: Path, checkpoint: Path, engine: str):
-    """Run ``model``'s convolutions in ONNX Runtime if ``engine`` asks for it (auto: when exported and usable)."""
+def use_engine(model, run: Path, checkpoint: Path, engine: str, sizes: set[int] = frozenset()):
+    """Run ``model``'s convolutions in ONNX Runtime if ``engine`` asks for it (auto: when exported and usable);
+    ``sizes``: the input sizes it will get (scale TTA), which an old export's fixed-size graph may not take."""
     from pneumodet import onnx_engine
 
     if engine not in ENGINES:
@@ -156,6 +165,13 @@ def use_engine(model, run: Path, checkpoint: Path, engine: str):
     if engine == "torch":
         return model
     state = onnx_engine.engine_state(run, checkpoint)
+    if state == "ready" and not onnx_engine.sizes_ok(run, set(sizes)):
+        if engine == "onnx":
+            raise UserError(f"{run}: its ONNX export takes one input size and predict.tta_scales asks for more; "
+                            f"run pneumodet export {run} again")
+        warnings.warn(f"{run}: its ONNX export takes one input size and predict.tta_scales asks for more; "
+                      f"predicting with PyTorch (pneumodet export {run} renews it)", stacklevel=3)
+        return model
     if engine == "onnx":
         if state != "ready":
             problem = "no ONNX export" if state == "missing" else "the ONNX export was made from other weights"
@@ -171,7 +187,7 @@ def use_engine(model, run: Path, checkpoint: Path, engine: str):
 
 
 def load_detector(run: str | Path | list, *, overrides: dict | None = None, hflip_tta: bool | None = None,
-                  engine: str | None = None) -> Detector:
+                  tta_scales: tuple[float, ...] | None = None, engine: str | None = None) -> Detector:
     """Return the Detector of a trained run folder: the weights its ``train.checkpoint`` chose and its tuned
     post-processing.
 
@@ -179,7 +195,8 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     ``evaluate`` tuned on their out-of-fold predictions) or a list of run folders (an ensemble with the
     first one's post-processing).
     ``overrides``: post-processing settings to replace (score_threshold, nms_iou, max_boxes, shrink,
-    gate_threshold); ``hflip_tta``: flip test-time augmentation on or off (default: as evaluate tuned it, since
+    gate_threshold); ``hflip_tta``: test-time augmentation (flips, and each size of ``tta_scales``) on or off,
+    and ``tta_scales``: the input sizes, multiples of the run's (default for both: as evaluate tuned them, since
     TTA changes the scores the thresholds were tuned on; else the run's config); ``engine``: auto, torch or
     onnx (default: the run's ``predict.engine``; see :mod:`pneumodet.onnx_engine`).
     """
@@ -191,8 +208,15 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     else:
         tuned_at = find_run(runs[0])
     loaded = [load_trained(r) for r in runs]
+    model, config, info = loaded[0]
+    if hflip_tta is None:
+        hflip_tta = tuned_tta(tuned_at, config.predict.hflip_tta)
+    if tta_scales is None:
+        tta_scales = tuned_tta_scales(tuned_at, config.predict.tta_scales)
+    # every model of an ensemble runs at the first one's sizes (Detector gives them its settings)
+    sizes = {round(config.data.image_size * s) for s in (tta_scales if hflip_tta else (1.0,))}
     for (model, config, info), r in zip(loaded, runs, strict=True):
-        use_engine(model, Path(r), Path(info["path"]), engine or config.predict.engine)
+        use_engine(model, Path(r), Path(info["path"]), engine or config.predict.engine, sizes)
     model, config, info = loaded[0]
     for other, r in zip(loaded[1:], runs[1:], strict=True):
         if other[1].data.image_size != config.data.image_size:
@@ -200,12 +224,11 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
                             f"{config.data.image_size} px; an ensemble needs one input size")
     pp = tuned_postprocess(tuned_at, PostProcess.from_config(config.predict))
     pp = replace(pp, **{k: v for k, v in (overrides or {}).items() if v is not None})
-    if hflip_tta is None:
-        hflip_tta = tuned_tta(tuned_at, config.predict.hflip_tta)
     if hflip_tta and config.augment.hflip_p == 0:
         warnings.warn(f"{runs[0]}: flip TTA on a model trained without flips (augment.hflip_p=0) shows it images "
                       "unlike any it learnt from; on the synthetic variants it lowered test RSNA mAP every time "
                       "(BENCHMARKS.md)", stacklevel=2)
     if len(loaded) > 1:
         info = {**info, "ensemble": [str(r) for r in runs]}
-    return Detector([m for m, _, _ in loaded], config, pp, hflip_tta=hflip_tta, paths=tuned_at, info=info)
+    return Detector([m for m, _, _ in loaded], config, pp, hflip_tta=hflip_tta, tta_scales=tta_scales,
+                    paths=tuned_at, info=info)

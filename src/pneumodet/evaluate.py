@@ -184,28 +184,31 @@ def collect(detector: Detector, cache: str | Path | None, split: str, progress: 
     return val, dataset
 
 
-def _tta(detector: Detector) -> bool:
-    return detector.predictors[0].hflip_tta
+def _tta(detector: Detector) -> dict:
+    """Return the TTA metrics.json records for predict to follow: on or off, and its sizes."""
+    return {"hflip_tta": detector.predictors[0].hflip_tta, "tta_scales": list(detector.tta_scales)}
 
 
 def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val", progress: bool = True,
-             reuse_predictions: bool = False, hflip_tta: bool | None = None) -> dict:
+             reuse_predictions: bool = False, hflip_tta: bool | None = None,
+             tta_scales: tuple[float, ...] | None = None) -> dict:
     """Evaluate a run on its val split; tune and save post-processing; write metrics.json and plots.
 
     A folds folder (``train --folds K``) is evaluated out of fold: see :func:`evaluate_folds`. ``hflip_tta``:
-    predict val with flip TTA (default: the run's config); metrics.json records it, and predict then uses the
-    same setting unless told otherwise, since TTA changes the scores the thresholds are tuned on.
+    predict val with TTA (flips, and each size of ``tta_scales``; default for both: the run's config);
+    metrics.json records them, and predict then uses the same settings unless told otherwise, since TTA changes
+    the scores the thresholds are tuned on.
     """
     from pneumodet.report.evaluation_plots import plot_examples
 
     if is_folds(run):
         return evaluate_folds(run, cache, progress=progress, reuse_predictions=reuse_predictions,
-                              hflip_tta=hflip_tta)
-    detector = load_detector(run, hflip_tta=_config_tta(run) if hflip_tta is None else hflip_tta)
+                              hflip_tta=hflip_tta, tta_scales=tta_scales)
+    detector = _detector(run, hflip_tta, tta_scales)
     val, dataset = collect(detector, cache, split, progress, reuse_predictions)
     result, tuned = summarize(val, PostProcess.from_config(detector.config.predict))
     result = {**result, "split": split, "checkpoint": detector.info["path"], "epoch": detector.info.get("epoch"),
-              "hflip_tta": _tta(detector)}
+              **_tta(detector)}
     write_text_atomic(detector.paths.metrics_json, json.dumps(_finite(result), indent=2) + "\n")
     _plots(val, tuned, result, detector.paths.plots)
     plot_examples(dataset, val, apply(val, tuned), rsna_map(val.truths, apply(val, tuned)).per_image,
@@ -213,21 +216,25 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
     return result
 
 
-def _config_tta(run: str | Path) -> bool:
-    """Return the run's own predict.hflip_tta (evaluate starts from the config, not from a previous evaluation)."""
+def _detector(run: str | Path, hflip_tta: bool | None, tta_scales: tuple[float, ...] | None) -> Detector:
+    """Return the run's Detector with the TTA asked for, else the run's own predict.hflip_tta and
+    predict.tta_scales (evaluate starts from the config, not from a previous evaluation)."""
     from pneumodet.config import load_config
 
-    return load_config(find_run(run).config).predict.hflip_tta
+    own = load_config(find_run(run).config).predict
+    return load_detector(run, hflip_tta=own.hflip_tta if hflip_tta is None else hflip_tta,
+                         tta_scales=own.tta_scales if tta_scales is None else tuple(tta_scales))
 
 
 def evaluate_folds(folds: str | Path, cache: str | Path | None = None, progress: bool = True,
-                   reuse_predictions: bool = False, hflip_tta: bool | None = None) -> dict:
+                   reuse_predictions: bool = False, hflip_tta: bool | None = None,
+                   tta_scales: tuple[float, ...] | None = None) -> dict:
     """Evaluate each fold's run on its own val fold; tune post-processing on all their out-of-fold predictions
     together (every labelled image once); write FOLDS/metrics.json, which predict uses for the ensemble."""
     folds = Path(folds)
     parts, per_fold, start = [], [], None
     for fold in fold_runs(folds):
-        detector = load_detector(fold, hflip_tta=_config_tta(fold) if hflip_tta is None else hflip_tta)
+        detector = _detector(fold, hflip_tta, tta_scales)
         start = start or PostProcess.from_config(detector.config.predict)
         val, _ = collect(detector, cache, "val", progress, reuse_predictions)
         parts.append(val)
@@ -237,7 +244,7 @@ def evaluate_folds(folds: str | Path, cache: str | Path | None = None, progress:
     result, tuned = summarize(oof, start)
     for entry, val in zip(per_fold, parts, strict=True):
         entry["rsna_map"] = _score(val, tuned)  # each fold with the post-processing tuned on all of them
-    result = {**result, "split": "out-of-fold", "folds": per_fold, "hflip_tta": _tta(detector)}
+    result = {**result, "split": "out-of-fold", "folds": per_fold, **_tta(detector)}
     paths = RunPaths(folds)
     # the out-of-fold predictions with every image as "val": serve FOLDS reviews all of them
     write_candidates(paths.predictions / "val.csv", dict(zip(oof.patient_ids, oof.raw, strict=True)))

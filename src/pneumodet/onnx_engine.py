@@ -85,7 +85,8 @@ def require_onnx(what: str = "the ONNX engine", modules: tuple[str, ...] = ("onn
 
 
 def export_onnx(model, image_size: int, checkpoint: Path, out_dir: str | Path) -> Path:
-    """Export ``model``'s dense part for ``image_size`` px inputs (any batch) to ``out_dir``; return the file."""
+    """Export ``model``'s dense part (any batch, any input size: ``image_size`` px is the example, and
+    ``predict.tta_scales`` runs others) to ``out_dir``; return the file."""
     require_onnx("pneumodet export")
     out_dir = Path(out_dir)
     dense = DenseExport(model.backbone, model.rpn.head).eval().to(memory_format=torch.contiguous_format)
@@ -100,7 +101,9 @@ def export_onnx(model, image_size: int, checkpoint: Path, out_dir: str | Path) -
             # package (the torch.export one needs onnxscript); torch is pinned, so it stays until the pin moves
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(dense, (example,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["image"],
-                              output_names=outputs, dynamic_axes={k: {0: "batch"} for k in ["image", *outputs]})
+                              output_names=outputs,
+                              dynamic_axes={k: {0: "batch", 2: f"{k}_height", 3: f"{k}_width"}
+                                            for k in ["image", *outputs]})
         heads = HeadsExport(model.roi_heads.box_head, model.roi_heads.box_predictor).eval()
         with atomic_path(out_dir / HEADS_FILE) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -109,7 +112,7 @@ def export_onnx(model, image_size: int, checkpoint: Path, out_dir: str | Path) -
                               dynamic_axes={k: {0: "rois"} for k in ["pooled", "class_logits", "deltas"]})
     write_meta(out_dir, {"image_size": image_size, "feature_names": names, "opset": OPSET,
                          "torch": torch.__version__, "source": source_of(checkpoint), "active": ONNX_FILE,
-                         "heads": HEADS_FILE, "active_heads": HEADS_FILE})
+                         "heads": HEADS_FILE, "active_heads": HEADS_FILE, "any_size": True})
     for stale in (INT8_FILE, HEADS_INT8_FILE):  # made from the weights before, if at all; no longer active
         (out_dir / stale).unlink(missing_ok=True)
     return out_dir / ONNX_FILE
@@ -236,6 +239,13 @@ def engine_state(run_root: Path, checkpoint: Path) -> str:
     if not all((folder / name).is_file() for name in named if isinstance(name, str)):
         return "missing"
     return "ready" if meta.get("source") == source_of(checkpoint) else "stale"
+
+
+def sizes_ok(run_root: Path, sizes: set[int]) -> bool:
+    """Return whether ``run_root``'s export takes inputs of every size in ``sizes`` (an export made before the
+    dense graph took any size takes only the one it was made for)."""
+    meta = read_meta(Path(run_root) / ENGINE_DIR)
+    return bool(meta.get("any_size")) or sizes <= {meta.get("image_size")}
 
 
 def _session(path: Path, threads: int | None = None):

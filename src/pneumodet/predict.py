@@ -4,6 +4,8 @@ mapping back to each image's original pixels. Works without Lightning (the web s
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -59,23 +61,29 @@ def fuse_candidates(passes: list[Candidates], score: str = "average") -> Candida
     return Candidates(boxes, scores, float(np.mean([c.gate for c in passes])))
 
 
-def predictor_for(model, config: RunConfig, hflip_tta: bool | None = None) -> Predictor:
-    """Return a Predictor with the run's inference settings (TTA, bf16, channels-last), on a GPU if there is one."""
+def predictor_for(model, config: RunConfig, hflip_tta: bool | None = None,
+                  tta_scales: tuple[float, ...] | None = None) -> Predictor:
+    """Return a Predictor with the run's inference settings (TTA, bf16, channels-last), on a GPU if there is one.
+    ``hflip_tta`` turns TTA on or off: on, it flips each image and predicts it at each of ``tta_scales`` (default:
+    ``predict.tta_scales``)."""
     p = config.predict
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Predictor(model, config.data.image_size, hflip_tta=p.hflip_tta if hflip_tta is None else hflip_tta,
-                     device=device, bf16=p.bf16, channels_last=p.channels_last)
+    tta = p.hflip_tta if hflip_tta is None else hflip_tta
+    scales = tuple(p.tta_scales if tta_scales is None else tta_scales) if tta else (1.0,)
+    return Predictor(model, config.data.image_size, hflip_tta=tta, device=device, bf16=p.bf16,
+                     channels_last=p.channels_last, scales=scales)
 
 
 class Predictor:
     """Run a trained model on cache-sized images; return raw boxes in those images' pixels."""
 
     def __init__(self, model, image_size: int, hflip_tta: bool = False, device: str | torch.device = "cpu",
-                 bf16: bool = False, channels_last: bool = False):
+                 bf16: bool = False, channels_last: bool = False, scales: tuple[float, ...] = (1.0,)):
         self.model = model.to(device).eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.image_size, self.hflip_tta, self.device, self.bf16 = image_size, hflip_tta, torch.device(device), bf16
+        self.scales = tuple(scales)
 
     def _forward(self, images: list[torch.Tensor]) -> list[Candidates]:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -84,18 +92,44 @@ class Predictor:
         return [Candidates(o["boxes"].float().cpu().numpy().astype(np.float64), o["scores"].float().cpu().numpy(),
                            float(o["gate"]) if "gate" in o else np.nan) for o in outputs]
 
+    @contextmanager
+    def _size(self, scale: float):
+        """Within it, the model resizes its inputs to ``scale`` x the cache size (its transform maps the boxes
+        back to the input's pixels); scale 1 leaves the model as it is."""
+        if scale == 1.0:
+            yield
+            return
+        transform = self.model.transform
+        before = transform.min_size, transform.max_size
+        size = round(self.image_size * scale)
+        transform.min_size, transform.max_size = (size,), size
+        try:
+            yield
+        finally:
+            transform.min_size, transform.max_size = before
+
+    def _passes(self, images: list[torch.Tensor]) -> list[list[Candidates]]:
+        """Return per image one Candidates per pass (each size, plain then flipped), boxes in the images' pixels."""
+        width = images[0].shape[-1]
+        passes: list[list[Candidates]] = [[] for _ in images]
+        for scale in self.scales:
+            with self._size(scale):
+                found = [self._forward(images)]
+                if self.hflip_tta:
+                    flipped = self._forward([im.flip(-1) for im in images])
+                    found.append([c._replace(boxes_xyxy=hflip_boxes(c.boxes_xyxy, width)) for c in flipped])
+            for per_image, *more in zip(passes, *found, strict=True):
+                per_image.extend(more)
+        return passes
+
     def __call__(self, images: list[torch.Tensor]) -> list[Candidates]:
         """Return per image the model's candidates (boxes_cache_xyxy (N, 4), scores (N,), gate), in the pixels of
-        the float [C, H, W] images in [0, 1] it was given (cache pixels), before post-processing. With flip
-        TTA the boxes of both passes are fused and the gate is their mean."""
+        the float [C, H, W] images in [0, 1] it was given (cache pixels), before post-processing. With TTA (flips,
+        and each size of ``scales``) the boxes of every pass are fused and the gate is their mean."""
         with boxes_only(self.model):
-            plain = self._forward(images)
-            if not self.hflip_tta:
-                return plain
-            flipped = self._forward([im.flip(-1) for im in images])
-        width = images[0].shape[-1]
-        return [fuse_candidates([one, other._replace(boxes_xyxy=hflip_boxes(other.boxes_xyxy, width))])
-                for one, other in zip(plain, flipped, strict=True)]
+            if not self.hflip_tta and self.scales == (1.0,):
+                return self._forward(images)
+            return [fuse_candidates(p) for p in self._passes(images)]
 
 
 def hflip_boxes(boxes_xyxy, width: float) -> np.ndarray:
