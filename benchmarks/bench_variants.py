@@ -61,6 +61,11 @@ RECIPES = [  # label, config, overrides
      "configs/demo.yaml", [LOW_LR]),
     ("demo.yaml with a deeper tiny_fpn (model.tiny_depth=2: 13 convs instead of 9)", "configs/demo.yaml",
      ["model.tiny_depth=2"]),
+    # the "with flip TTA" figure of these two is flips at sizes 1 and 1.25 (evaluate --tta uses the config's sizes)
+    ("demo.yaml, TTA at sizes 1 and 1.25 (predict.tta_scales)", "configs/demo.yaml", ["predict.tta_scales=[1.0,1.25]"]),
+    ("demo.yaml + scale augmentation 0.8-1.25, TTA at sizes 1 and 1.25", "configs/demo.yaml",
+     ["augment.scale=[0.8,1.25]", "predict.tta_scales=[1.0,1.25]"]),
+    ("demo.yaml at 4,500 steps", "configs/demo.yaml", ["train.steps=4500"]),
 ]
 FOLDS = 3
 TEST_IMAGES = 300
