@@ -166,11 +166,10 @@ def use_engine(model, run: Path, checkpoint: Path, engine: str, sizes: set[int] 
         return model
     state = onnx_engine.engine_state(run, checkpoint)
     if state == "ready" and not onnx_engine.sizes_ok(run, set(sizes)):
+        problem = f"{run}: its ONNX export takes one input size and predict.tta_scales asks for more"
         if engine == "onnx":
-            raise UserError(f"{run}: its ONNX export takes one input size and predict.tta_scales asks for more; "
-                            f"run pneumodet export {run} again")
-        warnings.warn(f"{run}: its ONNX export takes one input size and predict.tta_scales asks for more; "
-                      f"predicting with PyTorch (pneumodet export {run} renews it)", stacklevel=3)
+            raise UserError(f"{problem}; run pneumodet export {run} again")
+        warnings.warn(f"{problem}; predicting with PyTorch (pneumodet export {run} renews it)", stacklevel=3)
         return model
     if engine == "onnx":
         if state != "ready":
@@ -215,9 +214,8 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
         tta_scales = tuned_tta_scales(tuned_at, config.predict.tta_scales)
     # every model of an ensemble runs at the first one's sizes (Detector gives them its settings)
     sizes = {round(config.data.image_size * s) for s in (tta_scales if hflip_tta else (1.0,))}
-    for (model, config, info), r in zip(loaded, runs, strict=True):
-        use_engine(model, Path(r), Path(info["path"]), engine or config.predict.engine, sizes)
-    model, config, info = loaded[0]
+    for (each, its_config, its_info), r in zip(loaded, runs, strict=True):
+        use_engine(each, Path(r), Path(its_info["path"]), engine or its_config.predict.engine, sizes)
     for other, r in zip(loaded[1:], runs[1:], strict=True):
         if other[1].data.image_size != config.data.image_size:
             raise UserError(f"{r}: trained at {other[1].data.image_size} px, {runs[0]} at "
