@@ -30,6 +30,10 @@ def test_evaluate_takes_tta_sizes_in_range(capsys):
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["evaluate", "run", "--tta-scales", "1", "9"])
     assert info.value.code == 2 and "expected a number in [0.25, 4], got 9" in capsys.readouterr().err
+    assert parser.parse_args(["evaluate", "run", "--box-refine", "1"]).box_refine == 1
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["evaluate", "run", "--box-refine", "9"])
+    assert info.value.code == 2 and "expected a number in [0, 8], got 9" in capsys.readouterr().err
 
 
 def test_synth_then_prepare(tmp_path, capsys):

@@ -89,8 +89,8 @@ def test_out_of_fold_tuning_uses_every_fold(tmp_path, monkeypatch):
     }
 
     class FakeDetector:
-        def __init__(self, run, hflip_tta=None, tta_scales=None):
-            self.name, self.tta_scales = run.name, tta_scales
+        def __init__(self, run, hflip_tta=None, tta_scales=None, box_refine=None):
+            self.name, self.tta_scales, self.box_refine = run.name, tta_scales, box_refine
             self.config = tiny_config()
             self.info = {"path": str(run / "weights" / "best.ckpt"), "epoch": 1}
             self.predictors = [SimpleNamespace(hflip_tta=hflip_tta)]
@@ -140,3 +140,24 @@ def test_evaluate_records_tta_sizes_and_predict_follows_them(trained_run, tmp_pa
     assert result["tta_scales"] == [1.0, 1.5] == json.loads((copy / "metrics.json").read_text())["tta_scales"]
     assert load_detector(copy).predictors[0].scales == (1.0, 1.5)  # tuned with both sizes, predicted with both
     assert load_detector(copy, hflip_tta=False).predictors[0].scales == (1.0,)  # no TTA: one size
+
+
+def test_evaluate_records_box_refinement_and_predict_follows_it(trained_run, tmp_path, synth_data):
+    import shutil
+
+    from pneumodet.detector import image_tensor, load_detector
+    from pneumodet.io.layout import TEST_IMAGES
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    assert load_detector(copy).box_refine == 0  # the config's
+    result = evaluate(copy, progress=False, box_refine=2)
+    assert result["box_refine"] == 2 == json.loads((copy / "metrics.json").read_text())["box_refine"]
+    refined, plain = load_detector(copy), load_detector(copy, box_refine=0)  # tuned with 2 passes, predicted so
+    assert [refined.predictors[0].box_refine, plain.predictors[0].box_refine] == [2, 0]
+    image = plain.read(sorted((synth_data / TEST_IMAGES).glob("*.dcm"))[0])
+    tensor = image_tensor(image.pixels, plain.image_size)
+    (moved,), (still,) = (d.candidates([tensor], [image.original_size]) for d in (refined, plain))
+    assert len(moved.scores) == len(still.scores) > 0
+    assert np.abs(moved.boxes_xyxy - still.boxes_xyxy).max() > 0.01  # the passes did run
+    assert evaluate(copy, progress=False)["box_refine"] == 0  # evaluate starts from the config again

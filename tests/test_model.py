@@ -244,3 +244,33 @@ def test_xrv_gate_weights_fail_in_one_line_without_the_extra_or_offline(monkeypa
     monkeypatch.setenv("HOME", "/nonexistent")
     with pytest.raises(UserError, match="offline"):
         build_model(cfg, SIZE)
+
+
+def test_box_refinement_reruns_the_box_head_on_its_own_detections():
+    """One refining pass: each detection moves halfway to the box head's regression from it, its score to the mean
+    of the two; the weights are torchvision's, and training never refines."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone="tiny_fpn", weights="none", frozen_bn=False, min_score=0.0)
+    plain, refined = build_model(cfg, SIZE).eval(), build_model(cfg, SIZE).eval()
+    refined.load_state_dict(plain.state_dict())  # the same weight names as torchvision's RoIHeads
+    refined.roi_heads.refine_passes = 1
+    images = _batch()[0]
+    with torch.no_grad():
+        before, after = plain(images), refined(images)
+        batch = plain.transform(images)[0]
+        features = plain.backbone(batch.tensors)
+        heads = plain.roi_heads
+        boxes = [d["boxes"] for d in before]
+        logits, deltas = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, boxes, batch.image_sizes)))
+    moved = heads.box_coder.decode(deltas, boxes)[:, 1].clamp(0, SIZE)
+    score = torch.softmax(logits, -1)[:, 1]
+    assert sum(len(b) for b in boxes) > 0
+    expected_boxes = (torch.cat(boxes) + moved) / 2
+    assert (expected_boxes - torch.cat(boxes)).abs().max() > 1e-3  # the head's second look does move them
+    torch.testing.assert_close(torch.cat([d["boxes"] for d in after]), expected_boxes)
+    torch.testing.assert_close(torch.cat([d["scores"] for d in after]), (torch.cat([d["scores"] for d in before]) + score) / 2)
+    plain.train(), refined.train()
+    torch.manual_seed(1)
+    losses = plain(*_batch())
+    torch.manual_seed(1)
+    assert refined(*_batch()) == losses  # training never refines

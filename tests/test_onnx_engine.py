@@ -36,6 +36,10 @@ def test_the_engine_gives_the_same_candidates_as_pytorch(exported, synth_data):
     assert load_detector(exported).engine == "onnx"  # auto: a current export is used
     heads = engine.predictors[0].model.roi_heads
     assert type(heads.box_head).__name__ == "_OnnxBoxHead"  # the box head runs in ONNX Runtime too
+    _assert_same_candidates(pytorch, engine, files)
+
+
+def _assert_same_candidates(pytorch, engine, files):
     n_boxes = 0
     for path in files:
         image = pytorch.read(path)
@@ -47,6 +51,13 @@ def test_the_engine_gives_the_same_candidates_as_pytorch(exported, synth_data):
         assert got.gate == pytest.approx(want.gate, abs=1e-4)  # the gate head reads the engine's features
         n_boxes += len(want.scores)
     assert n_boxes > 0  # the comparison is not vacuous (the tiny run keeps candidates down to score 0)
+
+
+def test_the_engine_refines_boxes_as_pytorch_does(exported, synth_data):
+    """predict.box_refine runs the box head again on its detections: in the engine, through the ONNX heads graph."""
+    pytorch, engine = (load_detector(exported, engine=e, box_refine=1) for e in ("torch", "onnx"))
+    assert engine.engine == "onnx" and [d.predictors[0].box_refine for d in (pytorch, engine)] == [1, 1]
+    _assert_same_candidates(pytorch, engine, sorted((synth_data / TEST_IMAGES).glob("*.dcm")))
 
 
 def test_an_export_without_the_heads_graph_keeps_the_box_head_in_torch(exported, synth_data):

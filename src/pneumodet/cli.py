@@ -27,6 +27,18 @@ def _count(text: str) -> int:
     return value
 
 
+def _count_up_to(high: int):
+    """Return an argparse type for a whole number in [0, high]."""
+
+    def parse(text: str) -> int:
+        value = _count(text)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"expected a number in [0, {high}], got {value}")
+        return value
+
+    return parse
+
+
 def _between(low: float, high: float, low_open: bool = False):
     """Return an argparse type for a float in [low, high] ((low, high] when ``low_open``)."""
 
@@ -110,7 +122,7 @@ def cmd_evaluate(args) -> None:
     from pneumodet.evaluate import evaluate
 
     result = evaluate(args.run, args.data, split=args.split, reuse_predictions=args.reuse, hflip_tta=args.tta,
-                      tta_scales=args.tta_scales)
+                      tta_scales=args.tta_scales, box_refine=args.box_refine)
     pp = result["postprocess"]
     image = result["image_level"]
     print(f"{result['split']} RSNA mAP {result['rsna_map']:.4f} (before tuning {result['rsna_map_before_tuning']:.4f}) "
@@ -292,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with TTA, also predict each image at these multiples of the run's input size (e.g. 1 1.25; "
                    "each size is a pass and a flipped pass, boxes fused) and tune for them (default: the config's "
                    "predict.tta_scales); metrics.json records them and predict follows")
+    p.add_argument("--box-refine", type=_count_up_to(8), default=None, metavar="N",
+                   help="run the box head N more times over its own detections, each moving a box halfway to "
+                   "the head's new regression and averaging its score with the new one (0: off; default: the "
+                   "config's predict.box_refine); metrics.json records it and predict follows")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict a folder of DICOMs into a Kaggle submission",

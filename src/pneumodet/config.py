@@ -144,6 +144,10 @@ class PredictConfig:
     # model resizes it; boxes come back in the image's pixels) and every pass is fused box by box: [1.0] is
     # one size. Each size costs a pass (and a flipped one), a size s about s^2 times the pixels
     tta_scales: tuple[float, ...] = (1.0,)
+    # passes of the box head over its own detections (each moves a box halfway to where the head's regression
+    # from it points, and averages its score with the head's new one); 0: torchvision's single pass. Like TTA it
+    # changes the scores thresholds are tuned on: evaluate records it (--box-refine) and predict follows
+    box_refine: int = 0
     batch_size: int = 8
     bf16: bool = False  # bf16 autocast at inference (CPU with AVX-512 BF16, or GPU): check boxes on val first
     channels_last: bool = True  # NHWC convolutions: faster on this CPU, identical results
@@ -366,6 +370,7 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "model.roi_positive_fraction": (0, 1, "open"),
     "model.min_score": (0, 1), "model.mask_head_channels": (1, 4096),
     "model.mask_head_convs": (1, 16), "model.tiny_depth": (1, 8), "model.gate_loss_weight": (0, 100),
+    "predict.box_refine": (0, 8),
     "train.steps": (0, 10_000_000), "train.epochs": (1, 100000), "train.batch_size": (1, 4096), "train.lr": (0, 10, "open"),
     "train.momentum": (0, 0.999), "train.weight_decay": (0, 1), "train.grad_clip": (0, INF),
     "train.warmup_steps": (0, INF), "train.devices": (1, 4096), "train.num_nodes": (1, 4096),

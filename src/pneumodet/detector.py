@@ -78,26 +78,35 @@ def tuned_tta_scales(paths: RunPaths, fallback: tuple[float, ...]) -> tuple[floa
     return tuple(fallback) if not saved else tuple(float(s) for s in saved)
 
 
+def tuned_box_refine(paths: RunPaths, fallback: int) -> int:
+    """Return the box refinement passes evaluate tuned the post-processing with (metrics.json), else ``fallback``."""
+    saved = _saved_evaluation(paths).get("box_refine")
+    return fallback if saved is None else int(saved)
+
+
 class Detector:
     """A trained model (or an ensemble of them) with its post-processing: DICOMs in, :class:`Detection` out.
 
     ``model``: one model, or a list of models sharing ``config``'s input size (an ensemble: each model's
     candidates, after its own flip TTA, are merged by weighted box fusion (scored as :attr:`fused_score` says)
     and their gates averaged).
-    ``postprocess`` is the run's tuned one (metrics.json) unless given; ``hflip_tta`` (TTA on or off) and
-    ``tta_scales`` (its sizes) the run's settings unless given.
+    ``postprocess`` is the run's tuned one (metrics.json) unless given; ``hflip_tta`` (TTA on or off),
+    ``tta_scales`` (its sizes) and ``box_refine`` (passes of the box head over its detections) the run's settings
+    unless given.
     """
 
     def __init__(self, model, config: RunConfig, postprocess: PostProcess, *, hflip_tta: bool | None = None,
-                 tta_scales: tuple[float, ...] | None = None, paths: RunPaths | None = None,
-                 info: dict | None = None):
+                 tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None,
+                 paths: RunPaths | None = None, info: dict | None = None):
         self.config, self.postprocess, self.paths, self.info = config, postprocess, paths, info or {}
         self.image_size = config.data.image_size
         models = model if isinstance(model, list | tuple) else [model]
         engines = {getattr(m, "engine", "torch") for m in models}
         self.engine = engines.pop() if len(engines) == 1 else "mixed"
         self.tta_scales = tuple(config.predict.tta_scales if tta_scales is None else tta_scales)
-        self.predictors = [predictor_for(m, config, hflip_tta=hflip_tta, tta_scales=self.tta_scales) for m in models]
+        self.box_refine = config.predict.box_refine if box_refine is None else box_refine
+        self.predictors = [predictor_for(m, config, hflip_tta=hflip_tta, tta_scales=self.tta_scales,
+                                         box_refine=self.box_refine) for m in models]
 
     def _predict(self, tensors: list[torch.Tensor]) -> list[Candidates]:
         per_model = [predictor(tensors) for predictor in self.predictors]
@@ -186,7 +195,8 @@ def use_engine(model, run: Path, checkpoint: Path, engine: str, sizes: set[int] 
 
 
 def load_detector(run: str | Path | list, *, overrides: dict | None = None, hflip_tta: bool | None = None,
-                  tta_scales: tuple[float, ...] | None = None, engine: str | None = None) -> Detector:
+                  tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None,
+                  engine: str | None = None) -> Detector:
     """Return the Detector of a trained run folder: the weights its ``train.checkpoint`` chose and its tuned
     post-processing.
 
@@ -196,7 +206,8 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     ``overrides``: post-processing settings to replace (score_threshold, nms_iou, max_boxes, shrink,
     gate_threshold); ``hflip_tta``: test-time augmentation (flips, and each size of ``tta_scales``) on or off,
     and ``tta_scales``: the input sizes, multiples of the run's (default for both: as evaluate tuned them, since
-    TTA changes the scores the thresholds were tuned on; else the run's config); ``engine``: auto, torch or
+    TTA changes the scores the thresholds were tuned on; else the run's config); ``box_refine``: passes of the box
+    head over its own detections (default: as evaluate tuned them, else the config's); ``engine``: auto, torch or
     onnx (default: the run's ``predict.engine``; see :mod:`pneumodet.onnx_engine`).
     """
     runs = list(run) if isinstance(run, list | tuple) else [Path(run)]
@@ -212,6 +223,8 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
         hflip_tta = tuned_tta(tuned_at, config.predict.hflip_tta)
     if tta_scales is None:
         tta_scales = tuned_tta_scales(tuned_at, config.predict.tta_scales)
+    if box_refine is None:
+        box_refine = tuned_box_refine(tuned_at, config.predict.box_refine)
     # every model of an ensemble runs at the first one's sizes (Detector gives them its settings)
     sizes = {round(config.data.image_size * s) for s in (tta_scales if hflip_tta else (1.0,))}
     for (each, its_config, its_info), r in zip(loaded, runs, strict=True):
@@ -229,4 +242,4 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     if len(loaded) > 1:
         info = {**info, "ensemble": [str(r) for r in runs]}
     return Detector([m for m, _, _ in loaded], config, pp, hflip_tta=hflip_tta, tta_scales=tta_scales,
-                    paths=tuned_at, info=info)
+                    box_refine=box_refine, paths=tuned_at, info=info)

@@ -184,31 +184,33 @@ def collect(detector: Detector, cache: str | Path | None, split: str, progress: 
     return val, dataset
 
 
-def _tta(detector: Detector) -> dict:
-    """Return the TTA metrics.json records for predict to follow: on or off, and its sizes."""
-    return {"hflip_tta": detector.predictors[0].hflip_tta, "tta_scales": list(detector.tta_scales)}
+def _inference(detector: Detector) -> dict:
+    """Return the inference settings metrics.json records for predict to follow: TTA on or off, its sizes, and
+    the box refinement passes."""
+    return {"hflip_tta": detector.predictors[0].hflip_tta, "tta_scales": list(detector.tta_scales),
+            "box_refine": detector.box_refine}
 
 
 def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val", progress: bool = True,
              reuse_predictions: bool = False, hflip_tta: bool | None = None,
-             tta_scales: tuple[float, ...] | None = None) -> dict:
+             tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None) -> dict:
     """Evaluate a run on its val split; tune and save post-processing; write metrics.json and plots.
 
     A folds folder (``train --folds K``) is evaluated out of fold: see :func:`evaluate_folds`. ``hflip_tta``:
-    predict val with TTA (flips, and each size of ``tta_scales``; default for both: the run's config);
-    metrics.json records them, and predict then uses the same settings unless told otherwise, since TTA changes
-    the scores the thresholds are tuned on.
+    predict val with TTA (flips, and each size of ``tta_scales``), ``box_refine``: with that many passes of the box
+    head over its detections (default for each: the run's config); metrics.json records them, and predict then
+    uses the same settings unless told otherwise, since they change the scores the thresholds are tuned on.
     """
     from pneumodet.report.evaluation_plots import plot_examples
 
     if is_folds(run):
         return evaluate_folds(run, cache, progress=progress, reuse_predictions=reuse_predictions,
-                              hflip_tta=hflip_tta, tta_scales=tta_scales)
-    detector = _detector(run, hflip_tta, tta_scales)
+                              hflip_tta=hflip_tta, tta_scales=tta_scales, box_refine=box_refine)
+    detector = _detector(run, hflip_tta, tta_scales, box_refine)
     val, dataset = collect(detector, cache, split, progress, reuse_predictions)
     result, tuned = summarize(val, PostProcess.from_config(detector.config.predict))
     result = {**result, "split": split, "checkpoint": detector.info["path"], "epoch": detector.info.get("epoch"),
-              **_tta(detector)}
+              **_inference(detector)}
     write_text_atomic(detector.paths.metrics_json, json.dumps(_finite(result), indent=2) + "\n")
     _plots(val, tuned, result, detector.paths.plots)
     plot_examples(dataset, val, apply(val, tuned), rsna_map(val.truths, apply(val, tuned)).per_image,
@@ -216,25 +218,27 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
     return result
 
 
-def _detector(run: str | Path, hflip_tta: bool | None, tta_scales: tuple[float, ...] | None) -> Detector:
-    """Return the run's Detector with the TTA asked for, else the run's own predict.hflip_tta and
-    predict.tta_scales (evaluate starts from the config, not from a previous evaluation)."""
+def _detector(run: str | Path, hflip_tta: bool | None, tta_scales: tuple[float, ...] | None,
+              box_refine: int | None) -> Detector:
+    """Return the run's Detector with the TTA and box refinement asked for, else the run's own predict.hflip_tta,
+    predict.tta_scales and predict.box_refine (evaluate starts from the config, not from a previous evaluation)."""
     from pneumodet.config import load_config
 
     own = load_config(find_run(run).config).predict
     return load_detector(run, hflip_tta=own.hflip_tta if hflip_tta is None else hflip_tta,
-                         tta_scales=own.tta_scales if tta_scales is None else tuple(tta_scales))
+                         tta_scales=own.tta_scales if tta_scales is None else tuple(tta_scales),
+                         box_refine=own.box_refine if box_refine is None else box_refine)
 
 
 def evaluate_folds(folds: str | Path, cache: str | Path | None = None, progress: bool = True,
                    reuse_predictions: bool = False, hflip_tta: bool | None = None,
-                   tta_scales: tuple[float, ...] | None = None) -> dict:
+                   tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None) -> dict:
     """Evaluate each fold's run on its own val fold; tune post-processing on all their out-of-fold predictions
     together (every labelled image once); write FOLDS/metrics.json, which predict uses for the ensemble."""
     folds = Path(folds)
     parts, per_fold, start = [], [], None
     for fold in fold_runs(folds):
-        detector = _detector(fold, hflip_tta, tta_scales)
+        detector = _detector(fold, hflip_tta, tta_scales, box_refine)
         start = start or PostProcess.from_config(detector.config.predict)
         val, _ = collect(detector, cache, "val", progress, reuse_predictions)
         parts.append(val)
@@ -244,7 +248,7 @@ def evaluate_folds(folds: str | Path, cache: str | Path | None = None, progress:
     result, tuned = summarize(oof, start)
     for entry, val in zip(per_fold, parts, strict=True):
         entry["rsna_map"] = _score(val, tuned)  # each fold with the post-processing tuned on all of them
-    result = {**result, "split": "out-of-fold", "folds": per_fold, **_tta(detector)}
+    result = {**result, "split": "out-of-fold", "folds": per_fold, **_inference(detector)}
     paths = RunPaths(folds)
     # the out-of-fold predictions with every image as "val": serve FOLDS reviews all of them
     write_candidates(paths.predictions / "val.csv", dict(zip(oof.patient_ids, oof.raw, strict=True)))

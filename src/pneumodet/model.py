@@ -23,8 +23,10 @@ from torchvision.models.detection.backbone_utils import (
 )
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from pneumodet.config import ModelConfig
@@ -141,8 +143,54 @@ def _xrv_features() -> nn.Module:
     return xrv.models.DenseNet(weights=XRV_WEIGHTS).features
 
 
+class RefiningRoIHeads(RoIHeads):
+    """torchvision's RoI heads plus, at inference, ``refine_passes`` passes of the box head over its own detections.
+
+    Each pass pools the features under each detected box, runs the box head and predictor on them again, moves
+    the box halfway to where the head's regression puts it, and averages its score with the head's new score for
+    it (iterative box regression; Cascade R-CNN averages its stages' scores the same way). The head regressed
+    from proposals that were near a box; from its own detections, which are nearer, it corrects what was left.
+    The mask branch, when it runs, sees the refined boxes. Training and ``refine_passes=0`` are torchvision's.
+    """
+
+    refine_passes = 0
+    _features = None  # the batch's features while a refining forward runs
+
+    def forward(self, features, proposals, image_shapes, targets=None):
+        self._features = None if self.training or not self.refine_passes else features
+        try:
+            return super().forward(features, proposals, image_shapes, targets)
+        finally:
+            self._features = None
+
+    def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
+        boxes, scores, labels = super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        for _ in range(self.refine_passes if self._features is not None else 0):
+            boxes, scores = self._refine(boxes, scores, labels, image_shapes)
+        return boxes, scores, labels
+
+    def _refine(self, boxes, scores, labels, image_shapes):
+        """Return one pass's (boxes (N_i, 4) xyxy, scores (N_i,)) per image from the detections of the last."""
+        counts = [len(b) for b in boxes]
+        if not sum(counts):
+            return boxes, scores
+        class_logits, box_regression = self.box_predictor(self.box_head(
+            self.box_roi_pool(self._features, boxes, image_shapes)))
+        rows = torch.arange(sum(counts), device=class_logits.device)
+        classes = torch.cat(labels)
+        moved = self.box_coder.decode(box_regression.float(), boxes)[rows, classes]
+        rescored = torch.softmax(class_logits.float(), -1)[rows, classes]
+        out_boxes, out_scores = [], []
+        for b, s, m, r, shape in zip(boxes, scores, moved.split(counts), rescored.split(counts), image_shapes,
+                                     strict=True):
+            out_boxes.append((b + box_ops.clip_boxes_to_image(m, shape).to(b.dtype)) / 2)
+            out_scores.append((s + r.to(s.dtype)) / 2)
+        return out_boxes, out_scores
+
+
 class GatedMaskRCNN(MaskRCNN):
-    """torchvision's Mask R-CNN plus an optional :class:`ImageGate` on the backbone's features.
+    """torchvision's Mask R-CNN plus an optional :class:`ImageGate` on the backbone's features, and
+    :class:`RefiningRoIHeads` (``roi_heads.refine_passes`` 0, torchvision's inference, unless a Predictor sets it).
 
     Training adds ``loss_gate`` (binary cross-entropy: has the image any box?) to the loss dict; inference
     adds ``gate`` (the probability) to each image's output. Without a gate it is torchvision's model.
@@ -152,6 +200,8 @@ class GatedMaskRCNN(MaskRCNN):
                  **kwargs):
         super().__init__(*args, **kwargs)
         self.gate, self.gate_loss_weight = gate, gate_loss_weight
+        # torchvision builds its RoIHeads inside; the subclass adds no weights, so every run's checkpoint loads
+        self.roi_heads.__class__ = RefiningRoIHeads
 
     def forward(self, images, targets=None):
         if self.gate is None:

@@ -11,7 +11,7 @@ import torch
 
 from pneumodet.boxes import as_boxes, iou_xyxy
 from pneumodet.config import RunConfig
-from pneumodet.model import boxes_only
+from pneumodet.model import RefiningRoIHeads, boxes_only
 from pneumodet.postprocess import Candidates
 
 FUSED_SCORES = ("average", "found")
@@ -62,28 +62,32 @@ def fuse_candidates(passes: list[Candidates], score: str = "average") -> Candida
 
 
 def predictor_for(model, config: RunConfig, hflip_tta: bool | None = None,
-                  tta_scales: tuple[float, ...] | None = None) -> Predictor:
-    """Return a Predictor with the run's inference settings (TTA, bf16, channels-last), on a GPU if there is one.
-    ``hflip_tta`` turns TTA on or off: on, it flips each image and predicts it at each of ``tta_scales`` (default:
-    ``predict.tta_scales``)."""
+                  tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None) -> Predictor:
+    """Return a Predictor with the run's inference settings (TTA, box refinement, bf16, channels-last), on a GPU
+    if there is one. ``hflip_tta`` turns TTA on or off: on, it flips each image and predicts it at each of
+    ``tta_scales`` (default: ``predict.tta_scales``); ``box_refine``: default ``predict.box_refine``."""
     p = config.predict
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tta = p.hflip_tta if hflip_tta is None else hflip_tta
     scales = tuple(p.tta_scales if tta_scales is None else tta_scales) if tta else (1.0,)
     return Predictor(model, config.data.image_size, hflip_tta=tta, device=device, bf16=p.bf16,
-                     channels_last=p.channels_last, scales=scales)
+                     channels_last=p.channels_last, scales=scales,
+                     box_refine=p.box_refine if box_refine is None else box_refine)
 
 
 class Predictor:
     """Run a trained model on cache-sized images; return raw boxes in those images' pixels."""
 
     def __init__(self, model, image_size: int, hflip_tta: bool = False, device: str | torch.device = "cpu",
-                 bf16: bool = False, channels_last: bool = False, scales: tuple[float, ...] = (1.0,)):
+                 bf16: bool = False, channels_last: bool = False, scales: tuple[float, ...] = (1.0,),
+                 box_refine: int = 0):
+        if box_refine and not isinstance(model.roi_heads, RefiningRoIHeads):
+            raise ValueError("box_refine needs a model from pneumodet.model.build_model (RefiningRoIHeads)")
         self.model = model.to(device).eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.image_size, self.hflip_tta, self.device, self.bf16 = image_size, hflip_tta, torch.device(device), bf16
-        self.scales = tuple(scales)
+        self.scales, self.box_refine = tuple(scales), box_refine
 
     def _forward(self, images: list[torch.Tensor]) -> list[Candidates]:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -122,11 +126,24 @@ class Predictor:
                 per_image.extend(more)
         return passes
 
+    @contextmanager
+    def _refining(self):
+        """Within it, the model's box head takes ``box_refine`` more looks at its detections."""
+        if not self.box_refine:
+            yield
+            return
+        heads = self.model.roi_heads
+        before, heads.refine_passes = heads.refine_passes, self.box_refine
+        try:
+            yield
+        finally:
+            heads.refine_passes = before
+
     def __call__(self, images: list[torch.Tensor]) -> list[Candidates]:
         """Return per image the model's candidates (boxes_cache_xyxy (N, 4), scores (N,), gate), in the pixels of
         the float [C, H, W] images in [0, 1] it was given (cache pixels), before post-processing. With TTA (flips,
         and each size of ``scales``) the boxes of every pass are fused and the gate is their mean."""
-        with boxes_only(self.model):
+        with boxes_only(self.model), self._refining():
             if not self.hflip_tta and self.scales == (1.0,):
                 return self._forward(images)
             return [fuse_candidates(p) for p in self._passes(images)]
