@@ -56,6 +56,7 @@ RECIPES = [  # label, config, overrides
     ("demo.yaml at 1,200 steps + 64 RoIs per image", "configs/demo.yaml", [*STEPS_1200, "model.rois_per_image=64"]),
     ("demo.yaml at 2,000 steps", "configs/demo.yaml", STEPS_2000),
     ("demo.yaml (the same at 3,000 steps)", "configs/demo.yaml", []),
+    ("demo.yaml + one box refinement pass (predict.box_refine=1)", "configs/demo.yaml", ["predict.box_refine=1"]),
     ("demo.yaml, another seed (train.seed=1)", "configs/demo.yaml", ["train.seed=1"]),
     ("demo.yaml with the drop at half the run and a second drop (lr x1 / x0.1 / x0.01 until epochs 6 / 10 / 12)",
      "configs/demo.yaml", [LOW_LR]),
