@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pneumodet.boxes import xyxy_to_xywh
-from pneumodet.config import ENGINES, RunConfig
+from pneumodet.config import ENGINES, PredictConfig, RunConfig
 from pneumodet.data.cache import read_for_cache, to_cache_size
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomImage
@@ -60,28 +60,18 @@ def _saved_evaluation(paths: RunPaths) -> dict:
         raise UserError(f"{paths.metrics_json}: not valid JSON; run pneumodet evaluate again") from None
 
 
-def tuned_postprocess(paths: RunPaths, fallback: PostProcess) -> PostProcess:
-    """Return the post-processing evaluate saved in metrics.json, else ``fallback``."""
-    saved = _saved_evaluation(paths).get("postprocess")
-    return PostProcess(**saved) if saved else fallback
+def tuned_postprocess(saved: dict, fallback: PostProcess) -> PostProcess:
+    """Return the post-processing evaluate saved in metrics.json (``saved``, as read), else ``fallback``."""
+    return PostProcess(**saved["postprocess"]) if saved.get("postprocess") else fallback
 
 
-def tuned_tta(paths: RunPaths, fallback: bool) -> bool:
-    """Return whether evaluate tuned the post-processing with flip TTA (its thresholds fit that), else ``fallback``."""
-    saved = _saved_evaluation(paths).get("hflip_tta")
-    return fallback if saved is None else bool(saved)
-
-
-def tuned_tta_scales(paths: RunPaths, fallback: tuple[float, ...]) -> tuple[float, ...]:
-    """Return the TTA sizes evaluate tuned the post-processing with (metrics.json), else ``fallback``."""
-    saved = _saved_evaluation(paths).get("tta_scales")
-    return tuple(fallback) if not saved else tuple(float(s) for s in saved)
-
-
-def tuned_box_refine(paths: RunPaths, fallback: int) -> int:
-    """Return the box refinement passes evaluate tuned the post-processing with (metrics.json), else ``fallback``."""
-    saved = _saved_evaluation(paths).get("box_refine")
-    return fallback if saved is None else int(saved)
+def tuned_inference(saved: dict, predict: PredictConfig) -> tuple[bool, tuple[float, ...], int]:
+    """Return (hflip_tta, tta_scales, box_refine) as evaluate recorded them in metrics.json (``saved``, as read):
+    they change the scores its thresholds were tuned on. Each is ``predict``'s where evaluate recorded none."""
+    hflip_tta, tta_scales, box_refine = (saved.get(k) for k in ("hflip_tta", "tta_scales", "box_refine"))
+    return (predict.hflip_tta if hflip_tta is None else bool(hflip_tta),
+            tuple(float(s) for s in tta_scales) if tta_scales else tuple(predict.tta_scales),
+            predict.box_refine if box_refine is None else int(box_refine))
 
 
 class Detector:
@@ -219,12 +209,11 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
         tuned_at = find_run(runs[0])
     loaded = [load_trained(r) for r in runs]
     model, config, info = loaded[0]
-    if hflip_tta is None:
-        hflip_tta = tuned_tta(tuned_at, config.predict.hflip_tta)
-    if tta_scales is None:
-        tta_scales = tuned_tta_scales(tuned_at, config.predict.tta_scales)
-    if box_refine is None:
-        box_refine = tuned_box_refine(tuned_at, config.predict.box_refine)
+    saved = _saved_evaluation(tuned_at)  # metrics.json, read once
+    tuned_flip, tuned_scales, tuned_refine = tuned_inference(saved, config.predict)
+    hflip_tta = tuned_flip if hflip_tta is None else hflip_tta
+    tta_scales = tuned_scales if tta_scales is None else tta_scales
+    box_refine = tuned_refine if box_refine is None else box_refine
     # every model of an ensemble runs at the first one's sizes (Detector gives them its settings)
     sizes = {round(config.data.image_size * s) for s in (tta_scales if hflip_tta else (1.0,))}
     for (each, its_config, its_info), r in zip(loaded, runs, strict=True):
@@ -233,7 +222,7 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
         if other[1].data.image_size != config.data.image_size:
             raise UserError(f"{r}: trained at {other[1].data.image_size} px, {runs[0]} at "
                             f"{config.data.image_size} px; an ensemble needs one input size")
-    pp = tuned_postprocess(tuned_at, PostProcess.from_config(config.predict))
+    pp = tuned_postprocess(saved, PostProcess.from_config(config.predict))
     pp = replace(pp, **{k: v for k, v in (overrides or {}).items() if v is not None})
     if hflip_tta and config.augment.hflip_p == 0:
         warnings.warn(f"{runs[0]}: flip TTA on a model trained without flips (augment.hflip_p=0) shows it images "

@@ -397,15 +397,23 @@ def _load_weights(model: MaskRCNN, cfg: ModelConfig) -> None:
 
 
 @contextlib.contextmanager
+def swapped(obj, **values):
+    """Within the block, ``obj``'s attributes named in ``values`` hold those values; after it, what they held."""
+    before = {name: getattr(obj, name) for name in values}
+    for name, value in values.items():
+        setattr(obj, name, value)
+    try:
+        yield obj
+    finally:
+        for name, value in before.items():
+            setattr(obj, name, value)
+
+
+@contextlib.contextmanager
 def boxes_only(model: MaskRCNN):
     """Within the block, inference skips the mask branch (boxes and scores are all we report)."""
-    heads = model.roi_heads
-    saved = heads.mask_roi_pool, heads.mask_head, heads.mask_predictor
-    heads.mask_roi_pool = heads.mask_head = heads.mask_predictor = None
-    try:
+    with swapped(model.roi_heads, mask_roi_pool=None, mask_head=None, mask_predictor=None):
         yield model
-    finally:
-        heads.mask_roi_pool, heads.mask_head, heads.mask_predictor = saved
 
 
 def head_parameters(model: MaskRCNN) -> list[nn.Parameter]:

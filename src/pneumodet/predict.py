@@ -4,14 +4,14 @@ mapping back to each image's original pixels. Works without Lightning (the web s
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import nullcontext
 
 import numpy as np
 import torch
 
 from pneumodet.boxes import as_boxes, iou_xyxy
 from pneumodet.config import RunConfig
-from pneumodet.model import RefiningRoIHeads, boxes_only
+from pneumodet.model import RefiningRoIHeads, boxes_only, swapped
 from pneumodet.postprocess import Candidates
 
 FUSED_SCORES = ("average", "found")
@@ -96,21 +96,13 @@ class Predictor:
         return [Candidates(o["boxes"].float().cpu().numpy().astype(np.float64), o["scores"].float().cpu().numpy(),
                            float(o["gate"]) if "gate" in o else np.nan) for o in outputs]
 
-    @contextmanager
     def _size(self, scale: float):
-        """Within it, the model resizes its inputs to ``scale`` x the cache size (its transform maps the boxes
-        back to the input's pixels); scale 1 leaves the model as it is."""
+        """Return a context within which the model resizes its inputs to ``scale`` x the cache size (its transform
+        maps the boxes back to the input's pixels); scale 1 leaves the model as it is."""
         if scale == 1.0:
-            yield
-            return
-        transform = self.model.transform
-        before = transform.min_size, transform.max_size
+            return nullcontext()
         size = round(self.image_size * scale)
-        transform.min_size, transform.max_size = (size,), size
-        try:
-            yield
-        finally:
-            transform.min_size, transform.max_size = before
+        return swapped(self.model.transform, min_size=(size,), max_size=size)
 
     def _passes(self, images: list[torch.Tensor]) -> list[list[Candidates]]:
         """Return per image one Candidates per pass (each size, plain then flipped), boxes in the images' pixels."""
@@ -126,24 +118,12 @@ class Predictor:
                 per_image.extend(more)
         return passes
 
-    @contextmanager
-    def _refining(self):
-        """Within it, the model's box head takes ``box_refine`` more looks at its detections."""
-        if not self.box_refine:
-            yield
-            return
-        heads = self.model.roi_heads
-        before, heads.refine_passes = heads.refine_passes, self.box_refine
-        try:
-            yield
-        finally:
-            heads.refine_passes = before
-
     def __call__(self, images: list[torch.Tensor]) -> list[Candidates]:
         """Return per image the model's candidates (boxes_cache_xyxy (N, 4), scores (N,), gate), in the pixels of
         the float [C, H, W] images in [0, 1] it was given (cache pixels), before post-processing. With TTA (flips,
         and each size of ``scales``) the boxes of every pass are fused and the gate is their mean."""
-        with boxes_only(self.model), self._refining():
+        refining = swapped(self.model.roi_heads, refine_passes=self.box_refine) if self.box_refine else nullcontext()
+        with boxes_only(self.model), refining:
             if not self.hflip_tta and self.scales == (1.0,):
                 return self._forward(images)
             return [fuse_candidates(p) for p in self._passes(images)]
