@@ -111,6 +111,10 @@ class TrainConfig:
     grad_clip: float = 5.0
     stages: tuple[Stage, ...] = (Stage(2, 1.0, "heads"), Stage(6, 0.5, "all"), Stage(16, 0.1, "all"))
     warmup_steps: int = 0
+    # validate (val losses, val RSNA mAP, checkpoints) every this many optimizer steps, rounded to whole epochs,
+    # and after the last epoch; 0: after every epoch. Small sets run 100+ short epochs, and validating each
+    # one costs as much as a fifth of the training time
+    val_every_steps: int = 0
     precision: str = "32-true"  # 32-true, bf16-mixed, 16-mixed
     accelerator: str = "auto"
     devices: int = 1
@@ -323,6 +327,17 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         raise ConfigError(f"{path or 'configuration'}: {exc}") from None
 
 
+def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    """Return the optimizer steps one epoch over ``n_train`` images takes (every process its share of a batch)."""
+    per_epoch = max(1, -(-n_train // (cfg.batch_size * cfg.devices * cfg.num_nodes)))
+    return min(per_epoch, cfg.limit_train_batches) if cfg.limit_train_batches else per_epoch
+
+
+def val_every_epochs(cfg: TrainConfig, n_train: int) -> int:
+    """Return how many epochs ``train.val_every_steps`` puts between two validations (at least 1)."""
+    return max(1, round(cfg.val_every_steps / steps_per_epoch(cfg, n_train)))
+
+
 def schedule_for(config: RunConfig, n_train: int) -> RunConfig:
     """Return ``config`` with epochs and stages that give ``train.steps`` optimizer steps over ``n_train`` images.
 
@@ -333,10 +348,7 @@ def schedule_for(config: RunConfig, n_train: int) -> RunConfig:
     cfg = config.train
     if not cfg.steps:
         return config
-    replicas = cfg.devices * cfg.num_nodes
-    per_epoch = max(1, -(-n_train // (cfg.batch_size * replicas)))
-    if cfg.limit_train_batches:
-        per_epoch = min(per_epoch, cfg.limit_train_batches)
+    per_epoch = steps_per_epoch(cfg, n_train)
     epochs = max(1, -(-cfg.steps // per_epoch))
     bounds, previous = [], 0
     for stage in cfg.stages:
@@ -373,7 +385,7 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "predict.box_refine": (0, 8),
     "train.steps": (0, 10_000_000), "train.epochs": (1, 100000), "train.batch_size": (1, 4096), "train.lr": (0, 10, "open"),
     "train.momentum": (0, 0.999), "train.weight_decay": (0, 1), "train.grad_clip": (0, INF),
-    "train.warmup_steps": (0, INF), "train.devices": (1, 4096), "train.num_nodes": (1, 4096),
+    "train.warmup_steps": (0, INF), "train.val_every_steps": (0, INF), "train.devices": (1, 4096), "train.num_nodes": (1, 4096),
     "train.max_nonfinite": (1, INF), "train.limit_train_batches": (0, INF), "train.limit_val_batches": (0, INF),
     "train.threads": (0, 4096),
     "predict.score_threshold": (0, 1), "predict.nms_iou": (0, 1), "predict.max_boxes": (1, 100),

@@ -258,3 +258,29 @@ def test_folds_train_one_run_per_fold_evaluate_out_of_fold_and_predict_as_an_ens
     assert summary.images == len(list((synth_data / TEST_IMAGES).glob("*.dcm")))
     with pytest.raises(UserError, match="folds"):
         train_folds(config, tmp_path / "cache", 3, tmp_path / "other", progress=False)
+
+
+def test_validating_every_few_steps_ends_with_the_last_epoch_and_trains_the_same_weights(tiny_cache, tmp_path):
+    # 2 steps per epoch: every 4 steps is every 2nd epoch, and 5 epochs end on one Lightning would skip
+    schedule = ("train.epochs=5", "train.stages=[{'until_epoch': 5}]")
+    every = train(tiny_config(*schedule), tiny_cache, run=tmp_path / "every", progress=False)
+    sparse = train(tiny_config(*schedule, "train.val_every_steps=4"), tiny_cache, run=tmp_path / "sparse",
+                   progress=False)
+    reference, rows = read_metrics(every.run / "metrics.csv"), read_metrics(sparse.run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [r["epoch"] for r in reference] == [1, 2, 3, 4, 5]  # a row per epoch
+    validated = [r["epoch"] for r in rows if not math.isnan(r["val_rsna_map"])]
+    assert validated == [2, 4, 5] and sparse.epochs == 5
+    for row, ref in zip(rows, reference, strict=True):
+        assert row["train_loss"] == ref["train_loss"] and row["epoch_time_s"] > 0  # the same training, epoch by epoch
+        if row["epoch"] in validated:
+            assert row["val_loss"] == ref["val_loss"] and row["val_rsna_map"] == ref["val_rsna_map"]
+        else:
+            assert all(math.isnan(row[f"val_{name}"]) for name in LOSS_NAMES)
+    last = read_checkpoint(sparse.run / "weights" / "last.ckpt")
+    assert last["pneumodet"]["epoch"] == 5  # the last epoch is validated and saved
+    # validation draws no random number training would have drawn: the same weights at the end
+    weights = read_checkpoint(every.run / "weights" / "last.ckpt")["state_dict"]
+    assert weights.keys() == last["state_dict"].keys()
+    for name, tensor in weights.items():
+        assert torch.equal(tensor, last["state_dict"][name]), name
+    assert (sparse.run / "plots" / "val_map.png").is_file()

@@ -20,7 +20,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class MetricsHistory(L.Callback):
-    """One metrics.csv row per epoch (rank 0), written before the epoch's checkpoint; plots redrawn at most every
+    """One metrics.csv row per epoch (rank 0), written before the epoch's checkpoint (val columns NaN on epochs
+    ``train.val_every_steps`` does not validate); plots redrawn at most every
     ``plot_every_s`` seconds and after the last epoch (drawing them costs ~1 s, and small sets run 50+ epochs)."""
 
     def __init__(self, paths: RunPaths, plot_every_s: float = 30.0):
@@ -41,8 +42,28 @@ class MetricsHistory(L.Callback):
         # after the module's on_validation_epoch_end (which fills history_row), before ModelCheckpoint
         if trainer.sanity_checking or not trainer.is_global_zero or not pl_module.history_row:
             return
-        rows = [r for r in read_metrics(self.paths.metrics_csv) if r["epoch"] < pl_module.history_row["epoch"]]
-        write_metrics(self.paths.metrics_csv, rows + [pl_module.history_row])
-        log_epoch(trainer.loggers, pl_module.history_row, trainer.global_step)  # TensorBoard / MLflow, if chosen
+        self._write(trainer, pl_module.history_row)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        # after validation, when the epoch had one (train.val_every_steps): otherwise its row has no val columns
+        if pl_module.history_row.get("epoch") == trainer.current_epoch + 1:
+            return
+        row = pl_module.epoch_row()  # on every process: it sums the losses over them
+        if trainer.is_global_zero:
+            self._write(trainer, row)
+
+    def _write(self, trainer, row: dict) -> None:
+        rows = [r for r in read_metrics(self.paths.metrics_csv) if r["epoch"] < row["epoch"]]
+        write_metrics(self.paths.metrics_csv, rows + [row])
+        log_epoch(trainer.loggers, row, trainer.global_step)  # TensorBoard / MLflow, if chosen
         if time.monotonic() - self._plotted_at >= self.plot_every_s:
             self._plot()
+
+
+class ValidateLastEpoch(L.Callback):
+    """Validate the last epoch too when ``check_val_every_n_epoch`` does not divide the epochs: otherwise the run
+    would end without its final metrics.csv row and last.ckpt (ModelCheckpoint saves after validation)."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.max_epochs is not None and trainer.current_epoch == trainer.max_epochs - 1:
+            trainer.check_val_every_n_epoch = 1

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import lightning as L
 import pandas as pd
+import torch
 from torch.utils.data import DataLoader, Subset
 
 from pneumodet.config import RunConfig
@@ -36,8 +37,11 @@ class DetectionDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, shuffle: bool) -> DataLoader:
         workers = self.config.data.num_workers
+        # val in order, with a generator of its own: starting its iterator draws no number from the global one,
+        # so training draws the same numbers however often it validates
+        generator = None if shuffle else torch.Generator().manual_seed(0)
         return DataLoader(dataset, batch_size=self.config.train.batch_size, shuffle=shuffle, num_workers=workers,
-                          collate_fn=collate, persistent_workers=workers > 0, drop_last=False)
+                          collate_fn=collate, persistent_workers=workers > 0, drop_last=False, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

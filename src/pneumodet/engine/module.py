@@ -61,6 +61,7 @@ class DetectionModule(L.LightningModule):
         self.skipped_steps = 0
         self._sums: dict[str, dict[str, float]] = {}
         self._val_outputs: list = []
+        self._rng: tuple = ()
         self._epoch_start = time.perf_counter()
         self.history_row: dict = {}
 
@@ -159,8 +160,25 @@ class DetectionModule(L.LightningModule):
     def on_validation_epoch_start(self):
         self._val_outputs = []
         self._sums.pop("val", None)
+        # the val losses sample RoIs at random: training must draw the same numbers however often it validates
+        self._rng = torch.random.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+
+    def epoch_row(self) -> dict:
+        """Return this epoch's metrics.csv row without validation: train losses, lr, time; val columns NaN.
+        Every process calls it (the losses are summed over processes)."""
+        train = self._reduced("train")
+        row = {"epoch": self.current_epoch + 1}
+        row.update({f"train_{k}": train[k] for k in LOSS_NAMES})
+        row.update({f"val_{k}": math.nan for k in LOSS_NAMES})
+        row.update({"val_rsna_map": math.nan, "val_threshold": math.nan, "val_gate_auc": math.nan, "lr": self.current_lr(),
+                    "epoch_time_s": time.perf_counter() - self._epoch_start, "skipped_steps": self.skipped_steps})
+        return row
 
     def on_validation_epoch_end(self):
+        cpu, cuda = self._rng
+        torch.random.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
         outputs = self._val_outputs
         if self.trainer.world_size > 1 and torch.distributed.is_initialized():
             gathered = [None] * self.trainer.world_size
@@ -175,15 +193,13 @@ class DetectionModule(L.LightningModule):
         every_box = rsna_map(truths, predictions).rsna_map if outputs else 0.0
         if every_box > score:  # no threshold beats keeping every box
             threshold, score = 0.0, every_box
-        train, val = self._reduced("train"), self._reduced("val")
-        row = {"epoch": self.current_epoch + 1}
-        row.update({f"train_{k}": train[k] for k in LOSS_NAMES})
+        val = self._reduced("val")
+        row = self.epoch_row()
         row.update({f"val_{k}": val[k] for k in LOSS_NAMES})
         gates = np.array([o[3] for o in outputs])
         gate_auc = roc_auc(np.array([len(t) > 0 for t in truths]), gates) \
             if len(gates) and not np.isnan(gates).any() else math.nan
-        row.update({"val_rsna_map": score, "val_threshold": threshold, "val_gate_auc": gate_auc, "lr": self.current_lr(),
-                    "epoch_time_s": time.perf_counter() - self._epoch_start, "skipped_steps": self.skipped_steps})
+        row.update({"val_rsna_map": score, "val_threshold": threshold, "val_gate_auc": gate_auc})
         self.history_row = row
         self.log("val/rsna_map", float(score), prog_bar=True)
         self.log("val/loss", float(val["loss"]) if not math.isnan(val["loss"]) else np.inf)

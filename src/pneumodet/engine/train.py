@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-from pneumodet.config import RunConfig, dump_config, load_config, schedule_for
-from pneumodet.engine.callbacks import AtomicCheckpointIO, MetricsHistory
+from pneumodet.config import RunConfig, dump_config, load_config, schedule_for, val_every_epochs
+from pneumodet.engine.callbacks import AtomicCheckpointIO, MetricsHistory, ValidateLastEpoch
 from pneumodet.engine.data import DetectionDataModule
 from pneumodet.engine.loggers import build_loggers, check_loggers, start_loggers
 from pneumodet.engine.module import DetectionModule
@@ -108,9 +108,11 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     datamodule = DetectionDataModule(cache, config, split)
     config = schedule_for(config, len(datamodule.train_set))  # train.steps: the same length on any data set
     datamodule.config, cfg = config, config.train
+    val_every = val_every_epochs(cfg, len(datamodule.train_set))
     if cfg.steps and progress and not is_follower():
+        validating = f"; validating every {val_every} epochs and after the last" if val_every > 1 else ""
         print(f"train.steps={cfg.steps}: {cfg.epochs} epochs over {len(datamodule.train_set)} training images, stages "
-              f"until epochs {', '.join(str(s.until_epoch) for s in cfg.stages)}", flush=True)
+              f"until epochs {', '.join(str(s.until_epoch) for s in cfg.stages)}{validating}", flush=True)
     module = DetectionModule(config, cache=str(Path(cache).resolve()))
     if not resume and not is_follower():  # the folder appears once data and model are known to be good
         paths.make()
@@ -128,13 +130,14 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     loggers = build_loggers(config, paths)
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
+        check_val_every_n_epoch=val_every,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
         num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         precision=cfg.precision,
         gradient_clip_val=cfg.grad_clip or None,
-        callbacks=[MetricsHistory(paths), best, last] + ([TQDMProgressBar(leave=True)] if progress else []),
+        callbacks=[MetricsHistory(paths), ValidateLastEpoch(), best, last] + ([TQDMProgressBar(leave=True)] if progress else []),
         plugins=[AtomicCheckpointIO()],
         logger=loggers or False,
         enable_progress_bar=progress,

@@ -33,6 +33,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _finite(epochs: list, values: list) -> tuple[list, list]:
+    """Return the (epoch, value) pairs whose value is a number: a line joins the epochs that have one."""
+    pairs = [(e, v) for e, v in zip(epochs, values, strict=True) if not math.isnan(v)]
+    return [e for e, _ in pairs], [v for _, v in pairs]
+
+
 def plot_history(metrics_csv: str | Path, out_dir: str | Path) -> list[Path]:
     """Draw loss_curves.png (train vs val, total and each component) and val_map.png from metrics.csv."""
     from pneumodet.runs import read_metrics
@@ -46,9 +52,9 @@ def plot_history(metrics_csv: str | Path, out_dir: str | Path) -> list[Path]:
     axes.flat[-1].axis("off")
     for ax, (key, title) in zip(axes.flat, LOSS_TITLES.items(), strict=False):
         for split, style in (("train", "-o"), ("val", "--s")):
-            values = [r.get(f"{split}_{key}", math.nan) for r in rows]
-            if not all(math.isnan(v) for v in values):
-                ax.plot(epochs, values, style, label=split, markersize=3)
+            x, values = _finite(epochs, [r.get(f"{split}_{key}", math.nan) for r in rows])
+            if values:
+                ax.plot(x, values, style, label=split, markersize=3)
         ax.set_title(title)
         ax.grid(alpha=0.3)
     for ax in axes[1]:
@@ -57,14 +63,16 @@ def plot_history(metrics_csv: str | Path, out_dir: str | Path) -> list[Path]:
     fig.suptitle("Mask R-CNN losses (val losses: training-mode forward, no gradients)")
     paths = [_save(fig, out_dir / "loss_curves.png")]
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    ax.plot(epochs, [r["val_rsna_map"] for r in rows], "-o", label="val RSNA mAP (best threshold)")
-    ax.plot(epochs, [r["val_threshold"] for r in rows], ":", color="gray", label="its score threshold")
-    gate_auc = [r.get("val_gate_auc", math.nan) for r in rows]
-    if not all(math.isnan(v) for v in gate_auc):
-        ax.plot(epochs, gate_auc, "-^", color="tab:green", markersize=3, label="image-level gate ROC AUC")
-    best = int(np.nanargmax([r["val_rsna_map"] for r in rows]))
-    ax.annotate(f"best {rows[best]['val_rsna_map']:.3f}", (epochs[best], rows[best]["val_rsna_map"]),
-                textcoords="offset points", xytext=(0, 8), ha="center")
+    x, scores = _finite(epochs, [r["val_rsna_map"] for r in rows])  # epochs with validation (train.val_every_steps)
+    ax.plot(x, scores, "-o", label="val RSNA mAP (best threshold)")
+    ax.plot(*_finite(epochs, [r["val_threshold"] for r in rows]), ":", color="gray", label="its score threshold")
+    gate_x, gate_auc = _finite(epochs, [r.get("val_gate_auc", math.nan) for r in rows])
+    if gate_auc:
+        ax.plot(gate_x, gate_auc, "-^", color="tab:green", markersize=3, label="image-level gate ROC AUC")
+    if scores:
+        best = int(np.argmax(scores))
+        ax.annotate(f"best {scores[best]:.3f}", (x[best], scores[best]), textcoords="offset points", xytext=(0, 8),
+                    ha="center")
     ax.set_xlabel("epoch")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
