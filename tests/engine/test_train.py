@@ -47,6 +47,7 @@ def test_resume_continues_epochs_and_optimizer_state(tiny_cache, tmp_path, monke
     run = tmp_path / "run"
     train(tiny_config("train.epochs=1"), tiny_cache, run=run, progress=False)
     first = read_checkpoint(run / "weights" / "last.ckpt")
+    before = read_metrics(run / "metrics.csv")[0]
     saved_state = first["optimizer_states"][0]["state"]
     assert saved_state and first["epoch"] == 0
     # as if the run had been killed after its first epoch of two
@@ -64,6 +65,7 @@ def test_resume_continues_epochs_and_optimizer_state(tiny_cache, tmp_path, monke
     assert result.epochs == 2
     rows = read_metrics(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[0] == before  # the resumed run ends epoch 1 again without training it: its row stays
     assert set(restored) == set(saved_state)
     key = next(iter(saved_state))
     assert torch.equal(restored[key]["exp_avg"], saved_state[key]["exp_avg"])

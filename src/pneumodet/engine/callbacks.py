@@ -45,8 +45,10 @@ class MetricsHistory(L.Callback):
         self._write(trainer, pl_module.history_row)
 
     def on_train_epoch_end(self, trainer, pl_module):
-        # after validation, when the epoch had one (train.val_every_steps): otherwise its row has no val columns
-        if pl_module.history_row.get("epoch") == trainer.current_epoch + 1:
+        # after validation, when the epoch had one (train.val_every_steps): otherwise its row has no val columns.
+        # A run resumed from a checkpoint taken at validation ends that epoch again without training a batch:
+        # its row is already written
+        if pl_module.history_row.get("epoch") == trainer.current_epoch + 1 or not pl_module.epoch_batches:
             return
         row = pl_module.epoch_row()  # on every process: it sums the losses over them
         if trainer.is_global_zero:

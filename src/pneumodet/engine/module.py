@@ -62,6 +62,7 @@ class DetectionModule(L.LightningModule):
         self._sums: dict[str, dict[str, float]] = {}
         self._val_outputs: list = []
         self._rng: tuple = ()
+        self.epoch_batches = 0  # training batches this process ran in the current epoch
         self._epoch_start = time.perf_counter()
         self.history_row: dict = {}
 
@@ -83,6 +84,7 @@ class DetectionModule(L.LightningModule):
         return stage_for(self.config.train.stages, self.current_epoch).layers == "heads"
 
     def on_train_epoch_start(self):
+        self.epoch_batches = 0
         self._epoch_start = time.perf_counter()
         self._sums = {}
         self.skipped_steps = 0
@@ -92,6 +94,7 @@ class DetectionModule(L.LightningModule):
                 p.requires_grad_(not heads_only or id(p) in self.head_names)
 
     def on_train_batch_start(self, batch, batch_idx):
+        self.epoch_batches += 1
         lr = self.current_lr()
         for group in self.optimizers().optimizer.param_groups:
             group["lr"] = lr
