@@ -115,6 +115,10 @@ class TrainConfig:
     # and after the last epoch; 0: after every epoch. Small sets run 100+ short epochs, and validating each
     # one costs as much as a fifth of the training time
     val_every_steps: int = 0
+    # > 0: evaluate, predict, export and serve use an exponential moving average of the weights, updated after
+    # every optimizer step with this decay (its memory is about 1 / (1 - decay) steps); validation scores the
+    # average too, and the checkpoints keep the trained weights beside it (current_model_state) for --resume
+    ema_decay: float = 0.0
     precision: str = "32-true"  # 32-true, bf16-mixed, 16-mixed
     accelerator: str = "auto"
     devices: int = 1
@@ -385,7 +389,8 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "predict.box_refine": (0, 8),
     "train.steps": (0, 10_000_000), "train.epochs": (1, 100000), "train.batch_size": (1, 4096), "train.lr": (0, 10, "open"),
     "train.momentum": (0, 0.999), "train.weight_decay": (0, 1), "train.grad_clip": (0, INF),
-    "train.warmup_steps": (0, INF), "train.val_every_steps": (0, INF), "train.devices": (1, 4096), "train.num_nodes": (1, 4096),
+    "train.warmup_steps": (0, INF), "train.val_every_steps": (0, INF),
+    "train.ema_decay": (0, 0.99999), "train.devices": (1, 4096), "train.num_nodes": (1, 4096),
     "train.max_nonfinite": (1, INF), "train.limit_train_batches": (0, INF), "train.limit_val_batches": (0, INF),
     "train.threads": (0, 4096),
     "predict.score_threshold": (0, 1), "predict.nms_iou": (0, 1), "predict.max_boxes": (1, 100),

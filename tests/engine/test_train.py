@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from lightning.pytorch.callbacks import EMAWeightAveraging
 
 from pneumodet.data.prepare import prepare
 from pneumodet.engine.module import DetectionModule, TrainingDiverged, losses_without_learning, stage_for
@@ -286,3 +287,42 @@ def test_validating_every_few_steps_ends_with_the_last_epoch_and_trains_the_same
     for name, tensor in weights.items():
         assert torch.equal(tensor, last["state_dict"][name]), name
     assert (sparse.run / "plots" / "val_map.png").is_file()
+
+
+def test_ema_weights_are_the_ones_a_run_uses_and_survive_a_resume(tiny_cache, tmp_path, monkeypatch):
+    schedule = ("train.epochs=2", "train.stages=[{'until_epoch': 2}]")
+    plain = train(tiny_config(*schedule), tiny_cache, run=tmp_path / "plain", progress=False)
+    ema = train(tiny_config(*schedule, "train.ema_decay=0.5"), tiny_cache, run=tmp_path / "ema", progress=False)
+    trained = read_checkpoint(plain.run / "weights" / "last.ckpt")["state_dict"]
+    last = read_checkpoint(ema.run / "weights" / "last.ckpt")
+    # the average is what the checkpoint serves; the trained weights beside it are those of a run without EMA
+    assert last["current_model_state"].keys() == trained.keys() == last["state_dict"].keys()
+    assert all(torch.equal(t, last["current_model_state"][k]) for k, t in trained.items())
+    assert not torch.equal(last["state_dict"]["model.roi_heads.box_predictor.cls_score.weight"],
+                           trained["model.roi_heads.box_predictor.cls_score.weight"])
+    model, _, _ = load_trained(ema.run)
+    served = model.state_dict()
+    assert all(torch.equal(served[k.removeprefix("model.")], t) for k, t in last["state_dict"].items())
+    # validation scores the average: its val loss is not the trained weights'
+    assert read_metrics(ema.run / "metrics.csv")[-1]["val_loss"] != read_metrics(plain.run / "metrics.csv")[-1]["val_loss"]
+    # killed after epoch 1 and resumed: the average goes on from where it was, and training from the trained weights
+    run = tmp_path / "resumed"
+    train(tiny_config("train.epochs=1", "train.stages=[{'until_epoch': 1}]", "train.ema_decay=0.5"), tiny_cache,
+          run=run, progress=False)
+    first = read_checkpoint(run / "weights" / "last.ckpt")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["epochs"], config["train"]["stages"] = 2, [{"until_epoch": 2, "lr_scale": 1.0, "layers": "all"}]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    restored = {}
+
+    def capture(self):
+        average = next(c for c in self.trainer.callbacks if isinstance(c, EMAWeightAveraging))._average_model
+        restored.update(average={k: t.clone() for k, t in average.module.state_dict().items()},  # live tensors
+                        current={k: t.clone() for k, t in self.state_dict().items()})
+
+    monkeypatch.setattr(DetectionModule, "on_train_start", capture, raising=False)
+    train(None, tiny_cache, run=run, resume=True, progress=False)
+    for name, tensor in first["state_dict"].items():
+        assert torch.equal(tensor, restored["average"][name]), name
+        assert torch.equal(first["current_model_state"][name], restored["current"][name]), name
+    assert not all(torch.equal(first["state_dict"][k], t) for k, t in first["current_model_state"].items())

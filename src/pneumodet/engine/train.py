@@ -14,7 +14,7 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 
 from pneumodet.config import RunConfig, dump_config, load_config, schedule_for, val_every_epochs
 from pneumodet.engine.callbacks import AtomicCheckpointIO, MetricsHistory, ValidateLastEpoch
@@ -128,6 +128,9 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
                            enable_version_counter=False, auto_insert_metric_name=False,
                            save_on_train_epoch_end=False)
     loggers = build_loggers(config, paths)
+    # Lightning's EMA swaps the average in for validation and writes it as the checkpoint's state_dict, the
+    # weights load_trained reads; the trained weights go to current_model_state, which --resume restores
+    ema = [EMAWeightAveraging(decay=cfg.ema_decay)] if cfg.ema_decay else []
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         check_val_every_n_epoch=val_every,
@@ -137,7 +140,7 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
         strategy=cfg.strategy,
         precision=cfg.precision,
         gradient_clip_val=cfg.grad_clip or None,
-        callbacks=[MetricsHistory(paths), ValidateLastEpoch(), best, last] + ([TQDMProgressBar(leave=True)] if progress else []),
+        callbacks=[MetricsHistory(paths), ValidateLastEpoch(), *ema, best, last] + ([TQDMProgressBar(leave=True)] if progress else []),
         plugins=[AtomicCheckpointIO()],
         logger=loggers or False,
         enable_progress_bar=progress,
