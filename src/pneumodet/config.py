@@ -32,6 +32,9 @@ class DataConfig:
     num_workers: int = 2  # data-loading processes
     train_limit: int = 0  # use only the first N training images (0: all); for quick runs
     val_limit: int = 0
+    # > 0: training draws images with replacement so that this share of them holds an opacity (0: each image
+    # once per epoch, the data set's own share). Faint opacities are what a small model misses most
+    positive_share: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -374,6 +377,7 @@ INF = float("inf")
 RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "data.image_size": (32, 4096), "data.max_boxes": (1, 100), "data.num_workers": (0, 256),
     "data.train_limit": (0, INF), "data.val_limit": (0, INF),
+    "data.positive_share": (0, 1),
     "augment.scale": (0, 10, "open"), "augment.translate_x": (0, 0.5), "augment.translate_y": (0, 0.5),
     "augment.rotate_deg": (0, 180), "augment.shear_deg": (0, 60), "augment.brightness": (0, 10, "open"),
     "augment.contrast": (0, 10, "open"), "augment.gamma": (0, 10, "open"),

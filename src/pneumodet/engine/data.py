@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
 
 from pneumodet.config import RunConfig
 from pneumodet.data.dataset import PneumoniaDataset, collate, read_split
@@ -35,16 +35,30 @@ class DetectionDataModule(L.LightningDataModule):
         if len(self.val_set) == 0:
             raise UserError(f"{self.root}/split.csv: no validation images; prepare with --val-fraction > 0")
 
-    def _loader(self, dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset, shuffle: bool, sampler=None) -> DataLoader:
         workers = self.config.data.num_workers
         # val in order, with a generator of its own: starting its iterator draws no number from the global one,
         # so training draws the same numbers however often it validates
         generator = None if shuffle else torch.Generator().manual_seed(0)
-        return DataLoader(dataset, batch_size=self.config.train.batch_size, shuffle=shuffle, num_workers=workers,
-                          collate_fn=collate, persistent_workers=workers > 0, drop_last=False, generator=generator)
+        return DataLoader(dataset, batch_size=self.config.train.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0,
+                          drop_last=False, generator=generator)
+
+    def positive_sampler(self) -> WeightedRandomSampler | None:
+        """Return a sampler that draws ``data.positive_share`` positives (as many draws per epoch as images), or
+        None when the setting is off or the training images are all of one kind."""
+        share = self.config.data.positive_share
+        dataset = self.train_set
+        base, indices = (dataset.dataset, dataset.indices) if isinstance(dataset, Subset) else (dataset, range(len(dataset)))
+        positive = torch.tensor([len(base.boxes_xywh(i)) > 0 for i in indices])
+        n_pos = int(positive.sum())
+        if not share or n_pos in (0, len(positive)):
+            return None
+        weights = torch.where(positive, share / n_pos, (1 - share) / (len(positive) - n_pos)).double()
+        return WeightedRandomSampler(weights, num_samples=len(positive), replacement=True)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        return self._loader(self.train_set, shuffle=True, sampler=self.positive_sampler())
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False)
