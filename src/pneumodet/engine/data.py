@@ -48,11 +48,13 @@ class DetectionDataModule(L.LightningDataModule):
         """Return a sampler that draws ``data.positive_share`` positives (as many draws per epoch as images), or
         None when the setting is off or the training images are all of one kind."""
         share = self.config.data.positive_share
+        if not share:  # off: no need to look at any image's boxes
+            return None
         dataset = self.train_set
         base, indices = (dataset.dataset, dataset.indices) if isinstance(dataset, Subset) else (dataset, range(len(dataset)))
         positive = torch.tensor([len(base.boxes_xywh(i)) > 0 for i in indices])
         n_pos = int(positive.sum())
-        if not share or n_pos in (0, len(positive)):
+        if n_pos in (0, len(positive)):
             return None
         weights = torch.where(positive, share / n_pos, (1 - share) / (len(positive) - n_pos)).double()
         return WeightedRandomSampler(weights, num_samples=len(positive), replacement=True)
