@@ -13,25 +13,33 @@ from pneumodet.submit import predict_folder
 from tests.conftest import gradient
 
 
-def test_predict_a_folder_with_an_unreadable_and_a_non_square_file(trained_run, synth_data, tmp_path, make_dicom,
-                                                                      capsys):
+def test_predict_a_folder_of_odd_files(trained_run, synth_data, tmp_path, make_dicom, capsys):
+    """Unreadable, non-square, upper-case suffix; hidden copies, reports and folders named .dcm are no images."""
     images = tmp_path / "images"
     shutil.copytree(synth_data / TEST_IMAGES, images)
     (images / "broken.dcm").write_text("not a dicom at all\n" * 10)
     make_dicom("wide", gradient(256, 512), folder=images)
+    expected = sorted(p.stem for p in images.glob("*.dcm"))
+    first = images / f"{expected[0]}.dcm"
+    first.rename(first.with_suffix(".DCM"))  # an upper-case suffix is still an image
+    # none of these is an image: a macOS resource copy, a report predict --dicom-sr wrote, a folder
+    shutil.copy(images / f"{expected[1]}.dcm", images / f"._{expected[1]}.dcm")
+    shutil.copy(images / f"{expected[1]}.dcm", images / f"{expected[1]}.sr.dcm")
+    (images / "folder.dcm").mkdir()
     summary = predict_folder(trained_run, images, tmp_path / "out" / "submission.csv", workers=0,
                              overrides={"score_threshold": 0.0, "max_boxes": 4}, progress=False)
     assert summary.images == 8 and summary.unreadable == 1
     assert "broken.dcm" in capsys.readouterr().err
     sub = pd.read_csv(tmp_path / "out" / "submission.csv", keep_default_na=False)
     assert list(sub.columns) == ["patientId", "PredictionString"]
-    assert sorted(sub["patientId"]) == sorted(p.stem for p in images.glob("*.dcm"))
+    assert sorted(sub["patientId"]) == expected
     assert sub.set_index("patientId").at["broken", "PredictionString"] == ""
     boxes = pd.read_csv(tmp_path / "out" / "submission.boxes.csv")
     assert list(boxes.columns) == ["patient_id", "score", "x", "y", "width", "height"]
     # every box lies in its own image's pixels; the 512 x 256 image maps back to its size
     for pid, group in boxes.groupby("patient_id"):
-        height, width = read_dicom(images / f"{pid}.dcm").original_size
+        path = images / f"{pid}.dcm"
+        height, width = read_dicom(path if path.exists() else path.with_suffix(".DCM")).original_size
         assert (group["x"] >= 0).all() and (group["x"] + group["width"] <= width + 0.1).all()
         assert (group["y"] >= 0).all() and (group["y"] + group["height"] <= height + 0.1).all()
     for text in sub["PredictionString"]:

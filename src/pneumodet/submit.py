@@ -16,6 +16,7 @@ from pneumodet.detector import Detection, Detector, image_tensor, load_detector
 from pneumodet.errors import UserError
 from pneumodet.files import check_output_dir, check_output_file
 from pneumodet.io.dicom import DicomError
+from pneumodet.io.layout import dicom_files
 from pneumodet.postprocess import PostProcess
 from pneumodet.report.submission import write_boxes, write_submission
 
@@ -147,11 +148,11 @@ def write_outputs(files: list[Path], found_by_id: dict[str, Detection], out: Pat
 
 
 def list_images(images_dir: str | Path) -> list[Path]:
-    """Return the folder's .dcm files in name order, or raise a UserError."""
+    """Return the folder's .dcm files in name order (:func:`dicom_files`), or raise a UserError."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise UserError(f"{images_dir}: images folder not found")
-    files = sorted(images_dir.glob("*.dcm"))
+    files = dicom_files(images_dir)
     if not files:
         raise UserError(f"{images_dir}: no .dcm files")
     return files

@@ -35,6 +35,8 @@ def messy(tmp_path, synth_data, make_dicom):
     labels += "wide,900,100,300,200,1\nwide,100,100,200,100,1\nwide,1100,10,50,50,1\n"
     labels += f"{good[1].stem},10,10,-5,30,1\n"
     (data / TRAIN_LABELS).write_text(labels)
+    good[3].rename(good[3].with_suffix(".DCM"))  # still an image: the suffix's case does not matter
+    shutil.copy(good[4], images / f"._{good[4].name}")  # a macOS resource copy: not an image, not counted
     return data
 
 
@@ -64,6 +66,8 @@ def test_qc_reports_each_problem_and_goes_on(messy, tmp_path):
     cache = open_cache(out, 64)
     assert len(cache.images) == 31
     assert not {"truncated", "notdicom", "blank", "unlabelled", "badheader"} & set(cache.images["patient_id"])
+    upper = next((messy / TRAIN_IMAGES).glob("*.DCM")).stem
+    assert upper in set(cache.images["patient_id"]) and upper not in set(qc["patient_id"])
 
 
 def test_boxes_scale_with_the_image(messy, tmp_path):

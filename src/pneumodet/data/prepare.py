@@ -27,7 +27,7 @@ from pneumodet.data.split import assign_folds, read_groups, split_images
 from pneumodet.errors import UserError
 from pneumodet.files import atomic_path, check_output_dir
 from pneumodet.io.labels import Annotation, Problem, read_labels
-from pneumodet.io.layout import CLASS_INFO, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
+from pneumodet.io.layout import CLASS_INFO, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS, dicom_files
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def find_images(data: Path, subset: str) -> Path:
     folder = data / (TRAIN_IMAGES if subset == "train" else TEST_IMAGES)
     if folder.is_dir():
         return folder
-    if subset == "test" and any(data.glob("*.dcm")):
+    if subset == "test" and dicom_files(data):
         return data
     raise UserError(f"{data}: no {folder.name}/ folder; expected the Kaggle layout "
                     f"(pneumodet download or pneumodet synth makes one)")
@@ -84,7 +84,7 @@ def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction:
     if size_px < 32 or size_px > 4096:
         raise UserError(f"--size must be between 32 and 4096 pixels, got {size_px}")
     images_dir = find_images(data, subset)
-    files = sorted(images_dir.glob("*.dcm"))
+    files = dicom_files(images_dir)
     if not files:
         raise UserError(f"{images_dir}: no .dcm files")
     if labels_csv is not None and subset != "train":

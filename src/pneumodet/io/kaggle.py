@@ -14,7 +14,14 @@ from pathlib import Path
 
 from pneumodet.errors import UserError
 from pneumodet.files import atomic_path
-from pneumodet.io.layout import CLASS_INFO, SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
+from pneumodet.io.layout import (
+    CLASS_INFO,
+    SAMPLE_SUBMISSION,
+    TEST_IMAGES,
+    TRAIN_IMAGES,
+    TRAIN_LABELS,
+    dicom_files,
+)
 from pneumodet.network import can_reach
 
 COMPETITION = "rsna-pneumonia-detection-challenge"
@@ -59,7 +66,7 @@ def check_complete(dest: str | Path) -> list[str]:
             if not path.is_file() or path.stat().st_size == 0:
                 missing.append(name)
         else:
-            found = sum(1 for _ in path.glob("*.dcm")) if path.is_dir() else 0
+            found = len(dicom_files(path)) if path.is_dir() else 0
             if found < count:
                 missing.append(f"{name} ({found}/{count} .dcm files)")
     return missing

@@ -20,8 +20,8 @@ import numpy as np
 
 from pneumodet.errors import UserError
 from pneumodet.files import atomic_path
+from pneumodet.io.layout import SR_SUFFIX
 
-SR_SUFFIX = ".sr.dcm"
 SERIES_NUMBER = 901
 #: codes outside DICOM's and SNOMED's vocabularies, in a private coding scheme (PS3.16 8.2: "99" prefix)
 SCHEME = "99PNEUMODET"
