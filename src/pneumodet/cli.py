@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "flip TTA) are merged by weighted box fusion and their gates averaged.")
     p.add_argument("run", type=Path, nargs="+", help="run folder, folds folder (train --folds K; post-processing "
                    "tuned out of fold by evaluate), or several run folders (the first one's post-processing)")
-    p.add_argument("images", type=Path, help="folder of .dcm files (e.g. stage_2_test_images)")
+    p.add_argument("images", type=Path, help="folder of .dcm files (e.g. stage_2_test_images; .DCM counts too, "
+                   "hidden files and the *.sr.dcm reports of --dicom-sr do not)")
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
     p.add_argument("--threshold", type=_between(0, 1), default=None, help="score threshold in [0, 1] (default: tuned)")
     p.add_argument("--nms", type=_between(0, 1), default=None, help="NMS IoU between boxes, in [0, 1] (default: tuned)")
