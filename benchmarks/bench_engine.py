@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from bench_predict import _run_folder, latency
 
+from pneumodet.io.layout import dicom_files
 from pneumodet.onnx_engine import HEADS_FILE, HEADS_INT8_FILE, INT8_FILE, ONNX_FILE, read_meta, write_meta
 
 #: the engine's forms, by what engine.json makes active: (label, dense file, heads file)
@@ -108,7 +109,7 @@ def agreement(run: Path, images: Path, tmp: Path) -> list[tuple[str, str]]:
     shutil.copytree(run, copy)
     result = export_run(copy, int8=True)
     reference = load_detector(copy, engine="torch")
-    tensors = [image_tensor(reference.read(f).pixels, reference.image_size) for f in sorted(images.glob("*.dcm"))]
+    tensors = [image_tensor(reference.read(f).pixels, reference.image_size) for f in dicom_files(images)]
     rows = []
     q = result.int8
     checks = {"int8": f"; export's own check on {q['images']} val images {q['agreement']:.1%}, "
@@ -187,7 +188,7 @@ def run() -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synthesize(tmp / "data", 0, 200, seed=1, progress=False)
-        files = sorted((tmp / "data" / TEST_IMAGES).glob("*.dcm"))
+        files = dicom_files(tmp / "data" / TEST_IMAGES)
         for size in (256, 512):
             baseline = stock_torchvision_ms(size)
             baselines[size] = baseline

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pneumodet.io.layout import dicom_files
+
 VARIANTS = [  # label, overrides
     ("1000 proposals (seed), fp32", ["model.rpn_post_nms_test=1000", "predict.channels_last=False"]),
     ("300 proposals, fp32", ["model.rpn_post_nms_test=300", "predict.channels_last=False"]),
@@ -74,7 +76,7 @@ def bf16_agreement(run: Path, images: Path) -> str:
     model, config, _ = load_trained(run)
     size = config.data.image_size
     detector = load_detector(run)
-    tensors = [image_tensor(detector.read(f).pixels, size) for f in sorted(images.glob("*.dcm"))]
+    tensors = [image_tensor(detector.read(f).pixels, size) for f in dicom_files(images)]
     fp32 = Predictor(model, size)(tensors)
     bf16 = Predictor(model, size, bf16=True)(tensors)
     ious, score_diffs, count_diffs = [], [], 0
@@ -99,7 +101,7 @@ def run() -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synthesize(tmp / "data", 0, 200, seed=1, progress=False)
-        files = sorted((tmp / "data" / TEST_IMAGES).glob("*.dcm"))
+        files = dicom_files(tmp / "data" / TEST_IMAGES)
         for size in (256, 512):
             for label, overrides in VARIANTS:
                 config = load_config(None, ["model.weights='none'", f"data.image_size={size}", *overrides])
