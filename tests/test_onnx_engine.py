@@ -95,6 +95,33 @@ def test_the_int8_box_head_is_quantized_and_close_to_fp32(exported):
         assert a.shape == b.shape and 0 < np.abs(a - b).max() < 0.05 * max(1.0, np.abs(a).max())
 
 
+def _fp32_convs(path) -> set[str]:
+    """Return the Conv nodes of a QDQ graph whose weights are plain floats, not dequantized int8."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    dequantized = {out for node in graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    return {node.name for node in graph.node if node.op_type == "Conv" and node.input[1] not in dequantized}
+
+
+@pytest.mark.parametrize("rpn_fp32", ["none", "outputs", "head"])
+def test_int8_keeps_the_rpn_head_in_fp32_as_asked(exported, rpn_fp32):
+    from pneumodet.onnx_engine import quantize_int8, rpn_nodes
+
+    folder = exported / "engine"
+    calibration = [np.random.default_rng(i).random((1, 3, 64, 64), dtype=np.float32) for i in range(2)]
+    kept = _fp32_convs(quantize_int8(folder, calibration, rpn_fp32=rpn_fp32))
+    levels = len(load_trained(exported)[0].rpn.anchor_generator.sizes)
+    outputs = {n for n in kept if n.startswith(("/rpn_head/cls_logits", "/rpn_head/bbox_pred"))}
+    # objectness and deltas: one conv each per FPN level; the whole head adds its shared 3x3 conv per level
+    assert len(outputs) == {"none": 0, "outputs": 2 * levels, "head": 2 * levels}[rpn_fp32]
+    assert len(kept) == {"none": 0, "outputs": 2 * levels, "head": 3 * levels}[rpn_fp32], kept
+    assert all(n.startswith("/rpn_head/") for n in kept)  # the backbone and FPN are int8 in every form
+    assert set(rpn_nodes(folder / "dense.onnx", rpn_fp32)) >= kept
+    with pytest.raises(ValueError, match="rpn_fp32"):
+        quantize_int8(folder, calibration, rpn_fp32="all")
+
+
 def test_a_stale_or_missing_export_falls_back_or_refuses(exported, trained_run):
     assert engine_state(trained_run, load_trained(trained_run)[2]["path"]) == "missing"
     with pytest.raises(UserError, match="no ONNX export; run pneumodet export"):
@@ -179,7 +206,12 @@ def test_int8_is_used_only_where_its_boxes_agree_with_pytorch(exported):
     result = export_run(exported, int8=True, calibration=8)
     meta = json.loads((exported / "engine" / "engine.json").read_text())
     assert meta["int8"]["images"] == result.int8["images"] > 0 and 0 <= meta["int8"]["agreement"] <= 1
-    active = meta["int8"]["agreement"] >= MIN_AGREEMENT
+    # fastest first: the RPN head's output convolutions fp32, then the whole RPN head fp32, each checked only if
+    # the one before it disagrees
+    first = meta["int8"]["agreement"] >= MIN_AGREEMENT
+    assert ("rpn_head_agreement" in meta["int8"]) == (not first)
+    active = first or meta["int8"]["rpn_head_agreement"] >= MIN_AGREEMENT
+    assert meta["int8"]["rpn_fp32"] == ("outputs" if first else "head")
     assert meta["active"] == ("dense.int8.onnx" if active else "dense.onnx") and result.int8["active"] == active
     # where both parts in int8 disagree, the int8 box head alone was checked and used only if it agrees
     heads_active = active or meta["int8"]["heads_agreement"] >= MIN_AGREEMENT

@@ -3,9 +3,10 @@
 fp32 always; ``int8`` also quantizes the exported graphs (the dense part calibrated on the run's training
 images, the box head dynamically) and makes them the active engine only if their boxes agree with PyTorch fp32
 on the run's val images: the same number of kept boxes (at the tuned post-processing) and each matched at IoU
->= 0.95 on at least ``MIN_AGREEMENT`` of the images. Both parts int8 are checked first; where they disagree,
-the int8 box head alone with the fp32 dense part (its quantization is the milder one); else the engine stays
-fp32. The figures go into ``RUN/engine/engine.json`` either way.
+>= 0.95 on at least ``MIN_AGREEMENT`` of the images. The candidates, fastest first: both parts int8 with the
+RPN head's output convolutions fp32; the same with the whole RPN head fp32; the int8 box head alone with the
+fp32 dense part (its quantization is the mildest); else the engine stays fp32. The figures go into
+``RUN/engine/engine.json`` either way.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ MATCH_IOU = 0.95
 class ExportResult:
     onnx: Path
     check: dict  # max_abs_diff, torch_ms, onnx_ms (fp32 export)
-    int8: dict | None = None  # agreement, (heads_agreement,) images, calibration_images, dense_ms, active,
-    # heads_active, engine
+    int8: dict | None = None  # agreement, (rpn_head_agreement, heads_agreement,) images, calibration_images,
+    # dense_ms, rpn_fp32 (what dense.int8.onnx keeps in fp32), active, heads_active, engine
 
 
 def _images(run: Path, config, info: dict, split: str, limit: int) -> list[torch.Tensor]:
@@ -85,26 +86,30 @@ def export_run(run: str | Path, *, int8: bool = False, calibration: int = 64, ch
     check_on = _images(run, config, info, "val", checked)
     if not calibrate_on or not check_on:
         raise UserError(f"{run}: --int8 needs training images to calibrate on and val images to check on")
-    onnx_engine.quantize_int8(folder, _backbone_inputs(reference, calibrate_on))
+    calibration_inputs = _backbone_inputs(reference, calibrate_on)
     onnx_engine.quantize_heads_int8(folder)
     meta = onnx_engine.read_meta(folder)
-    # the candidates, fastest first: (dense file, heads file, where its agreement goes in engine.json)
-    candidates = [(onnx_engine.INT8_FILE, onnx_engine.HEADS_INT8_FILE, "agreement"),
-                  (onnx_engine.ONNX_FILE, onnx_engine.HEADS_INT8_FILE, "heads_agreement")]
+    # the candidates, fastest first: (how much of the RPN head stays fp32 in the int8 dense part, or None for the
+    # fp32 dense part; where its agreement goes in engine.json)
+    candidates = [("outputs", "agreement"), ("head", "rpn_head_agreement"), (None, "heads_agreement")]
     chosen = (onnx_engine.ONNX_FILE, onnx_engine.HEADS_FILE)
-    checked_shares = {}
-    for dense_file, heads_file, key in candidates:
+    checked_shares, written = {}, None
+    for rpn_fp32, key in candidates:
+        dense_file = onnx_engine.ONNX_FILE if rpn_fp32 is None else onnx_engine.INT8_FILE
+        if rpn_fp32 is not None:
+            onnx_engine.quantize_int8(folder, calibration_inputs, rpn_fp32=rpn_fp32)
+            written = rpn_fp32  # what dense.int8.onnx keeps in fp32: the last one written
         quantized = load_detector(run, engine="torch")
         for predictor in quantized.predictors:
-            onnx_engine.attach(predictor.model, run, file=dense_file, heads_file=heads_file)
+            onnx_engine.attach(predictor.model, run, file=dense_file, heads_file=onnx_engine.HEADS_INT8_FILE)
         checked_shares[key], compared = agreement(reference, quantized, check_on)
         if checked_shares[key] >= MIN_AGREEMENT:
-            chosen = (dense_file, heads_file)
+            chosen = (dense_file, onnx_engine.HEADS_INT8_FILE)
             break
     int8_ms = onnx_engine.check_export(model, run, config.data.image_size, file=onnx_engine.INT8_FILE)["onnx_ms"]
     active = chosen[0] == onnx_engine.INT8_FILE
     meta["int8"] = {**checked_shares, "images": compared, "match_iou": MATCH_IOU, "min_agreement": MIN_AGREEMENT,
-                    "calibration_images": len(calibrate_on), "dense_ms": int8_ms}
+                    "calibration_images": len(calibrate_on), "dense_ms": int8_ms, "rpn_fp32": written}
     meta["active"], meta["active_heads"] = chosen
     onnx_engine.write_meta(folder, meta)
     return ExportResult(path, check, {**meta["int8"], "active": active,
