@@ -2,7 +2,9 @@
 
 Latency: one 1024² JPEG DICOM → boxes with R50-FPN (random weights: cost depends on the settings, not the
 weights), the default path (100 proposals, fp32, channels-last) in PyTorch and with each form of
-``pneumodet export``'s engine (fp32; the box head int8; both parts int8); the baseline is torchvision's own
+``pneumodet export``'s engine (fp32; the box head int8; both parts int8, with the RPN head's output
+convolutions fp32 as export writes it first, and timed once each with the RPN head int8 too and all of it fp32);
+the baseline is torchvision's own
 ``maskrcnn_resnet50_fpn`` at the same input size with its defaults (1000 proposals, masks), on a tensor
 already in memory. Throughput: ``predict_folder`` over 200 DICOMs with each engine. The int8 engine's speed
 is timed with scales calibrated on random images (speed does not depend on them). Agreement: a trained run
@@ -112,8 +114,10 @@ def agreement(run: Path, images: Path, tmp: Path) -> list[tuple[str, str]]:
     tensors = [image_tensor(reference.read(f).pixels, reference.image_size) for f in dicom_files(images)]
     rows = []
     q = result.int8
-    checks = {"int8": f"; export's own check on {q['images']} val images {q['agreement']:.1%}, "
-                      f"{'active' if q['active'] else 'not active'}"}
+    checks = {"int8": f"; export's own check on {q['images']} val images {q['agreement']:.1%} with the RPN head's "
+                      f"output convolutions fp32"
+                      + (f", {q['rpn_head_agreement']:.1%} with the whole RPN head fp32" if "rpn_head_agreement" in q
+                         else "") + f" ({q['rpn_fp32']} written), {'active' if q['active'] else 'not active'}"}
     if "heads_agreement" in q:
         checks["int8 box head"] = (f"; export's own check on {q['images']} val images {q['heads_agreement']:.1%}, "
                                    f"{'active' if q['heads_active'] else 'not active'}")
@@ -139,12 +143,37 @@ def engine_latencies(run_dir: Path, size: int, files: list[Path]) -> list[tuple[
     model, _, info = load_trained(run_dir)
     folder = run_dir / "engine"
     export_onnx(model, size, Path(info["path"]), folder)
-    quantize_int8(folder, [np.random.default_rng(i).random((1, 3, size, size), dtype=np.float32) for i in range(8)])
+    calibration = [np.random.default_rng(i).random((1, 3, size, size), dtype=np.float32) for i in range(8)]
     quantize_heads_int8(folder)
+    # the other int8 dense forms export --int8 may write (everything int8: what it wrote before; the whole RPN
+    # head fp32: its second candidate), timed first; then the default form, which stays written and active
+    for rpn_fp32, label in (("none", "int8, RPN head int8 too"), ("head", "int8, whole RPN head fp32")):
+        quantize_int8(folder, calibration, rpn_fp32=rpn_fp32)
+        activate(folder, INT8_FILE, HEADS_INT8_FILE)
+        timed.append((f"ONNX Runtime engine {label}", *latency(run_dir, files)))
+    quantize_int8(folder, calibration)
     for label, dense, heads in ENGINE_FORMS:  # predict.engine auto: the export is used
         activate(folder, dense, heads)
         timed.append((f"ONNX Runtime engine {label}", *latency(run_dir, files)))
     return timed
+
+
+def no_p2_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tuple[str, str]]:
+    """R50-FPN at 256 px without the stride-4 level (``model.fpn_min_level: 3``, P3-P6): latency with PyTorch and
+    each engine form, and the CLI's throughput with the int8 engine, against the stock baseline of the same run."""
+    from pneumodet.config import load_config
+
+    config = load_config(None, ["model.weights='none'", "data.image_size=256", "model.rpn_post_nms_test=100",
+                                "model.fpn_min_level=3", "model.anchor_sizes=[16, 32, 64, 128]"])
+    run_dir = _run_folder(tmp / "run256-p3", config)
+    rows = [(f"one 1024² DICOM → boxes, R50-FPN P3-P6 256 px, 100 proposals, {label}",
+             f"{seconds * 1e3:.0f} ms = {baseline_ms / (seconds * 1e3):.2f}× stock "
+             f"({', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in parts.items())})")
+            for label, seconds, parts in engine_latencies(run_dir, 256, files)]
+    for devices in (1, 2):  # the int8 engine is active now
+        rows.append((f"pneumodet predict 200 DICOMs, R50-FPN P3-P6 256 px, int8 engine, --devices {devices}",
+                     cli_images_per_s(run_dir, files[0].parent, tmp / "cli-p3.csv", devices)))
+    return rows
 
 
 def cpu_recipe_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tuple[str, str]]:
@@ -216,6 +245,7 @@ def run() -> list[tuple[str, str]]:
                     rows.append((f"pneumodet predict 200 DICOMs, int8 engine, --devices {devices} (processes, "
                                  f"cores shared among them)", cli_images_per_s(run_dir, tmp / "data" / TEST_IMAGES,
                                                                               tmp / "cli.csv", devices)))
+                rows += no_p2_rows(tmp, files, baseline)
         rows += cpu_recipe_rows(tmp, files, baselines[256])
         demo = Path("demo/runs/demo")
         if (demo / "weights" / "last.ckpt").is_file():

@@ -70,6 +70,9 @@ def test_shipped_configs_load():
     ("model.backbone='resnet18'", "did you mean resnet18_fpn?"),
     ("model.tiny_depth=2", "model.tiny_depth applies to model.backbone tiny_fpn only, not resnet50_fpn"),
     ("model.tiny_depth=0", "model.tiny_depth must be in [1, 8], got 0"),
+    ("model.fpn_min_level=3", "model.anchor_sizes needs 4 sizes, one per FPN level (P3-P6), got 5"),
+    ("model.fpn_min_level=4", "model.fpn_min_level must be in [2, 3], got 4"),
+    ("model.anchor_sizes=[32, 64, 128, 256]", "model.anchor_sizes needs 5 sizes, one per FPN level (P2-P6), got 4"),
     ("train.stages=[{'until_epoch': 20, 'lr_scale': 0}]", "train.stages[].lr_scale must be > 0"),
     ("train.stages=[{'until_epoch': 9}, {'until_epoch': 4}, {'until_epoch': 16}]", "until_epoch must be >= 1 and increasing"),
 ])
@@ -77,6 +80,14 @@ def test_out_of_range_values_are_one_line_errors(override, message):
     with pytest.raises(ConfigError) as info:
         load_config(None, [override])
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_fpn_min_level_3_takes_four_anchor_sizes_and_not_mobilenet():
+    config = load_config(None, ["model.fpn_min_level=3", "model.anchor_sizes=[32, 64, 128, 256]"])
+    assert config.model.fpn_min_level == 3 and config.model.anchor_sizes == (32, 64, 128, 256)
+    with pytest.raises(ConfigError, match="not mobilenet_v3_fpn"):
+        load_config(None, ["model.backbone='mobilenet_v3_fpn'", "model.fpn_min_level=3",
+                           "model.anchor_sizes=[32, 64, 128, 256]"])
 
 
 def test_a_bad_value_creates_no_run_folder(tiny_cache, tmp_path):

@@ -1,10 +1,18 @@
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from pneumodet.config import ModelConfig
 from pneumodet.errors import UserError
-from pneumodet.model import CANDIDATE_NMS_IOU, CANDIDATES_PER_IMAGE, boxes_only, build_model, head_parameters
+from pneumodet.model import (
+    CANDIDATE_NMS_IOU,
+    CANDIDATES_PER_IMAGE,
+    boxes_only,
+    build_model,
+    head_parameters,
+)
 
 SIZE = 64
 
@@ -139,6 +147,47 @@ def test_coco_weights_from_the_hub_cache_replace_the_predictors(tmp_path, monkey
     assert torch.equal(ours["rpn.head.conv.0.0.weight"], theirs["rpn.head.conv.0.0.weight"])
     assert ours["roi_heads.box_predictor.cls_score.weight"].shape == (2, 1024)
     assert ours["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[0] == 2
+
+
+@pytest.mark.parametrize("backbone", ["tiny_fpn", "resnet18_fpn"])
+def test_an_fpn_from_p3_drops_the_stride_4_level(backbone):
+    torch.manual_seed(0)
+    cfg = ModelConfig(backbone=backbone, weights="none", frozen_bn=False, min_score=0.0, gate=True)
+    full = build_model(cfg, SIZE)
+    p3 = build_model(replace(cfg, fpn_min_level=3, anchor_sizes=(32, 64, 128, 256)), SIZE)
+    image = torch.rand(1, 3, SIZE, SIZE)
+    strides = [[SIZE // f.shape[-1] for f in model.backbone(image).values()] for model in (full, p3)]
+    assert strides == [[4, 8, 16, 32, 64], [8, 16, 32, 64]]
+    assert p3.rpn.anchor_generator.sizes == ((32,), (64,), (128,), (256,))
+    assert p3.gate.levels == full.gate.levels == 4  # the gate sees P3-P6 either way
+    p3.train()
+    losses = p3(*_batch())
+    assert all(torch.isfinite(v) for v in losses.values()) and "loss_gate" in losses
+    sum(losses.values()).backward()
+    p3.eval()
+    with torch.no_grad():
+        assert len(p3(_batch()[0])) == 2
+
+
+def test_coco_weights_fill_an_fpn_from_p3_level_by_level(tmp_path, monkeypatch):
+    """torchvision numbers the FPN's blocks from its finest level: COCO's block k + 1 is block k without P2."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    torch.manual_seed(4)
+    coco = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(coco.state_dict(), tmp_path / "hub" / "checkpoints" / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
+    model = build_model(ModelConfig(backbone="resnet50_fpn", weights="coco", fpn_min_level=3,
+                                    anchor_sizes=(32, 64, 128, 256)), SIZE)
+    ours, theirs = model.state_dict(), coco.state_dict()
+    for kind in ("inner", "layer"):
+        for level in range(3):  # P3, P4, P5
+            key = f"backbone.fpn.{kind}_blocks.{level}.0.weight"
+            assert torch.equal(ours[key], theirs[f"backbone.fpn.{kind}_blocks.{level + 1}.0.weight"]), key
+        assert f"backbone.fpn.{kind}_blocks.3.0.weight" not in ours
+    assert torch.equal(ours["backbone.body.layer2.0.conv1.weight"], theirs["backbone.body.layer2.0.conv1.weight"])
+    assert torch.equal(ours["rpn.head.conv.0.0.weight"], theirs["rpn.head.conv.0.0.weight"])
 
 
 def test_boxes_only_skips_and_restores_the_mask_branch():

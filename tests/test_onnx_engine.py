@@ -53,6 +53,23 @@ def _assert_same_candidates(pytorch, engine, files):
     assert n_boxes > 0  # the comparison is not vacuous (the tiny run keeps candidates down to score 0)
 
 
+def test_an_fpn_from_p3_exports_and_gives_the_same_candidates(tiny_cache, synth_data, tmp_path):
+    """model.fpn_min_level 3: four FPN levels, so four objectness and four deltas outputs in the dense graph."""
+    from pneumodet.engine.train import train
+    from pneumodet.onnx_engine import read_meta
+    from tests.conftest import tiny_config
+
+    run = train(tiny_config("train.limit_val_batches=0", "model.min_score=0.0", "model.gate=True",
+                            "model.fpn_min_level=3", "model.anchor_sizes=[16, 32, 64, 128]"),
+                tiny_cache, run=tmp_path / "p3", progress=False).run
+    model, config, info = load_trained(run)
+    export_onnx(model, config.data.image_size, info["path"], run / "engine")
+    assert read_meta(run / "engine")["feature_names"] == ["0", "1", "2", "pool"]
+    pytorch, engine = (load_detector(run, engine=e) for e in ("torch", "onnx"))
+    assert engine.engine == "onnx"
+    _assert_same_candidates(pytorch, engine, sorted((synth_data / TEST_IMAGES).glob("*.dcm")))
+
+
 def test_the_engine_refines_boxes_as_pytorch_does(exported, synth_data):
     """predict.box_refine runs the box head again on its detections: in the engine, through the ONNX heads graph."""
     pytorch, engine = (load_detector(exported, engine=e, box_refine=1) for e in ("torch", "onnx"))

@@ -63,7 +63,10 @@ class ModelConfig:
     trainable_layers: int = 5  # ResNet stages trained (0-5) once past the heads-only stage
     tiny_depth: int = 1  # tiny_fpn: stride-1 convs in each of its four stages (1: 9 convs in all, 2: 13)
     frozen_bn: bool = True  # FrozenBatchNorm2d (batch statistics are poor at small batch sizes)
-    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per FPN level (P2-P6)
+    # the finest FPN level: 2 (P2, stride 4: COCO's small objects) or 3 (P3, stride 8: drops the costliest level;
+    # the RPN and RoI heads then see P3-P6, and anchor_sizes has one size fewer). ResNet and tiny_fpn backbones
+    fpn_min_level: int = 2
+    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per FPN level (P2-P6; P3-P6 with fpn_min_level 3)
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     rpn_pre_nms_train: int = 2000
     rpn_post_nms_train: int = 500
@@ -384,7 +387,7 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "augment.contrast": (0, 10, "open"), "augment.gamma": (0, 10, "open"),
     "augment.blur_sigma": (0, 50, "open"), "augment.sharpen": (0, 50),
     "augment.blur_or_sharpen_p": (0, 1), "augment.hflip_p": (0, 1),
-    "model.trainable_layers": (0, 5), "model.anchor_sizes": (1, 4096), "model.anchor_ratios": (0, 100, "open"),
+    "model.trainable_layers": (0, 5), "model.fpn_min_level": (2, 3), "model.anchor_sizes": (1, 4096), "model.anchor_ratios": (0, 100, "open"),
     "model.rpn_pre_nms_train": (1, 100000), "model.rpn_post_nms_train": (1, 100000),
     "model.rpn_pre_nms_test": (1, 100000), "model.rpn_post_nms_test": (1, 100000),
     "model.rpn_batch_size_per_image": (1, 100000), "model.rois_per_image": (1, 100000),
@@ -466,7 +469,12 @@ def validate(config: RunConfig) -> RunConfig:
             raise ConfigError(f"{key} is a (low, high) range, got {_show((low, high))}; write [{high:g}, {low:g}]")
     stages = config.train.stages
     checks = [
-        (len(config.model.anchor_sizes) == 5, "model.anchor_sizes needs 5 sizes, one per FPN level (P2-P6)"),
+        (len(config.model.anchor_sizes) == 7 - config.model.fpn_min_level,
+         f"model.anchor_sizes needs {7 - config.model.fpn_min_level} sizes, one per FPN level "
+         f"(P{config.model.fpn_min_level}-P6), got {len(config.model.anchor_sizes)}"),
+        (config.model.fpn_min_level == 2 or config.model.backbone != "mobilenet_v3_fpn",
+         "model.fpn_min_level 3 applies to ResNet and tiny_fpn backbones, not mobilenet_v3_fpn (its FPN starts "
+         "at stride 16)"),
         (config.model.tiny_depth == 1 or config.model.backbone == "tiny_fpn",
          f"model.tiny_depth applies to model.backbone tiny_fpn only, not {config.model.backbone}"),
         (len(stages) >= 1, "train.stages needs at least one stage"),

@@ -8,6 +8,7 @@ file path loads a state_dict (or a pneumodet checkpoint) from disk; ``none`` sta
 from __future__ import annotations
 
 import contextlib
+import re
 from collections import OrderedDict
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class ImageGate(nn.Module):
     """Image-level classifier on the detector's FPN features: does the image hold any opacity?
 
     The winners' gate, as a head on the shared backbone (one forward pass): a 3x3 conv on each coarse FPN
-    level (every level but the finest), global mean and max pooling, one linear layer; returns a logit per image.
+    level (the last ``levels``: P3 and up), global mean and max pooling, one linear layer; returns a logit per image.
     With ``detach`` its loss stops at the features: the detector trains exactly as it would without a gate.
     """
 
@@ -269,12 +270,13 @@ def _conv_bn(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
-def tiny_fpn(channels=(24, 48, 96, 160), out_channels: int = 64, depth: int = 1) -> BackboneWithFPN:
+def tiny_fpn(channels=(24, 48, 96, 160), out_channels: int = 64, depth: int = 1, min_level: int = 2) -> BackboneWithFPN:
     """Return a small plain CNN + FPN (strides 4-32, 64 channels) that trains from scratch on a CPU.
 
     For the offline demo: no pretrained weights exist for it, and at 128-256 px it runs ~8x faster
     than ResNet-18 FPN, whose 256-channel FPN and RPN at stride 4 dominate the cost. ``depth`` is the number
     of stride-1 convs in each stage after its first (downsampling) one; depth 1 is the original network.
+    ``min_level`` 3 leaves the stride-4 stage out of the FPN (P3-P6).
     """
     c1, c2, c3, c4 = channels
 
@@ -289,18 +291,20 @@ def tiny_fpn(channels=(24, 48, 96, 160), out_channels: int = 64, depth: int = 1)
         layer3=stage(c2, c3, 2),
         layer4=stage(c3, c4, 2),
     ))
-    return BackboneWithFPN(body, {"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-                           list(channels), out_channels)
+    stages = ["layer1", "layer2", "layer3", "layer4"][min_level - 2:]
+    return BackboneWithFPN(body, {name: str(i) for i, name in enumerate(stages)}, list(channels)[min_level - 2:],
+                           out_channels)
 
 
 def _backbone(cfg: ModelConfig, norm_layer) -> nn.Module:
     layers = cfg.trainable_layers
+    returned = list(range(cfg.fpn_min_level - 1, 5))  # ResNet stages feeding the FPN: layer1 (C2) is P2's
     if cfg.backbone == "tiny_fpn":
-        return tiny_fpn(depth=cfg.tiny_depth)
+        return tiny_fpn(depth=cfg.tiny_depth, min_level=cfg.fpn_min_level)
     if cfg.backbone in ("resnet50_fpn", "resnet50_fpn_v2"):
-        return _resnet_fpn_extractor(resnet50(norm_layer=norm_layer), layers)
+        return _resnet_fpn_extractor(resnet50(norm_layer=norm_layer), layers, returned_layers=returned)
     if cfg.backbone == "resnet18_fpn":
-        return _resnet_fpn_extractor(resnet18(norm_layer=norm_layer), layers)
+        return _resnet_fpn_extractor(resnet18(norm_layer=norm_layer), layers, returned_layers=returned)
     if cfg.backbone == "mobilenet_v3_fpn":
         return _mobilenet_extractor(mobilenet_v3_large(norm_layer=norm_layer), True, min(layers, 6))
     raise UserError(f"unknown model.backbone {cfg.backbone!r}")
@@ -309,8 +313,8 @@ def _backbone(cfg: ModelConfig, norm_layer) -> nn.Module:
 def _gate(cfg: ModelConfig, channels: int, levels: int) -> nn.Module | None:
     if not cfg.gate:
         return None
-    if cfg.gate_backbone == "shared":
-        return ImageGate(channels, levels - 1, detach=cfg.gate_detach)
+    if cfg.gate_backbone == "shared":  # the levels from P3 (stride 8) up
+        return ImageGate(channels, levels - 1 if cfg.fpn_min_level == 2 else levels, detach=cfg.gate_detach)
     return ClassifierGate(cfg.gate_weights)
 
 
@@ -318,7 +322,7 @@ def build_model(cfg: ModelConfig, image_size: int) -> GatedMaskRCNN:
     """Return a Mask R-CNN for (background, opacity) taking [C, image_size, image_size] images in [0, 1]."""
     norm_layer = FrozenBatchNorm2d if cfg.frozen_bn else nn.BatchNorm2d
     backbone = _backbone(cfg, norm_layer)
-    levels = 3 if cfg.backbone == "mobilenet_v3_fpn" else 5
+    levels = 3 if cfg.backbone == "mobilenet_v3_fpn" else 7 - cfg.fpn_min_level  # up to P6 (the FPN's max pool)
     sizes = (tuple(cfg.anchor_sizes),) * 3 if levels == 3 else tuple((s,) for s in cfg.anchor_sizes)
     anchors = AnchorGenerator(sizes, (tuple(cfg.anchor_ratios),) * levels)
     v2 = cfg.backbone == "resnet50_fpn_v2"
@@ -380,6 +384,7 @@ def _load_weights(model: MaskRCNN, cfg: ModelConfig) -> None:
                 if cfg.backbone == "mobilenet_v3_fpn" else state
         else:
             target = model
+            state = _shift_fpn_blocks(state, cfg.fpn_min_level - 2)
     else:
         path = Path(weights)
         if not path.is_file():
@@ -394,6 +399,22 @@ def _load_weights(model: MaskRCNN, cfg: ModelConfig) -> None:
     if not usable:
         raise UserError(f"model.weights={weights}: no tensor matches model.backbone={cfg.backbone}")
     target.load_state_dict(usable, strict=False)
+
+
+def _shift_fpn_blocks(state: dict, dropped: int) -> dict:
+    """Renumber a full-FPN state's FPN blocks for an FPN without its ``dropped`` finest levels (torchvision numbers
+    them from the finest: COCO's block 1, for C3, is block 0 of an FPN that starts at P3); drop the others."""
+    if not dropped:
+        return state
+    pattern = re.compile(r"^(backbone\.fpn\.(?:inner|layer)_blocks\.)(\d+)\.")
+    shifted = {}
+    for key, value in state.items():
+        match = pattern.match(key)
+        if match is None:
+            shifted[key] = value
+        elif int(match[2]) >= dropped:
+            shifted[f"{match[1]}{int(match[2]) - dropped}.{key[match.end():]}"] = value
+    return shifted
 
 
 @contextlib.contextmanager
