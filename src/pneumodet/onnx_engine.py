@@ -166,8 +166,9 @@ def quantize_int8(out_dir: str | Path, calibration: list, rpn_fp32: str = "outpu
     ``rpn_fp32`` keeps part of the RPN head in fp32 (see :func:`rpn_nodes`). Its objectness scores are ranked to
     pick the proposals, so a small quantization error there changes which boxes the model sees at all: on make
     demo's model, 92.5 % of val images kept the same boxes with everything int8, 98.5 % with the two output
-    convolutions fp32 (which cost no measurable time on R50-FPN at 256 px) and 99.5 % with the whole head fp32
-    (about a third slower there: its 3x3 conv on the stride-4 level is ~5 GFLOP). BENCHMARKS.md has the figures."""
+    convolutions fp32 (no measurable cost on R50-FPN) and 99.5 % with the whole head fp32 (its 3x3 conv on the
+    stride-4 level is ~5 GFLOP at 256 px: R50-FPN's dense part about a third slower, and 206 against 137 ms per
+    image at 512 px). BENCHMARKS.md has the figures."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     if rpn_fp32 not in (*RPN_FP32, "none"):
