@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 
+P3 = {"fpn_min_level": 3, "anchor_sizes": [16, 32, 64, 128]}  # no stride-4 level: one anchor size fewer
 SETTINGS = [
     # (label, size, overrides)
     ("torchvision defaults (512 RoIs, 2000 proposals)", 256,
@@ -22,10 +23,15 @@ SETTINGS = [
     ("seed + 500 proposals + bf16 autocast", 256, {"rpn_post_nms_train": 500, "bf16": True}),
     ("seed + 500 proposals + bf16, conv1+layer1 frozen", 256,
      {"rpn_post_nms_train": 500, "bf16": True, "trainable_layers": 3}),
+    ("seed settings, FPN from P3 (model.fpn_min_level 3)", 256,
+     {"rpn_post_nms_train": 2000, **P3}),
+    ("seed + 500 proposals + bf16, conv1+layer1 frozen, FPN from P3", 256,
+     {"rpn_post_nms_train": 500, "bf16": True, "trainable_layers": 3, **P3}),
     ("seed settings (32 RoIs, 2000 proposals)", 512, {"rpn_post_nms_train": 2000}),
     ("seed + 500 proposals + bf16 autocast", 512, {"rpn_post_nms_train": 500, "bf16": True}),
     ("seed + 500 proposals + bf16, conv1+layer1 frozen", 512,
      {"rpn_post_nms_train": 500, "bf16": True, "trainable_layers": 3}),
+    ("seed settings, FPN from P3 (model.fpn_min_level 3)", 512, {"rpn_post_nms_train": 2000, **P3}),
 ]
 
 CHILD = r"""
