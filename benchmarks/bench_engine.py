@@ -158,6 +158,13 @@ def engine_latencies(run_dir: Path, size: int, files: list[Path]) -> list[tuple[
     return timed
 
 
+def latency_rows(model: str, timed: list[tuple[str, float, dict]], baseline_ms: float) -> list[tuple[str, str]]:
+    """One row per engine of ``engine_latencies``: its time per DICOM, the ratio to the stock baseline, its parts."""
+    return [(f"one 1024² DICOM → boxes, {model}, 100 proposals, {label}",
+             f"{seconds * 1e3:.0f} ms = {baseline_ms / (seconds * 1e3):.2f}× stock "
+             f"({', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in parts.items())})") for label, seconds, parts in timed]
+
+
 def no_p2_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tuple[str, str]]:
     """R50-FPN at 256 px without the stride-4 level (``model.fpn_min_level: 3``, P3-P6): latency with PyTorch and
     each engine form, and the CLI's throughput with the int8 engine, against the stock baseline of the same run."""
@@ -166,10 +173,7 @@ def no_p2_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tuple[s
     config = load_config(None, ["model.weights='none'", "data.image_size=256", "model.rpn_post_nms_test=100",
                                 "model.fpn_min_level=3", "model.anchor_sizes=[16, 32, 64, 128]"])
     run_dir = _run_folder(tmp / "run256-p3", config)
-    rows = [(f"one 1024² DICOM → boxes, R50-FPN P3-P6 256 px, 100 proposals, {label}",
-             f"{seconds * 1e3:.0f} ms = {baseline_ms / (seconds * 1e3):.2f}× stock "
-             f"({', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in parts.items())})")
-            for label, seconds, parts in engine_latencies(run_dir, 256, files)]
+    rows = latency_rows("R50-FPN P3-P6 256 px", engine_latencies(run_dir, 256, files), baseline_ms)
     for devices in (1, 2):  # the int8 engine is active now
         rows.append((f"pneumodet predict 200 DICOMs, R50-FPN P3-P6 256 px, int8 engine, --devices {devices}",
                      cli_images_per_s(run_dir, files[0].parent, tmp / "cli-p3.csv", devices)))
@@ -229,10 +233,7 @@ def run() -> list[tuple[str, str]]:
             folder = run_dir / "engine"
             rows.append((f"backbone+FPN+RPN head alone, R50-FPN {size} px, batch 1",
                          dense_runtimes(folder / ONNX_FILE, size)))
-            for label, seconds, parts in timed:
-                detail = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in parts.items())
-                rows.append((f"one 1024² DICOM → boxes, R50-FPN {size} px, 100 proposals, {label}",
-                             f"{seconds * 1e3:.0f} ms = {baseline / (seconds * 1e3):.2f}× stock ({detail})"))
+            rows += latency_rows(f"R50-FPN {size} px", timed, baseline)
             if size == 256:
                 for engine, files_active in (("torch", None), *(("onnx", form[1:]) for form in ENGINE_FORMS)):
                     if files_active:

@@ -132,15 +132,21 @@ def test_offline_download_fails_fast_naming_the_file(tmp_path, monkeypatch):
         build_model(ModelConfig(backbone="resnet18_fpn", weights="coco"), SIZE)
 
 
-def test_coco_weights_from_the_hub_cache_replace_the_predictors(tmp_path, monkeypatch):
-    """A COCO-shaped state_dict placed where torch.hub looks is loaded; the 91-class predictors are not."""
+def _coco_in_hub_cache(tmp_path, monkeypatch, seed: int):
+    """Put a random COCO-shaped Mask R-CNN state_dict where torch.hub looks (TORCH_HOME=tmp_path); return the model."""
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     coco = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.save(coco.state_dict(), tmp_path / "hub" / "checkpoints" / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
+    return coco
+
+
+def test_coco_weights_from_the_hub_cache_replace_the_predictors(tmp_path, monkeypatch):
+    """A COCO-shaped state_dict placed where torch.hub looks is loaded; the 91-class predictors are not."""
+    coco = _coco_in_hub_cache(tmp_path, monkeypatch, seed=3)
     model = build_model(ModelConfig(backbone="resnet50_fpn", weights="coco"), SIZE)
     ours, theirs = model.state_dict(), coco.state_dict()
     assert torch.equal(ours["backbone.body.layer1.0.conv1.weight"], theirs["backbone.body.layer1.0.conv1.weight"])
@@ -171,13 +177,7 @@ def test_an_fpn_from_p3_drops_the_stride_4_level(backbone):
 
 def test_coco_weights_fill_an_fpn_from_p3_level_by_level(tmp_path, monkeypatch):
     """torchvision numbers the FPN's blocks from its finest level: COCO's block k + 1 is block k without P2."""
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    torch.manual_seed(4)
-    coco = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
-    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    torch.save(coco.state_dict(), tmp_path / "hub" / "checkpoints" / "maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
+    coco = _coco_in_hub_cache(tmp_path, monkeypatch, seed=4)
     model = build_model(ModelConfig(backbone="resnet50_fpn", weights="coco", fpn_min_level=3,
                                     anchor_sizes=(32, 64, 128, 256)), SIZE)
     ours, theirs = model.state_dict(), coco.state_dict()
