@@ -26,13 +26,15 @@ def test_predict_a_folder_of_odd_files(trained_run, synth_data, tmp_path, make_d
     shutil.copy(images / f"{expected[1]}.dcm", images / f"._{expected[1]}.dcm")
     shutil.copy(images / f"{expected[1]}.dcm", images / f"{expected[1]}.sr.dcm")
     (images / "folder.dcm").mkdir()
+    shutil.copy(images / f"{expected[2]}.dcm", images / f"{expected[2]}.DCM")  # the same patientId twice: one row
     summary = predict_folder(trained_run, images, tmp_path / "out" / "submission.csv", workers=0,
                              overrides={"score_threshold": 0.0, "max_boxes": 4}, progress=False)
     assert summary.images == 8 and summary.unreadable == 1
-    assert "broken.dcm" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "broken.dcm" in said and f"{expected[2]}.dcm: the same patientId as {expected[2]}.DCM; left out" in said
     sub = pd.read_csv(tmp_path / "out" / "submission.csv", keep_default_na=False)
     assert list(sub.columns) == ["patientId", "PredictionString"]
-    assert sorted(sub["patientId"]) == expected
+    assert sorted(sub["patientId"]) == expected  # each patientId once
     assert sub.set_index("patientId").at["broken", "PredictionString"] == ""
     boxes = pd.read_csv(tmp_path / "out" / "submission.boxes.csv")
     assert list(boxes.columns) == ["patient_id", "score", "x", "y", "width", "height"]

@@ -15,8 +15,7 @@ from pneumodet.data.cache import read_for_cache
 from pneumodet.detector import Detection, Detector, image_tensor, load_detector
 from pneumodet.errors import UserError
 from pneumodet.files import check_output_dir, check_output_file
-from pneumodet.io.dicom import DicomError
-from pneumodet.io.layout import dicom_files
+from pneumodet.io.dicom import DicomError, folder_images
 from pneumodet.postprocess import PostProcess
 from pneumodet.report.submission import write_boxes, write_submission
 
@@ -148,13 +147,13 @@ def write_outputs(files: list[Path], found_by_id: dict[str, Detection], out: Pat
 
 
 def list_images(images_dir: str | Path) -> list[Path]:
-    """Return the folder's .dcm files in name order (:func:`dicom_files`), or raise a UserError."""
-    images_dir = Path(images_dir)
-    if not images_dir.is_dir():
-        raise UserError(f"{images_dir}: images folder not found")
-    files = dicom_files(images_dir)
-    if not files:
-        raise UserError(f"{images_dir}: no .dcm files")
+    """Return the folder's image files in name order (:func:`folder_images`), or raise a UserError.
+
+    A file that repeats another's patientId (``A.dcm`` beside ``A.DCM``) is left out with one stderr line.
+    """
+    files, repeats = folder_images(images_dir)
+    for path, kept in repeats:
+        print(f"pneumodet predict: {path.name}: the same patientId as {kept.name}; left out", file=sys.stderr)
     return files
 
 

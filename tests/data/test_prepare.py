@@ -37,6 +37,7 @@ def messy(tmp_path, synth_data, make_dicom):
     (data / TRAIN_LABELS).write_text(labels)
     good[3].rename(good[3].with_suffix(".DCM"))  # still an image: the suffix's case does not matter
     shutil.copy(good[4], images / f"._{good[4].name}")  # a macOS resource copy: not an image, not counted
+    shutil.copy(good[5], good[5].with_suffix(".DCM"))  # the same patientId twice: one image, one QC line
     return data
 
 
@@ -57,6 +58,10 @@ def test_qc_reports_each_problem_and_goes_on(messy, tmp_path):
     assert ("ghost", "label without image") in found
     assert ("unlabelled", "image without label") in found
     assert ("wide", "box outside image") in found
+    upper = {p.stem: p.with_suffix(".dcm").exists() for p in (messy / TRAIN_IMAGES).glob("*.DCM")}
+    assert sorted(upper.values()) == [False, True]  # one .DCM alone, one beside its .dcm
+    repeated = [pid for pid, twin in upper.items() if twin]
+    assert [pid for pid, problem in found if problem == "repeated patientId"] == repeated
     summary = json.loads((out / "qc.json").read_text())
     assert summary == result.summary
     assert summary["images"] == 36 and summary["readable"] == 32 and summary["usable"] == 31
@@ -66,8 +71,9 @@ def test_qc_reports_each_problem_and_goes_on(messy, tmp_path):
     cache = open_cache(out, 64)
     assert len(cache.images) == 31
     assert not {"truncated", "notdicom", "blank", "unlabelled", "badheader"} & set(cache.images["patient_id"])
-    upper = next((messy / TRAIN_IMAGES).glob("*.DCM")).stem
-    assert upper in set(cache.images["patient_id"]) and upper not in set(qc["patient_id"])
+    alone = next(pid for pid, twin in upper.items() if not twin)
+    assert alone in set(cache.images["patient_id"]) and alone not in set(qc["patient_id"])
+    assert repeated[0] in set(cache.images["patient_id"])
 
 
 def test_boxes_scale_with_the_image(messy, tmp_path):

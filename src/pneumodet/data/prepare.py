@@ -26,6 +26,7 @@ from pneumodet.data.qc import check_boxes, match_files, summarise, write_qc
 from pneumodet.data.split import assign_folds, read_groups, split_images
 from pneumodet.errors import UserError
 from pneumodet.files import atomic_path, check_output_dir
+from pneumodet.io.dicom import folder_images
 from pneumodet.io.labels import Annotation, Problem, read_labels
 from pneumodet.io.layout import CLASS_INFO, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS, dicom_files
 
@@ -84,9 +85,7 @@ def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction:
     if size_px < 32 or size_px > 4096:
         raise UserError(f"--size must be between 32 and 4096 pixels, got {size_px}")
     images_dir = find_images(data, subset)
-    files = dicom_files(images_dir)
-    if not files:
-        raise UserError(f"{images_dir}: no .dcm files")
+    files, repeats = folder_images(images_dir)
     if labels_csv is not None and subset != "train":
         raise UserError("--labels goes with --subset train")
     labels_paths = []
@@ -110,6 +109,8 @@ def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction:
     boxes = pd.read_csv(cache_dir / "boxes.csv", dtype={"patient_id": str})
     problems_frame = pd.read_csv(cache_dir / "problems.csv", dtype=str).fillna("")
     problems = [Problem(r.patient_id, r.problem, r.detail, r.file) for r in problems_frame.itertuples()]
+    problems += [Problem(path.stem, "repeated patientId", f"{kept.name} is the image; this file is left out",
+                         str(path)) for path, kept in repeats]
     meta = json.loads((cache_dir / "meta.json").read_text())
     summary = summarise(images, boxes, problems, len(files), meta.get("n_readable", len(images)))
     qc_csv, _ = write_qc(out, problems, summary, suffix)

@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 
 from pneumodet.errors import UserError
 from pneumodet.files import atomic_path
+from pneumodet.io.layout import image_files
 
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 #: Compressed syntaxes that Pillow's JPEG decoder reads (8-bit lossy JPEG).
@@ -140,6 +141,20 @@ def _to_uint8(raw: np.ndarray, ds) -> np.ndarray:
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
     return np.round(scaled * 255).astype(np.uint8)
+
+
+def folder_images(folder: str | Path) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """Return :func:`~pneumodet.io.layout.image_files` of ``folder``: (image files, (file left out, file kept)).
+
+    A UserError when the folder is missing or holds no image file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: images folder not found")
+    files, repeats = image_files(folder)
+    if not files:
+        raise UserError(f"{folder}: no .dcm files")
+    return files, repeats
 
 
 def read_dicom(path: str | Path, max_decode_size: int | None = None) -> DicomImage:

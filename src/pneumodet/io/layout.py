@@ -11,12 +11,28 @@ TEST_IMAGES = "stage_2_test_images"
 SR_SUFFIX = ".sr.dcm"
 
 
-def dicom_files(folder: str | Path) -> list[Path]:
-    """Return ``folder``'s image files in name order: plain files named ``*.dcm`` in any letter case.
+def image_files(folder: str | Path) -> tuple[list[Path], list[tuple[Path, Path]]]:
+    """Return ``folder``'s image files in name order, and the files left out as (file, the file kept).
 
-    Left out: hidden names (a leading dot: macOS's ``._`` copies, editors' and pneumodet's own temporary files)
-    and the DICOM Structured Reports ``predict --dicom-sr`` writes (``*.sr.dcm``), which hold no image.
+    An image file is a plain file named ``*.dcm`` in any letter case. Left out without a word: hidden names (a
+    leading dot: macOS's ``._`` copies, editors' and pneumodet's own temporary files) and the DICOM Structured
+    Reports ``predict --dicom-sr`` writes (``*.sr.dcm``), which hold no image. Left out and returned: a file
+    whose patientId (its name without the suffix) an earlier file already has, e.g. ``A.dcm`` beside
+    ``A.DCM``: one patientId must be one image, one row of a submission.
     """
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.suffix.lower() == ".dcm" and not p.name.startswith(".")
-                  and not p.name.lower().endswith(SR_SUFFIX) and p.is_file())
+    kept: dict[str, Path] = {}
+    repeats = []
+    for path in sorted(Path(folder).iterdir()):
+        if (path.suffix.lower() != ".dcm" or path.name.startswith(".") or path.name.lower().endswith(SR_SUFFIX)
+                or not path.is_file()):
+            continue
+        if path.stem in kept:
+            repeats.append((path, kept[path.stem]))
+        else:
+            kept[path.stem] = path
+    return list(kept.values()), repeats
+
+
+def dicom_files(folder: str | Path) -> list[Path]:
+    """Return ``folder``'s image files in name order (:func:`image_files`, without the repeats)."""
+    return image_files(folder)[0]
