@@ -94,6 +94,24 @@ def test_not_a_dicom(tmp_path):
         read_dicom(path)
 
 
+@pytest.mark.parametrize("implicit", [True, False], ids=["implicit", "explicit"])
+def test_a_bare_dataset_without_preamble_is_read(make_dicom, implicit):
+    """Older systems write the dataset alone: no 128-byte preamble, no "DICM", no file meta."""
+    import pydicom
+
+    pixels = gradient(96, 128)
+    path = make_dicom("bare", pixels, transfer_syntax=EXPLICIT_LE, photometric="MONOCHROME1")
+    ds = pydicom.dcmread(path)
+    del ds.file_meta
+    ds.preamble = None
+    ds.save_as(path, enforce_file_format=False, implicit_vr=implicit, little_endian=True)
+    assert path.read_bytes()[128:132] != b"DICM"
+    image = read_dicom(path)
+    assert image.patient_id == "bare" and image.original_size == (96, 128)
+    assert np.array_equal(image.pixels, 255 - pixels)  # the header still counts: MONOCHROME1 is inverted
+    assert image.transfer_syntax == ("1.2.840.10008.1.2" if implicit else EXPLICIT_LE)
+
+
 def test_missing_pixel_data(make_dicom):
     import pydicom
 

@@ -188,7 +188,7 @@ def _read_dicom(data: bytes, path: Path, max_decode_size: int | None) -> DicomIm
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except InvalidDicomError:
-        raise DicomError(path, "not a DICOM file (no DICM preamble)") from None
+        ds = _read_bare_dataset(data, path)
     except Exception as exc:  # pydicom raises many kinds on damaged files
         raise DicomError(path, f"cannot parse DICOM ({_describe(exc)})") from None
     # pydicom converts each element when it is first read, so a damaged header value surfaces in
@@ -241,6 +241,24 @@ def _read_dicom(data: bytes, path: Path, max_decode_size: int | None) -> DicomIm
         transfer_syntax=syntax or "unknown",
         **meta,
     )
+
+
+def _read_bare_dataset(data: bytes, path: Path):
+    """Read a DICOM written without the 128-byte preamble, "DICM" and file meta (older systems and some archives
+    write bare datasets); its encoding gives the transfer syntax. Anything that does not read as an image with
+    Rows, Columns and pixel data is "not a DICOM file"."""
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        implicit, little = ds.original_encoding
+        if implicit is None or "PixelData" not in ds or "Rows" not in ds or "Columns" not in ds:
+            raise ValueError("not an image dataset")
+    except Exception:  # text, another format, or bytes pydicom could only guess at
+        raise DicomError(path, "not a DICOM file (no DICM preamble)") from None
+    ds.file_meta = pydicom.dataset.FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit
+                                      else pydicom.uid.ExplicitVRLittleEndian if little
+                                      else pydicom.uid.ExplicitVRBigEndian)
+    return ds
 
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
