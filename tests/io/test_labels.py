@@ -63,6 +63,16 @@ def test_missing_column_is_a_user_error(tmp_path):
         read_labels(tmp_path / "bad.csv")
 
 
+def test_spaces_around_commas_and_a_byte_order_mark_are_read(tmp_path):
+    (tmp_path / "l.csv").write_bytes(b"\xef\xbb\xbfpatientId, x, y ,width, height, Target\r\n"
+                                     b"a, 1, 2, 30, 40, 1\r\nb, , , , , 0\r\n")
+    (tmp_path / "c.csv").write_text("patientId, class\na, Lung Opacity\nb, Normal\n")
+    labels = read_labels(tmp_path / "l.csv", tmp_path / "c.csv")
+    assert labels.problems == []
+    assert labels.annotations["a"].boxes_xywh.tolist() == [[1, 2, 30, 40]]
+    assert labels.annotations["b"].boxes_xywh.shape == (0, 4) and labels.annotations["b"].label_class == "Normal"
+
+
 def test_write_then_read_round_trip(tmp_path):
     anns = [Annotation("a", np.array([[1, 2, 3, 4], [5, 6, 7, 8]], float), "Lung Opacity"),
             Annotation("b", np.zeros((0, 4)), "No Lung Opacity / Not Normal")]

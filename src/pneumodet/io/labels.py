@@ -53,9 +53,11 @@ def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     if not path.is_file():
         raise UserError(f"{path}: labels file not found")
     try:
-        frame = pd.read_csv(path, dtype={"patientId": str}, keep_default_na=True)
+        # a spreadsheet's export may put a space after each comma, or around a header name
+        frame = pd.read_csv(path, dtype={"patientId": str}, keep_default_na=True, skipinitialspace=True)
     except Exception as exc:
         raise UserError(f"{path}: not a readable CSV ({exc})") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}; expected {','.join(columns)}")
