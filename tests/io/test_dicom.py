@@ -49,6 +49,22 @@ def test_twelve_bit_without_window_uses_min_max(make_dicom):
     assert read_dicom(path).pixels[0].tolist() == [0, 128, 255]
 
 
+def test_twelve_bit_with_a_voi_lut_sequence_goes_through_the_table(make_dicom):
+    """No window, a display curve as a table instead (common on digital radiographs): the table, not min-max."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    raw = np.array([[100, 600, 1100, 4000]], dtype=np.uint16).repeat(3, axis=0)
+    table = (np.sqrt(np.arange(2048) / 2047) * 4095).round().astype(int)  # entries for 0-2047, 12-bit output
+    item = Dataset()
+    item.LUTDescriptor = [2048, 0, 12]
+    item.add_new(0x00283006, "US", table.tolist())  # LUT Data, as unsigned shorts
+    path = make_dicom("lut", raw, transfer_syntax=EXPLICIT_LE, tags={
+        "BitsStored": 12, "HighBit": 11, "VOILUTSequence": Sequence([item])})
+    expected = np.round(table[np.minimum(raw[0], 2047)] / 4095 * 255)  # past the last entry: the last value
+    assert read_dicom(path).pixels[0].tolist() == expected.tolist() == [56, 138, 187, 255]  # min-max: 0, 32, 65, 255
+
+
 def test_twelve_bit_monochrome1_windows_then_inverts(make_dicom):
     raw = np.array([[100, 1100]], dtype=np.uint16).repeat(2, axis=0)
     path = make_dicom("m1w", raw, transfer_syntax=EXPLICIT_LE, photometric="MONOCHROME1",

@@ -134,13 +134,39 @@ def _to_uint8(raw: np.ndarray, ds) -> np.ndarray:
     values = raw.astype(np.float32) * slope + intercept
     centre = _first_number(ds.get("WindowCenter"))
     width = _first_number(ds.get("WindowWidth"))
-    if centre is not None and width is not None and width > 1:
+    windowed = centre is not None and width is not None and width > 1
+    looked_up = None if windowed else _voi_lut(values, ds)
+    if windowed:
         # DICOM PS3.3 C.11.2.1.2 linear VOI function
         scaled = ((values - (centre - 0.5)) / (width - 1) + 0.5).clip(0, 1)
+    elif looked_up is not None:
+        scaled = looked_up
     else:
         low, high = float(values.min()), float(values.max())
         scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
     return np.round(scaled * 255).astype(np.uint8)
+
+
+def _voi_lut(values: np.ndarray, ds) -> np.ndarray | None:
+    """Return ``values`` through the first VOI LUT of the VOI LUT Sequence (PS3.3 C.11.2.1.1), scaled from the
+    LUT's own output range to 0-1; None without one, or with one that cannot be used (min-max instead).
+
+    Digital radiographs often carry their display curve as such a table rather than as a window.
+    """
+    if not ds.get("VOILUTSequence"):
+        return None
+    from pydicom.pixels import apply_voi
+
+    try:
+        descriptor = ds.VOILUTSequence[0].LUTDescriptor
+        entries, first = int(descriptor[0]) or 2**16, int(descriptor[1])
+        table = apply_voi(np.arange(first, first + entries), ds).astype(np.float32)  # every entry once
+        low, high = float(table.min()), float(table.max())
+        if not high > low:
+            return None
+        return (apply_voi(np.round(values).astype(np.int64), ds).astype(np.float32) - low) / (high - low)
+    except Exception:  # a damaged or unsupported table
+        return None
 
 
 def folder_images(folder: str | Path) -> tuple[list[Path], list[tuple[Path, Path]]]:
