@@ -125,7 +125,8 @@ def _decode_pillow(ds, rows: int, columns: int, max_decode_size: int | None, pat
 
 
 def _to_uint8(raw: np.ndarray, ds) -> np.ndarray:
-    """Modality LUT -> VOI window (else min-max) for > 8-bit data; 8-bit data is kept as stored."""
+    """Rescale slope and intercept -> VOI window, else the VOI LUT table, else min-max for > 8-bit data; 8-bit data
+    is kept as stored."""
     bits_stored = int(ds.get("BitsStored", 8) or 8)
     slope = _first_number(ds.get("RescaleSlope")) or 1.0
     intercept = _first_number(ds.get("RescaleIntercept")) or 0.0
