@@ -143,11 +143,22 @@ def fold_runs(path: str | Path, trained: bool = True) -> list[Path]:
         raise UserError(f"{root / FOLDS_FILE}: not a readable folds file; train the folds again") from None
     runs = [root / name for name in names]
     if trained:
+        finish = f"finish it with pneumodet train --folds {len(runs)} --run {root} --resume"
         for fold in runs:
             if not RunPaths(fold).best.is_file() and not RunPaths(fold).last.is_file():
-                raise UserError(f"{fold}: this fold has no weights yet; finish it with "
-                                f"pneumodet train --folds {len(runs)} --run {root} --resume")
+                raise UserError(f"{fold}: this fold has no weights yet; {finish}")
+            done, total = schedule_progress(RunPaths(fold)) or (0, 0)
+            if done < total:  # killed, or still training: its weights are not the recipe's model
+                raise UserError(f"{fold}: this fold stopped at epoch {done} of {total}; {finish}")
     return runs
+
+
+def schedule_progress(paths: RunPaths) -> tuple[int, int] | None:
+    """Return (epochs done, epochs in the schedule) from the run's last checkpoint; None without one."""
+    if not paths.last.is_file():
+        return None
+    info = read_checkpoint(paths.last, mmap=True)["pneumodet"]  # mmap: the tensors are not read
+    return int(info["epoch"]), int(info["config"]["train"]["epochs"])
 
 
 def find_run(run: str | Path) -> RunPaths:
@@ -160,11 +171,13 @@ def find_run(run: str | Path) -> RunPaths:
     return paths
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Return a pneumodet checkpoint loaded with weights_only=True; a clear error if it is not one."""
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
+    """Return a pneumodet checkpoint loaded with weights_only=True; a clear error if it is not one.
+
+    ``mmap``: map the tensors instead of reading them (for a look at the checkpoint's own record)."""
     path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found") from None
     except Exception as exc:

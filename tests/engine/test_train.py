@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -242,6 +243,17 @@ def test_folds_train_one_run_per_fold_evaluate_out_of_fold_and_predict_as_an_ens
     stamp = (folds / "fold-1" / "weights" / "last.ckpt").stat().st_mtime_ns
     train_folds(None, tmp_path / "cache", 2, folds, resume=True, progress=False)
     assert (folds / "fold-1" / "weights" / "last.ckpt").stat().st_mtime_ns == stamp
+    # a fold killed (or still training) mid-schedule is no model of the ensemble: evaluate and predict refuse it
+    half = tmp_path / "half"
+    shutil.copytree(folds, half)
+    last = half / "fold-2" / "weights" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["pneumodet"]["config"]["train"]["epochs"] = 3  # as if it stopped after epoch 1 of 3
+    torch.save(checkpoint, last)
+    for use in (lambda: evaluate(half, progress=False), lambda: load_detector(half)):
+        with pytest.raises(UserError, match=f"fold-2: this fold stopped at epoch 1 of 3; finish it with pneumodet "
+                                            f"train --folds 2 --run {half} --resume"):
+            use()
     result = evaluate(folds, progress=False)
     assert result["split"] == "out-of-fold" and result["n_images"] == len(table)  # every labelled image, once
     assert [f["run"] for f in result["folds"]] == ["fold-1", "fold-2"]

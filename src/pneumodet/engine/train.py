@@ -32,6 +32,7 @@ from pneumodet.runs import (
     read_checkpoint,
     read_metrics,
     run_split,
+    schedule_progress,
     write_env,
     write_metrics,
     write_split,
@@ -221,8 +222,8 @@ def train_folds(config: RunConfig | None, cache: str | Path, k: int, folds_dir: 
         if progress:
             print(f"fold {i + 1}/{k}: {run}", flush=True)
         if resume and paths.last.is_file():
-            done = read_checkpoint(paths.last)["pneumodet"]["epoch"]
-            if done >= load_config(paths.config).train.epochs:
+            done, total = schedule_progress(paths)
+            if done >= total:
                 results.append(trained_result(paths))
                 continue
             results.append(train(None, cache, run, resume=True, progress=progress))
