@@ -27,6 +27,9 @@ SETTINGS = [
      {"rpn_post_nms_train": 2000, **P3}),
     ("seed + 500 proposals + bf16, conv1+layer1 frozen, FPN from P3", 256,
      {"rpn_post_nms_train": 500, "bf16": True, "trainable_layers": 3, **P3}),
+    ("seed settings, backbone + FPN through torch.compile", 256, {"rpn_post_nms_train": 2000, "compile": True}),
+    ("seed + 500 proposals + bf16, conv1+layer1 frozen, backbone + FPN through torch.compile", 256,
+     {"rpn_post_nms_train": 500, "bf16": True, "trainable_layers": 3, "compile": True}),
     ("seed settings (32 RoIs, 2000 proposals)", 512, {"rpn_post_nms_train": 2000}),
     ("seed + 500 proposals + bf16 autocast", 512, {"rpn_post_nms_train": 500, "bf16": True}),
     ("seed + 500 proposals + bf16, conv1+layer1 frozen", 512,
@@ -42,8 +45,11 @@ from pneumodet.model import build_model
 keep_freed_memory()  # as pneumodet train does
 size, overrides, steps = int(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
 bf16 = overrides.pop("bf16", False)
+compiled = overrides.pop("compile", False)
 torch.manual_seed(0)
 model = build_model(ModelConfig(backbone="resnet50_fpn", weights="none", **overrides), size).train()
+if compiled:  # the fixed-size part (batched images -> FPN levels); the warm-up steps compile it
+    model.backbone = torch.compile(model.backbone)
 images = [torch.rand(1, size, size) for _ in range(2)]
 b = size / 4
 targets = [{"boxes": torch.tensor([[b, b, 2 * b, 3 * b]]), "labels": torch.tensor([1]),
