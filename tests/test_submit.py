@@ -119,18 +119,23 @@ def test_nothing_readable_is_exit_2_with_every_row_written(trained_run, tmp_path
 def test_cli_predict_over_two_processes_writes_one_submission_like_one_process(trained_run, synth_data, tmp_path):
     from pneumodet.report.submission import read_submission
 
+    images = tmp_path / "images"
+    shutil.copytree(synth_data / TEST_IMAGES, images)
+    first = sorted(images.glob("*.dcm"))[0]
+    shutil.copy(first, first.with_suffix(".DCM"))  # one patientId twice: left out once, said once
     outputs = {}
     for devices in (1, 2):
-        out = tmp_path / f"sub{devices}.csv"
+        out = tmp_path / "out" / f"sub{devices}.csv"
         proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "predict", str(trained_run),
-                               str(synth_data / TEST_IMAGES), "--out", str(out), "--workers", "0", "--threshold", "0.0",
+                               str(images), "--out", str(out), "--workers", "0", "--threshold", "0.0",
                                "--devices", str(devices)], capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stdout.count("images/s") == 1  # rank 0 reports, the other process does not
+        assert proc.stderr.count("the same patientId as") == 1
         outputs[devices] = read_submission(out)
     assert list(outputs[2]) == list(outputs[1])  # every image, in the same order
     for pid, want in outputs[1].items():
         np.testing.assert_allclose(outputs[2][pid].boxes_xyxy, want.boxes_xyxy, atol=0.15)
         np.testing.assert_allclose(outputs[2][pid].scores, want.scores, atol=1e-3)
     assert sum(len(p.scores) for p in outputs[2].values()) > 0
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-written left
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # nothing half-written left

@@ -109,9 +109,10 @@ def predict_distributed(run, images_dir: str | Path, out: str | Path, *, devices
     launcher: each process predicts every world-size-th file, rank 0 gathers the shares and writes one
     submission (and returns its summary; the other processes return None). SRs are written by each process."""
     from pneumodet.engine.distributed import launch
+    from pneumodet.engine.train import is_follower
 
     images_dir, out = Path(images_dir), Path(out)
-    files = list_images(images_dir)
+    files = list_images(images_dir, report=not is_follower())  # every process lists; rank 0 says what it left out
     check_output_file(out)
     processes = launch(devices, num_nodes)
     rank, world = processes.rank, processes.world
@@ -146,13 +147,14 @@ def write_outputs(files: list[Path], found_by_id: dict[str, Detection], out: Pat
                           detector.engine)
 
 
-def list_images(images_dir: str | Path) -> list[Path]:
+def list_images(images_dir: str | Path, report: bool = True) -> list[Path]:
     """Return the folder's image files in name order (:func:`folder_images`), or raise a UserError.
 
-    A file that repeats another's patientId (``A.dcm`` beside ``A.DCM``) is left out with one stderr line.
+    A file that repeats another's patientId (``A.dcm`` beside ``A.DCM``) is left out, with one stderr line when
+    ``report``.
     """
     files, repeats = folder_images(images_dir)
-    for path, kept in repeats:
+    for path, kept in repeats if report else []:
         print(f"pneumodet predict: {path.name}: the same patientId as {kept.name}; left out", file=sys.stderr)
     return files
 
