@@ -145,9 +145,10 @@ def fold_runs(path: str | Path, trained: bool = True) -> list[Path]:
     if trained:
         finish = f"finish it with pneumodet train --folds {len(runs)} --run {root} --resume"
         for fold in runs:
-            if not RunPaths(fold).best.is_file() and not RunPaths(fold).last.is_file():
+            paths = RunPaths(fold)
+            if not paths.best.is_file() and not paths.last.is_file():
                 raise UserError(f"{fold}: this fold has no weights yet; {finish}")
-            done, total = schedule_progress(RunPaths(fold)) or (0, 0)
+            done, total = schedule_progress(paths) or (0, 0)
             if done < total:  # killed, or still training: its weights are not the recipe's model
                 raise UserError(f"{fold}: this fold stopped at epoch {done} of {total}; {finish}")
     return runs

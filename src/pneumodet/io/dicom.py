@@ -135,12 +135,10 @@ def _to_uint8(raw: np.ndarray, ds) -> np.ndarray:
     values = raw.astype(np.float32) * slope + intercept
     centre = _first_number(ds.get("WindowCenter"))
     width = _first_number(ds.get("WindowWidth"))
-    windowed = centre is not None and width is not None and width > 1
-    looked_up = None if windowed else _voi_lut(values, ds)
-    if windowed:
+    if centre is not None and width is not None and width > 1:
         # DICOM PS3.3 C.11.2.1.2 linear VOI function
         scaled = ((values - (centre - 0.5)) / (width - 1) + 0.5).clip(0, 1)
-    elif looked_up is not None:
+    elif (looked_up := _voi_lut(values, ds)) is not None:
         scaled = looked_up
     else:
         low, high = float(values.min()), float(values.max())
