@@ -9,7 +9,7 @@ from pathlib import Path
 SRC = Path(__file__).parents[1] / "src"
 FLOORS = {  # the foundations first: modules every layer may use
     0: ["pneumodet", "pneumodet.errors", "pneumodet.boxes", "pneumodet.network", "pneumodet.io.layout",
-        "pneumodet.memory"],
+        "pneumodet.memory", "pneumodet.roi_ops"],
     1: ["pneumodet.files", "pneumodet.metrics"],
     2: ["pneumodet.config"],
     3: ["pneumodet.postprocess"],

@@ -29,9 +29,11 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.misc import FrozenBatchNorm2d
+from torchvision.ops.poolers import MultiScaleRoIAlign
 
 from pneumodet.config import ModelConfig
 from pneumodet.errors import UserError
+from pneumodet.roi_ops import GatherRoIAlign, TopKeptRPN
 
 CLASS_NAMES = ("background", "opacity")
 WEIGHT_URLS = {
@@ -203,6 +205,11 @@ class GatedMaskRCNN(MaskRCNN):
         self.gate, self.gate_loss_weight = gate, gate_loss_weight
         # torchvision builds its RoIHeads inside; the subclass adds no weights, so every run's checkpoint loads
         self.roi_heads.__class__ = RefiningRoIHeads
+        # the same proposals and pooled features, computed faster on the CPU at inference (roi_ops)
+        self.rpn.__class__ = TopKeptRPN
+        for pool in (self.roi_heads.box_roi_pool, self.roi_heads.mask_roi_pool):
+            if type(pool) is MultiScaleRoIAlign:
+                pool.__class__ = GatherRoIAlign
 
     def forward(self, images, targets=None):
         if self.gate is None:

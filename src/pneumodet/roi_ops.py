@@ -1,0 +1,150 @@
+"""Faster CPU forms of the two torchvision ops that dominate inference after the backbone, same results.
+
+A profile of the R50-FPN int8 engine at 256 px (100 proposals, one thread) put about 30 ms of each image in
+torch, of which ``torchvision::roi_align`` took half and ``torchvision::nms`` a third (BENCHMARKS.md):
+
+- :func:`roi_align_gather` is RoIAlign (``aligned=False``, a fixed ``sampling_ratio``, as Mask R-CNN's poolers
+  call it) written as one weighted gather: each output bin is the mean of ``sampling_ratio²`` bilinear samples,
+  each the weighted sum of four feature-map pixels, so the bin is a weighted sum of at most 16 pixel vectors,
+  which ``embedding_bag`` computes over contiguous channels (torchvision's kernel walks every channel for every
+  sample). :class:`GatherRoIAlign` uses it when no gradient is needed and torchvision's op otherwise.
+- :func:`top_kept_nms` is ``batched_nms(...)[:top]`` without suppressing boxes that cannot reach the top:
+  greedy NMS decides a box from the boxes scored above it only, so NMS over a level's highest-scored prefix
+  keeps exactly the start of what NMS over the whole level keeps; once a prefix keeps ``top`` boxes, the rest
+  of that level cannot enter the first ``top`` of the merged result. :class:`TopKeptRPN` uses it for the RPN.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.ops import boxes as box_ops
+from torchvision.ops.poolers import MultiScaleRoIAlign, _convert_to_roi_format, _filter_input, _setup_scales
+
+
+def _axis(start: torch.Tensor, length: torch.Tensor, steps: torch.Tensor, size: int):
+    """Sample positions along one axis, as torchvision's ``bilinear_interpolate`` treats them: returns the low and
+    high pixel index, the weight of the high one and whether the sample lies on the map at all, each (R, S).
+    Past the last pixel both indices are the last one, so the weights need no special case."""
+    p = start[:, None] + length[:, None] * steps[None]
+    inside = (p >= -1.0) & (p <= size)
+    p = p.clamp(min=0.0)
+    low = p.floor().clamp(max=size - 1)
+    high = (low + 1).clamp(max=size - 1)
+    return low.long(), high.long(), p - low, inside
+
+
+def roi_align_gather(features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int],
+                     spatial_scale: float, sampling_ratio: int) -> torch.Tensor:
+    """``torchvision.ops.roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=False)``
+    for ``sampling_ratio > 0``: features (B, C, H, W), rois (R, 5) as (batch index, x1, y1, x2, y2); returns
+    (R, C, output_size[0], output_size[1]) in the features' dtype (computed in float32, as torchvision's op is
+    under autocast)."""
+    batch, channels, height, width = features.shape
+    out_h, out_w = output_size
+    count = len(rois)
+    if not count:
+        return features.new_zeros((0, channels, out_h, out_w))
+    # rows of channels, contiguous (a reshape alone can return a strided view, which embedding_bag reads slowly)
+    table = features.float().permute(0, 2, 3, 1).contiguous().view(batch * height * width, channels)
+    boxes = rois[:, 1:].float() * spatial_scale
+    x1, y1 = boxes[:, 0], boxes[:, 1]
+    roi_w = (boxes[:, 2] - x1).clamp(min=1.0)
+    roi_h = (boxes[:, 3] - y1).clamp(min=1.0)
+    s = sampling_ratio
+    arange = torch.arange
+    xl, xh, lx, vx = _axis(x1, roi_w, (arange(out_w * s, dtype=torch.float32) + 0.5) / (out_w * s), width)
+    yl, yh, ly, vy = _axis(y1, roi_h, (arange(out_h * s, dtype=torch.float32) + 0.5) / (out_h * s), height)
+    base = (rois[:, 0].long() * (height * width))[:, None, None]
+    rows_low, rows_high = base + (yl * width)[:, :, None], base + (yh * width)[:, :, None]  # (R, Sy, 1)
+    index = torch.stack([rows_low + xl[:, None], rows_low + xh[:, None],
+                         rows_high + xl[:, None], rows_high + xh[:, None]], -1)  # (R, Sy, Sx, 4)
+    wy = torch.stack([1 - ly, ly], -1)[:, :, None, :, None]  # (R, Sy, 1, 2, 1)
+    wx = torch.stack([1 - lx, lx], -1)[:, None, :, None, :]  # (R, 1, Sx, 1, 2)
+    weight = (wy * wx).reshape(count, out_h * s, out_w * s, 4)
+    weight = weight * (vy[:, :, None] & vx[:, None, :])[..., None] / (s * s)
+    # one bag per output bin: its s × s samples × 4 pixels
+    index = index.view(count, out_h, s, out_w, s, 4).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s * 4)
+    weight = weight.view(count, out_h, s, out_w, s, 4).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s * 4)
+    pooled = F.embedding_bag(index, table, mode="sum", per_sample_weights=weight)
+    return pooled.view(count, out_h, out_w, channels).permute(0, 3, 1, 2).to(features.dtype)
+
+
+class GatherRoIAlign(MultiScaleRoIAlign):
+    """torchvision's ``MultiScaleRoIAlign`` (same attributes, no weights: a model's class is swapped in place),
+    pooling with :func:`roi_align_gather` when no gradient is needed; training and tracing are torchvision's."""
+
+    def forward(self, x, boxes, image_shapes):
+        if torch.is_grad_enabled() or self.sampling_ratio <= 0 or torchvision._is_tracing():
+            return super().forward(x, boxes, image_shapes)
+        features = _filter_input(x, self.featmap_names)
+        if self.scales is None or self.map_levels is None:
+            self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
+                                                         self.canonical_level)
+        rois = _convert_to_roi_format(boxes)
+        if len(features) == 1:
+            return roi_align_gather(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
+        levels = self.map_levels(boxes)
+        first = features[0]
+        result = first.new_zeros((len(rois), first.shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            rows = torch.where(levels == level)[0]
+            if len(rows):
+                result.index_copy_(0, rows, roi_align_gather(feature, rois[rows], self.output_size, scale,
+                                                             self.sampling_ratio).to(result.dtype))
+        return result
+
+
+def top_kept_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float,
+                 top: int) -> torch.Tensor:
+    """``torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)[:top]``: the indices of the ``top``
+    highest-scored boxes NMS keeps (NMS within each group), in decreasing score order.
+
+    Each group runs NMS on its highest-scored ``2 * top`` boxes, then on 4×, 8× ... as many until it keeps
+    ``top`` or has seen every box (see the module's note for why this is exact)."""
+    kept = []
+    for group in torch.unique(groups):
+        members = torch.where(groups == group)[0]
+        members = members[torch.argsort(scores[members], descending=True, stable=True)]
+        size = min(len(members), 2 * top)
+        while True:
+            prefix = members[:size]
+            keep = box_ops.nms(boxes[prefix], scores[prefix], iou_threshold)
+            if len(keep) >= top or size == len(members):
+                break
+            size = min(len(members), 2 * size)
+        kept.append(prefix[keep])
+    if not kept:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    kept = torch.cat(kept)
+    return kept[torch.argsort(scores[kept], descending=True, stable=True)][:top]
+
+
+class TopKeptRPN(RegionProposalNetwork):
+    """torchvision's RPN (a model's class is swapped in place; no weights) whose proposal filtering runs
+    :func:`top_kept_nms` in place of ``batched_nms`` followed by ``[:post_nms_top_n]``; the same proposals."""
+
+    def filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
+        if torchvision._is_tracing():
+            return super().filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level)
+        num_images = proposals.shape[0]
+        objectness = objectness.detach().reshape(num_images, -1)
+        levels = torch.cat([torch.full((n,), i, dtype=torch.int64, device=proposals.device)
+                            for i, n in enumerate(num_anchors_per_level)]).reshape(1, -1).expand_as(objectness)
+        top_n = self._get_top_n_idx(objectness, num_anchors_per_level)
+        rows = torch.arange(num_images, device=proposals.device)[:, None]
+        objectness, levels, proposals = objectness[rows, top_n], levels[rows, top_n], proposals[rows, top_n]
+        final_boxes, final_scores = [], []
+        for boxes, scores, level, shape in zip(proposals, torch.sigmoid(objectness), levels, image_shapes,
+                                               strict=True):
+            boxes = box_ops.clip_boxes_to_image(boxes, shape)
+            keep = box_ops.remove_small_boxes(boxes, self.min_size)
+            boxes, scores, level = boxes[keep], scores[keep], level[keep]
+            keep = torch.where(scores >= self.score_thresh)[0]
+            boxes, scores, level = boxes[keep], scores[keep], level[keep]
+            keep = top_kept_nms(boxes, scores, level, self.nms_thresh, self.post_nms_top_n())
+            final_boxes.append(boxes[keep])
+            final_scores.append(scores[keep])
+        return final_boxes, final_scores
