@@ -7,7 +7,8 @@ torch, of which ``torchvision::roi_align`` took half and ``torchvision::nms`` a 
   call it) written as one weighted gather: each output bin is the mean of ``sampling_ratio²`` bilinear samples,
   each the weighted sum of four feature-map pixels, so the bin is a weighted sum of at most 16 pixel vectors,
   which ``embedding_bag`` computes over contiguous channels (torchvision's kernel walks every channel for every
-  sample). :class:`GatherRoIAlign` uses it when no gradient is needed and torchvision's op otherwise.
+  sample). Its gradient is embedding_bag's: in training, torchvision's ``_roi_align_backward`` took 8 % of an
+  R50-FPN step at 256 px. :class:`GatherRoIAlign` uses it in training and inference.
 - :func:`top_kept_nms` is ``batched_nms(...)[:top]`` without suppressing boxes that cannot reach the top:
   greedy NMS decides a box from the boxes scored above it only, so NMS over a level's highest-scored prefix
   keeps exactly the start of what NMS over the whole level keeps; once a prefix keeps ``top`` boxes, the rest
@@ -74,10 +75,10 @@ def roi_align_gather(features: torch.Tensor, rois: torch.Tensor, output_size: tu
 
 class GatherRoIAlign(MultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign`` (same attributes, no weights: a model's class is swapped in place),
-    pooling with :func:`roi_align_gather` when no gradient is needed; training and tracing are torchvision's."""
+    pooling with :func:`roi_align_gather`; tracing and an adaptive ``sampling_ratio`` (0) are torchvision's."""
 
     def forward(self, x, boxes, image_shapes):
-        if torch.is_grad_enabled() or self.sampling_ratio <= 0 or torchvision._is_tracing():
+        if self.sampling_ratio <= 0 or torchvision._is_tracing():
             return super().forward(x, boxes, image_shapes)
         features = _filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
