@@ -1,4 +1,5 @@
 
+import copy
 from dataclasses import replace
 
 import pytest
@@ -323,3 +324,37 @@ def test_box_refinement_reruns_the_box_head_on_its_own_detections():
     losses = plain(*_batch())
     torch.manual_seed(1)
     assert refined(*_batch()) == losses  # training never refines
+
+
+@pytest.mark.parametrize("backbone", ["resnet50_fpn", "resnet18_fpn", "mobilenet_v3_fpn"])
+def test_frozen_batchnorm_folded_into_its_convolution_computes_the_same(backbone):
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from pneumodet.model import FoldedConv2d, FoldedFrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone=backbone, weights="none", trainable_layers=5), SIZE)
+    folded = [m for m in model.backbone.modules() if isinstance(m, FoldedFrozenBatchNorm2d)]
+    assert folded and not [m for m in model.modules() if type(m) is FrozenBatchNorm2d]
+    for bn in folded:  # statistics a trained network would hold, not the identity a new one does
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.2, 0.2)
+        bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.5, 2.0)
+    reference = copy.deepcopy(model)
+    for module in reference.modules():  # torchvision's modules again: a convolution, then a frozen BatchNorm
+        if isinstance(module, FoldedConv2d):
+            module.__class__ = torch.nn.Conv2d
+        elif isinstance(module, FoldedFrozenBatchNorm2d):
+            module.__class__ = FrozenBatchNorm2d
+    assert reference.state_dict().keys() == model.state_dict().keys()
+    images = torch.rand(2, 3, SIZE, SIZE)
+    outputs = [net.backbone(images) for net in (model, reference)]
+    for level, value in outputs[1].items():
+        torch.testing.assert_close(outputs[0][level], value, atol=1e-4, rtol=1e-4)
+    for out in outputs:
+        sum(v.square().sum() for v in out.values()).backward()
+    convs = [(a, b) for a, b in zip(model.backbone.modules(), reference.backbone.modules(), strict=True)
+             if isinstance(a, FoldedConv2d) and a.weight.requires_grad]
+    assert len(convs) >= 20
+    for mine, theirs in convs:  # to float rounding, against the largest element of each gradient
+        scale = theirs.weight.grad.abs().max()
+        torch.testing.assert_close(mine.weight.grad / scale, theirs.weight.grad / scale, atol=1e-4, rtol=0)
