@@ -25,41 +25,43 @@ from torchvision.ops import boxes as box_ops
 from torchvision.ops.poolers import MultiScaleRoIAlign, _convert_to_roi_format, _filter_input, _setup_scales
 
 
-def _axis(start: torch.Tensor, length: torch.Tensor, steps: torch.Tensor, size: int):
+def _axis(start: torch.Tensor, length: torch.Tensor, steps: torch.Tensor, size: torch.Tensor):
     """Sample positions along one axis, as torchvision's ``bilinear_interpolate`` treats them: returns the low and
-    high pixel index, the weight of the high one and whether the sample lies on the map at all, each (R, S).
-    Past the last pixel both indices are the last one, so the weights need no special case."""
+    high pixel index, the weight of the high one and whether the sample lies on the map at all, each (R, S);
+    ``size`` (R, 1) is each RoI's map extent on this axis. Past the last pixel both indices are the last one, so
+    the weights need no special case."""
     p = start[:, None] + length[:, None] * steps[None]
     inside = (p >= -1.0) & (p <= size)
     p = p.clamp(min=0.0)
-    low = p.floor().clamp(max=size - 1)
-    high = (low + 1).clamp(max=size - 1)
+    low = torch.minimum(p.floor(), size - 1)
+    high = torch.minimum(low + 1, size - 1)
     return low.long(), high.long(), p - low, inside
 
 
-def roi_align_gather(features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int],
-                     spatial_scale: float, sampling_ratio: int) -> torch.Tensor:
-    """``torchvision.ops.roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=False)``
-    for ``sampling_ratio > 0``: features (B, C, H, W), rois (R, 5) as (batch index, x1, y1, x2, y2); returns
-    (R, C, output_size[0], output_size[1]) in the features' dtype (computed in float32, as torchvision's op is
-    under autocast)."""
-    batch, channels, height, width = features.shape
+def _table(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B·H·W, C) float32, rows contiguous (a reshape alone can return a strided view, which
+    embedding_bag reads slowly)."""
+    return features.float().permute(0, 2, 3, 1).contiguous().view(-1, features.shape[1])
+
+
+def _pool(table: torch.Tensor, rois: torch.Tensor, first_row: torch.Tensor, height: torch.Tensor,
+          width: torch.Tensor, scale: torch.Tensor, output_size: tuple[int, int], sampling_ratio: int) -> torch.Tensor:
+    """RoIAlign from a table of feature rows: RoI i reads the map whose pixel (0, 0) is row ``first_row[i]``,
+    ``height[i]`` × ``width[i]`` pixels at ``scale[i]`` of the image; rois (R, 5) as (batch index unused here,
+    x1, y1, x2, y2). Returns (R, C, out_h, out_w) float32, contiguous."""
     out_h, out_w = output_size
-    count = len(rois)
-    if not count:
-        return features.new_zeros((0, channels, out_h, out_w))
-    # rows of channels, contiguous (a reshape alone can return a strided view, which embedding_bag reads slowly)
-    table = features.float().permute(0, 2, 3, 1).contiguous().view(batch * height * width, channels)
-    boxes = rois[:, 1:].float() * spatial_scale
+    count, channels, s = len(rois), table.shape[1], sampling_ratio
+    boxes = rois[:, 1:].float() * scale[:, None]
     x1, y1 = boxes[:, 0], boxes[:, 1]
     roi_w = (boxes[:, 2] - x1).clamp(min=1.0)
     roi_h = (boxes[:, 3] - y1).clamp(min=1.0)
-    s = sampling_ratio
     arange = torch.arange
-    xl, xh, lx, vx = _axis(x1, roi_w, (arange(out_w * s, dtype=torch.float32) + 0.5) / (out_w * s), width)
-    yl, yh, ly, vy = _axis(y1, roi_h, (arange(out_h * s, dtype=torch.float32) + 0.5) / (out_h * s), height)
-    base = (rois[:, 0].long() * (height * width))[:, None, None]
-    rows_low, rows_high = base + (yl * width)[:, :, None], base + (yh * width)[:, :, None]  # (R, Sy, 1)
+    xl, xh, lx, vx = _axis(x1, roi_w, (arange(out_w * s, dtype=torch.float32) + 0.5) / (out_w * s),
+                           width[:, None].float())
+    yl, yh, ly, vy = _axis(y1, roi_h, (arange(out_h * s, dtype=torch.float32) + 0.5) / (out_h * s),
+                           height[:, None].float())
+    base, stride = first_row[:, None, None], width[:, None, None]
+    rows_low, rows_high = base + yl[:, :, None] * stride, base + yh[:, :, None] * stride  # (R, Sy, 1)
     index = torch.stack([rows_low + xl[:, None], rows_low + xh[:, None],
                          rows_high + xl[:, None], rows_high + xh[:, None]], -1)  # (R, Sy, Sx, 4)
     wy = torch.stack([1 - ly, ly], -1)[:, :, None, :, None]  # (R, Sy, 1, 2, 1)
@@ -70,12 +72,28 @@ def roi_align_gather(features: torch.Tensor, rois: torch.Tensor, output_size: tu
     index = index.view(count, out_h, s, out_w, s, 4).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s * 4)
     weight = weight.view(count, out_h, s, out_w, s, 4).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s * 4)
     pooled = F.embedding_bag(index, table, mode="sum", per_sample_weights=weight)
-    return pooled.view(count, out_h, out_w, channels).permute(0, 3, 1, 2).to(features.dtype)
+    return pooled.view(count, out_h * out_w, channels).transpose(1, 2).reshape(count, channels, out_h, out_w)
+
+
+def roi_align_gather(features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int],
+                     spatial_scale: float, sampling_ratio: int) -> torch.Tensor:
+    """``torchvision.ops.roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=False)``
+    for ``sampling_ratio > 0``: features (B, C, H, W), rois (R, 5) as (batch index, x1, y1, x2, y2); returns
+    (R, C, output_size[0], output_size[1]) in the features' dtype (computed in float32, as torchvision's op is
+    under autocast)."""
+    _, channels, height, width = features.shape
+    if not len(rois):
+        return features.new_zeros((0, channels, *output_size))
+    every = torch.ones(len(rois), dtype=torch.int64, device=rois.device)
+    pooled = _pool(_table(features), rois, rois[:, 0].long() * (height * width), every * height, every * width,
+                   every * spatial_scale, output_size, sampling_ratio)
+    return pooled.to(features.dtype)
 
 
 class GatherRoIAlign(MultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign`` (same attributes, no weights: a model's class is swapped in place),
-    pooling with :func:`roi_align_gather`; tracing and an adaptive ``sampling_ratio`` (0) are torchvision's."""
+    pooling every level's RoIs in one gather from one table of the levels they use; tracing and an adaptive
+    ``sampling_ratio`` (0) are torchvision's."""
 
     def forward(self, x, boxes, image_shapes):
         if self.sampling_ratio <= 0 or torchvision._is_tracing():
@@ -85,17 +103,22 @@ class GatherRoIAlign(MultiScaleRoIAlign):
             self.scales, self.map_levels = _setup_scales(features, image_shapes, self.canonical_scale,
                                                          self.canonical_level)
         rois = _convert_to_roi_format(boxes)
-        if len(features) == 1:
-            return roi_align_gather(features[0], rois, self.output_size, self.scales[0], self.sampling_ratio)
-        levels = self.map_levels(boxes)
-        first = features[0]
-        result = first.new_zeros((len(rois), first.shape[1], *self.output_size))
-        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
-            rows = torch.where(levels == level)[0]
-            if len(rows):
-                result.index_copy_(0, rows, roi_align_gather(feature, rois[rows], self.output_size, scale,
-                                                             self.sampling_ratio).to(result.dtype))
-        return result
+        dtype, channels = features[0].dtype, features[0].shape[1]
+        if not len(rois):
+            return features[0].new_zeros((0, channels, *self.output_size))
+        levels = self.map_levels(boxes) if len(features) > 1 else torch.zeros(len(rois), dtype=torch.int64)
+        used = torch.unique(levels).tolist()
+        sizes = torch.tensor([features[k].shape[2:] for k in range(len(features))], dtype=torch.int64)
+        starts = torch.zeros(len(features), dtype=torch.int64)
+        row = 0
+        for k in used:  # each used level's rows follow the last one's
+            starts[k] = row
+            row += features[k][:, 0].numel()
+        height, width = sizes[levels, 0], sizes[levels, 1]
+        first_row = starts[levels] + rois[:, 0].long() * height * width
+        scale = torch.tensor(self.scales, dtype=torch.float32)[levels]
+        table = torch.cat([_table(features[k]) for k in used])
+        return _pool(table, rois, first_row, height, width, scale, self.output_size, self.sampling_ratio).to(dtype)
 
 
 def top_kept_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float,
