@@ -41,6 +41,9 @@ def test_gathered_roi_align_is_torchvisions(height, width, scale, output, sampli
     torch.testing.assert_close(roi_align_gather(features.to(memory_format=torch.channels_last), rois,
                                                 (output, output), scale, sampling), expected, atol=1e-5, rtol=1e-5)
     assert roi_align_gather(features, rois[:0], (output, output), scale, sampling).shape == (0, 8, output, output)
+    first = rois[rois[:, 0] == 0]  # one image alone (its own table path)
+    torch.testing.assert_close(roi_align_gather(features[:1], first, (output, output), scale, sampling),
+                               expected[rois[:, 0] == 0], atol=1e-5, rtol=1e-5)
 
 
 def test_multiscale_pooling_and_its_gradient_are_torchvisions():

