@@ -205,7 +205,7 @@ class GatedMaskRCNN(MaskRCNN):
         self.gate, self.gate_loss_weight = gate, gate_loss_weight
         # torchvision builds its RoIHeads inside; the subclass adds no weights, so every run's checkpoint loads
         self.roi_heads.__class__ = RefiningRoIHeads
-        # the same proposals and pooled features, computed faster on the CPU at inference (roi_ops)
+        # the same proposals and pooled features, computed faster on the CPU (roi_ops), in training too
         self.rpn.__class__ = TopKeptRPN
         for pool in (self.roi_heads.box_roi_pool, self.roi_heads.mask_roi_pool):
             if type(pool) is MultiScaleRoIAlign:

@@ -60,11 +60,11 @@ def _pool(table: torch.Tensor, rois: torch.Tensor, first_row: torch.Tensor, heig
     x1, y1 = boxes[:, 0], boxes[:, 1]
     roi_w = (boxes[:, 2] - x1).clamp(min=1.0)
     roi_h = (boxes[:, 3] - y1).clamp(min=1.0)
-    arange = torch.arange
-    xl, xh, lx, vx = _axis(x1, roi_w, (arange(out_w * s, dtype=torch.float32) + 0.5) / (out_w * s),
-                           width[:, None].float())
-    yl, yh, ly, vy = _axis(y1, roi_h, (arange(out_h * s, dtype=torch.float32) + 0.5) / (out_h * s),
-                           height[:, None].float())
+    def steps(n: int) -> torch.Tensor:  # where the samples fall, as fractions of the RoI
+        return (torch.arange(n, dtype=torch.float32, device=rois.device) + 0.5) / n
+
+    xl, xh, lx, vx = _axis(x1, roi_w, steps(out_w * s), width[:, None].float())
+    yl, yh, ly, vy = _axis(y1, roi_h, steps(out_h * s), height[:, None].float())
     base, stride = first_row[:, None, None], width[:, None, None]
     rows_low, rows_high = base + yl[:, :, None] * stride, base + yh[:, :, None] * stride  # (R, Sy, 1)
     index = torch.stack([rows_low + xl[:, None], rows_low + xh[:, None],
@@ -97,11 +97,12 @@ def roi_align_gather(features: torch.Tensor, rois: torch.Tensor, output_size: tu
 
 class GatherRoIAlign(MultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign`` (same attributes, no weights: a model's class is swapped in place),
-    pooling every level's RoIs in one gather from one table of the levels they use; tracing and an adaptive
-    ``sampling_ratio`` (0) are torchvision's."""
+    pooling every level's RoIs in one gather from one table of the levels they use, on the CPU; on another
+    device, when tracing, or with an adaptive ``sampling_ratio`` (0) it is torchvision's."""
 
     def forward(self, x, boxes, image_shapes):
-        if self.sampling_ratio <= 0 or torchvision._is_tracing():
+        on_cpu = all(v.device.type == "cpu" for v in x.values())
+        if self.sampling_ratio <= 0 or torchvision._is_tracing() or not on_cpu:
             return super().forward(x, boxes, image_shapes)
         features = _filter_input(x, self.featmap_names)
         if self.scales is None or self.map_levels is None:
@@ -153,10 +154,11 @@ def top_kept_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor
 
 class TopKeptRPN(RegionProposalNetwork):
     """torchvision's RPN (a model's class is swapped in place; no weights) whose proposal filtering runs
-    :func:`top_kept_nms` in place of ``batched_nms`` followed by ``[:post_nms_top_n]``; the same proposals."""
+    :func:`top_kept_nms` in place of ``batched_nms`` followed by ``[:post_nms_top_n]`` on the CPU; the same
+    proposals. On another device (where batched_nms runs all levels at once) it is torchvision's."""
 
     def filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
-        if torchvision._is_tracing():
+        if torchvision._is_tracing() or proposals.device.type != "cpu":
             return super().filter_proposals(proposals, objectness, image_shapes, num_anchors_per_level)
         num_images = proposals.shape[0]
         objectness = objectness.detach().reshape(num_images, -1)
