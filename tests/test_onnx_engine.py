@@ -70,6 +70,40 @@ def test_an_fpn_from_p3_exports_and_gives_the_same_candidates(tiny_cache, synth_
     _assert_same_candidates(pytorch, engine, sorted((synth_data / TEST_IMAGES).glob("*.dcm")))
 
 
+def test_features_come_out_channels_last_and_an_older_nchw_export_still_runs(exported, synth_data):
+    """The dense graph writes its features (N, H, W, C), as RoIAlign reads them; an export made before that
+    (features (N, C, H, W), no ``features_layout`` in engine.json) gives the same candidates."""
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    from pneumodet.onnx_engine import ONNX_FILE, DenseExport, read_meta, write_meta
+
+    folder = exported / "engine"
+    meta = read_meta(folder)
+    assert meta["features_layout"] == "nhwc"
+    session = ort.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
+    size = meta["image_size"]
+    first = session.run(None, {"image": np.zeros((1, 3, size, size), np.float32)})[0]
+    model, _, _ = load_trained(exported)
+    assert first.shape[-1] == model.backbone.out_channels and first.shape[1] == first.shape[2]
+    files = sorted((synth_data / TEST_IMAGES).glob("*.dcm"))
+    pytorch = load_detector(exported, engine="torch")
+    _assert_same_candidates(pytorch, load_detector(exported, engine="onnx"), files)
+    names = meta["feature_names"]
+    outputs = ([f"feature_{n}" for n in names] + [f"objectness_{i}" for i in range(len(names))]
+               + [f"deltas_{i}" for i in range(len(names))])
+    with warnings.catch_warnings(), torch.no_grad():  # the graph as export wrote it before
+        warnings.simplefilter("ignore")
+        torch.onnx.export(DenseExport(model.backbone, model.rpn.head).eval(), (torch.zeros(1, 3, size, size),),
+                          str(folder / ONNX_FILE), dynamo=False, opset_version=meta["opset"],
+                          input_names=["image"], output_names=outputs,
+                          dynamic_axes={k: {0: "b", 2: f"{k}h", 3: f"{k}w"} for k in ["image", *outputs]})
+    write_meta(folder, {k: v for k, v in meta.items() if k != "features_layout"})
+    _assert_same_candidates(pytorch, load_detector(exported, engine="onnx"), files)
+
+
 def test_the_engine_refines_boxes_as_pytorch_does(exported, synth_data):
     """predict.box_refine runs the box head again on its detections: in the engine, through the ONNX heads graph."""
     pytorch, engine = (load_detector(exported, engine=e, box_refine=1) for e in ("torch", "onnx"))
