@@ -71,18 +71,19 @@ def test_an_fpn_from_p3_exports_and_gives_the_same_candidates(tiny_cache, synth_
 
 
 def test_features_come_out_channels_last_and_an_older_nchw_export_still_runs(exported, synth_data):
-    """The dense graph writes its features (N, H, W, C), as RoIAlign reads them; an export made before that
-    (features (N, C, H, W), no ``features_layout`` in engine.json) gives the same candidates."""
+    """The dense graph writes its features (N, H, W, C) and the box head takes its pooled features (N, R, R, C),
+    as RoIAlign reads and writes them; an export made before that (both (N, C, H, W), no ``features_layout`` or
+    ``pooled_layout`` in engine.json) gives the same candidates."""
     import warnings
 
     import onnxruntime as ort
     import torch
 
-    from pneumodet.onnx_engine import ONNX_FILE, DenseExport, read_meta, write_meta
+    from pneumodet.onnx_engine import HEADS_FILE, ONNX_FILE, DenseExport, HeadsExport, read_meta, write_meta
 
     folder = exported / "engine"
     meta = read_meta(folder)
-    assert meta["features_layout"] == "nhwc"
+    assert meta["features_layout"] == meta["pooled_layout"] == "nhwc"
     session = ort.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
     size = meta["image_size"]
     first = session.run(None, {"image": np.zeros((1, 3, size, size), np.float32)})[0]
@@ -100,7 +101,11 @@ def test_features_come_out_channels_last_and_an_older_nchw_export_still_runs(exp
                           str(folder / ONNX_FILE), dynamo=False, opset_version=meta["opset"],
                           input_names=["image"], output_names=outputs,
                           dynamic_axes={k: {0: "b", 2: f"{k}h", 3: f"{k}w"} for k in ["image", *outputs]})
-    write_meta(folder, {k: v for k, v in meta.items() if k != "features_layout"})
+        heads = model.roi_heads
+        torch.onnx.export(HeadsExport(heads.box_head, heads.box_predictor).eval(), (torch.zeros(2, first.shape[-1], 7, 7),),
+                          str(folder / HEADS_FILE), dynamo=False, opset_version=meta["opset"], input_names=["pooled"],
+                          dynamic_axes={"pooled": {0: "rois"}})
+    write_meta(folder, {k: v for k, v in meta.items() if k not in ("features_layout", "pooled_layout")})
     _assert_same_candidates(pytorch, load_detector(exported, engine="onnx"), files)
 
 

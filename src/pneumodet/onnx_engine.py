@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
 from pneumodet.errors import UserError
 from pneumodet.files import atomic_path, write_text_atomic
@@ -60,13 +61,29 @@ class DenseExport(nn.Module):
 
 
 class HeadsExport(nn.Module):
-    """Box head + box predictor as one graph: pooled RoI features (N, C, R, R) in, (class logits, deltas) out."""
+    """Box head + box predictor as one graph: pooled RoI features (N, C, R, R) in, (class logits, deltas) out.
 
-    def __init__(self, box_head: nn.Module, box_predictor: nn.Module):
+    With ``channels_last`` the graph takes them (N, R, R, C), as RoIAlign's gather writes them (``roi_ops``),
+    so nothing is transposed between the two: the first fully connected layer of a two-layer MLP head gets its
+    weight columns reordered to match (the same products, summed in another order); any other head
+    transposes them in the graph."""
+
+    def __init__(self, box_head: nn.Module, box_predictor: nn.Module,
+                 channels_last: tuple[int, int, int] | None = None):
+        """``channels_last``: the pooled (C, R, R) shape, to take the pooled features (N, R, R, C)."""
         super().__init__()
-        self.box_head, self.box_predictor = box_head, box_predictor
+        self.box_head, self.box_predictor, self.channels_last = box_head, box_predictor, channels_last is not None
+        self.fc6_weight = None
+        if channels_last and isinstance(box_head, TwoMLPHead):
+            out = box_head.fc6.out_features
+            self.fc6_weight = box_head.fc6.weight.detach().view(out, *channels_last).permute(0, 2, 3, 1).reshape(out, -1)
 
     def forward(self, pooled: torch.Tensor):
+        if self.fc6_weight is not None:  # (N, R, R, C) flattened in that order, against reordered weights
+            x = torch.relu(nn.functional.linear(pooled.flatten(1), self.fc6_weight, self.box_head.fc6.bias))
+            return self.box_predictor(torch.relu(self.box_head.fc7(x)))
+        if self.channels_last:
+            pooled = pooled.permute(0, 3, 1, 2)
         return self.box_predictor(self.box_head(pooled))
 
 
@@ -111,16 +128,17 @@ def export_onnx(model, image_size: int, checkpoint: Path, out_dir: str | Path) -
             torch.onnx.export(dense, (example,), str(tmp), dynamo=False, opset_version=OPSET, input_names=["image"],
                               output_names=outputs,
                               dynamic_axes={k: {0: "batch", **_spatial_axes(k)} for k in ["image", *outputs]})
-        heads = HeadsExport(model.roi_heads.box_head, model.roi_heads.box_predictor).eval()
+        pooled = _pooled_shape(model)
+        heads = HeadsExport(model.roi_heads.box_head, model.roi_heads.box_predictor, channels_last=pooled).eval()
         with atomic_path(out_dir / HEADS_FILE) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(heads, (torch.zeros(2, *_pooled_shape(model)),), str(tmp), dynamo=False,
+            torch.onnx.export(heads, (torch.zeros(2, pooled[1], pooled[2], pooled[0]),), str(tmp), dynamo=False,
                               opset_version=OPSET, input_names=["pooled"], output_names=["class_logits", "deltas"],
                               dynamic_axes={k: {0: "rois"} for k in ["pooled", "class_logits", "deltas"]})
     write_meta(out_dir, {"image_size": image_size, "feature_names": names, "opset": OPSET,
                          "torch": torch.__version__, "source": source_of(checkpoint), "active": ONNX_FILE,
                          "heads": HEADS_FILE, "active_heads": HEADS_FILE, "any_size": True,
-                         "features_layout": "nhwc"})
+                         "features_layout": "nhwc", "pooled_layout": "nhwc"})
     for stale in (INT8_FILE, HEADS_INT8_FILE):  # made from the weights before, if at all; no longer active
         (out_dir / stale).unlink(missing_ok=True)
     return out_dir / ONNX_FILE
@@ -135,6 +153,11 @@ def _spatial_axes(name: str) -> dict[int, str]:
 def channels_last_features(meta: dict) -> bool:
     """Whether an export's features come out (N, H, W, C); exports made before that have (N, C, H, W)."""
     return meta.get("features_layout") == "nhwc"
+
+
+def channels_last_pooled(meta: dict) -> bool:
+    """Whether an export's box head takes the pooled features (N, R, R, C); before, (N, C, R, R)."""
+    return meta.get("pooled_layout") == "nhwc"
 
 
 def read_meta(out_dir: str | Path) -> dict:
@@ -250,15 +273,17 @@ class _StashedRpnHead(nn.Module):
 class _OnnxBoxHead(nn.Module):
     """Stands in for the box head: runs the exported box head + predictor, keeps the predictor's outputs."""
 
-    def __init__(self, session, classes: int):
+    def __init__(self, session, classes: int, channels_last: bool = False):
         super().__init__()
-        self.session, self.classes = session, classes
+        self.session, self.classes, self.channels_last = session, classes, channels_last
         self.outputs = None
 
     def forward(self, pooled: torch.Tensor):
         if pooled.shape[0] == 0:  # no proposal: nothing to run
             self.outputs = (pooled.new_zeros(0, self.classes), pooled.new_zeros(0, 4 * self.classes))
         else:
+            if self.channels_last:  # (N, R, R, C): a view of what RoIAlign's gather wrote
+                pooled = pooled.permute(0, 2, 3, 1)
             array = pooled.detach().float().contiguous().cpu().numpy()
             self.outputs = tuple(torch.from_numpy(o) for o in self.session.run(None, {"pooled": array}))
         return pooled.new_zeros(pooled.shape[0], 0)  # what the predictor stand-in receives and ignores
@@ -335,7 +360,8 @@ def attach(model, run_root: Path, threads: int | None = None, file: str | None =
     if meta.get("heads"):
         heads_file = heads_file or meta.get("active_heads", HEADS_FILE)
         heads = model.roi_heads
-        box_head = _OnnxBoxHead(_session(folder / heads_file, threads), heads.box_predictor.cls_score.out_features)
+        box_head = _OnnxBoxHead(_session(folder / heads_file, threads), heads.box_predictor.cls_score.out_features,
+                                channels_last_pooled(meta))
         heads.box_head, heads.box_predictor = box_head, _StashedBoxPredictor(box_head)
     else:
         heads_file = None
@@ -352,8 +378,8 @@ def check_export(model, run_root: Path, image_size: int, repeats: int = 5, file:
     import numpy as np
 
     session = _session(Path(run_root) / ENGINE_DIR / file)
-    dense = DenseExport(model.backbone, model.rpn.head,
-                        channels_last_features(read_meta(Path(run_root) / ENGINE_DIR))).eval()
+    meta = read_meta(Path(run_root) / ENGINE_DIR)
+    dense = DenseExport(model.backbone, model.rpn.head, channels_last_features(meta)).eval()
     image = torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
 
     def timed(fn):
@@ -372,9 +398,10 @@ def check_export(model, run_root: Path, image_size: int, repeats: int = 5, file:
     if (Path(run_root) / ENGINE_DIR / HEADS_FILE).is_file():
         pooled = torch.rand(8, *_pooled_shape(model), generator=torch.Generator().manual_seed(1))
         heads = _session(Path(run_root) / ENGINE_DIR / HEADS_FILE)
-        with torch.no_grad():
+        with torch.no_grad():  # PyTorch's box head, as the model runs it, against the graph's
             want = [o.numpy() for o in HeadsExport(model.roi_heads.box_head, model.roi_heads.box_predictor).eval()(pooled)]
-        pairs += zip(want, heads.run(None, {"pooled": pooled.numpy()}), strict=True)
+        given = pooled.permute(0, 2, 3, 1).contiguous() if channels_last_pooled(meta) else pooled
+        pairs += zip(want, heads.run(None, {"pooled": given.numpy()}), strict=True)
     diff = max(float(np.abs(a - b).max()) for a, b in pairs)
     return {"max_abs_diff": diff, "torch_ms": torch_ms, "onnx_ms": onnx_ms}
 

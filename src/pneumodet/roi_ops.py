@@ -53,7 +53,9 @@ def _pool(table: torch.Tensor, rois: torch.Tensor, first_row: torch.Tensor, heig
           width: torch.Tensor, scale: torch.Tensor, output_size: tuple[int, int], sampling_ratio: int) -> torch.Tensor:
     """RoIAlign from a table of feature rows: RoI i reads the map whose pixel (0, 0) is row ``first_row[i]``,
     ``height[i]`` × ``width[i]`` pixels at ``scale[i]`` of the image; rois (R, 5) as (batch index unused here,
-    x1, y1, x2, y2). Returns (R, C, out_h, out_w) float32, contiguous."""
+    x1, y1, x2, y2). Returns (R, C, out_h, out_w) float32 in channels-last memory (each bin's channels
+    contiguous, as the gather writes them): a box head that flattens it copies it to (C, out_h, out_w) order,
+    and the exported box head takes it as it is (``onnx_engine.HeadsExport``)."""
     out_h, out_w = output_size
     count, channels, s = len(rois), table.shape[1], sampling_ratio
     boxes = rois[:, 1:].float() * scale[:, None]
@@ -77,7 +79,7 @@ def _pool(table: torch.Tensor, rois: torch.Tensor, first_row: torch.Tensor, heig
     index = index.view(count, out_h, s, out_w, s, 4).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s * 4)
     weight = weight.view(count, out_h, s, out_w, s, 4).permute(0, 1, 3, 2, 4, 5).reshape(-1, s * s * 4)
     pooled = F.embedding_bag(index, table, mode="sum", per_sample_weights=weight)
-    return pooled.view(count, out_h * out_w, channels).transpose(1, 2).reshape(count, channels, out_h, out_w)
+    return pooled.view(count, out_h, out_w, channels).permute(0, 3, 1, 2)
 
 
 def roi_align_gather(features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int],
