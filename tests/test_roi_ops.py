@@ -102,3 +102,22 @@ def test_every_model_proposes_and_pools_as_torchvision_does():
         torch.testing.assert_close(mine["boxes"], theirs["boxes"], atol=1e-3, rtol=0)
         torch.testing.assert_close(mine["scores"], theirs["scores"], atol=1e-5, rtol=0)
         torch.testing.assert_close(mine["masks"], theirs["masks"], atol=1e-4, rtol=0)
+
+
+def test_off_the_cpu_both_ops_are_torchvisions(monkeypatch):
+    """On another device (here ``meta``, which any machine has) the CPU gather and the cut-short NMS must hand the
+    work to torchvision's own (CUDA) path, not mix CPU index tensors with the device's."""
+    calls = []
+    monkeypatch.setattr(MultiScaleRoIAlign, "forward", lambda self, *a: calls.append("pool") or "torchvision's")
+    monkeypatch.setattr(RegionProposalNetwork, "filter_proposals",
+                        lambda self, *a: calls.append("rpn") or "torchvision's")
+    pool = GatherRoIAlign(["0"], 7, 2)
+    for device in ("meta", "cpu"):
+        features = OrderedDict([("0", torch.zeros(1, 4, 16, 16, device=device))])
+        boxes = [torch.tensor([[0.0, 0.0, 8.0, 8.0]], device=device)]
+        got = pool(features, boxes, [(64, 64)])
+        assert (got == "torchvision's") == (device == "meta")
+    model = build_model(ModelConfig(backbone="tiny_fpn", weights="none"), 64)
+    proposals = torch.zeros(1, 6, 4, device="meta")
+    assert model.rpn.filter_proposals(proposals, torch.zeros(1, 6, device="meta"), [(64, 64)], [6]) == "torchvision's"
+    assert calls == ["pool", "rpn"]
