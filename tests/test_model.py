@@ -358,3 +358,38 @@ def test_frozen_batchnorm_folded_into_its_convolution_computes_the_same(backbone
     for mine, theirs in convs:  # to float rounding, against the largest element of each gradient
         scale = theirs.weight.grad.abs().max()
         torch.testing.assert_close(mine.weight.grad / scale, theirs.weight.grad / scale, atol=1e-4, rtol=0)
+
+
+def _voted_detections(vote: bool, scores: list[float], per_image: int = CANDIDATES_PER_IMAGE):
+    """Return (boxes, scores) that the RoI heads of a tiny model keep from proposals scored ``scores`` (the box
+    head's output given directly: zero regression, so each proposal is its own box)."""
+    heads = build_model(ModelConfig(backbone="tiny_fpn", weights="none"), SIZE).roi_heads
+    heads.box_vote, heads.detections_per_img = vote, per_image
+    proposals = torch.tensor([[10.0, 10.0, 30.0, 40.0],  # A
+                              [12.0, 10.0, 30.0, 44.0],  # B: IoU 0.80 with A, NMS merges them
+                              [22.0, 30.0, 40.0, 60.0],  # overlaps A, IoU 0.08: a box of its own
+                              [45.0, 5.0, 60.0, 20.0]])  # far from all
+    p = torch.tensor(scores)
+    logits = torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))], 1)  # softmax gives p for the opacity
+    boxes, kept, labels = heads.postprocess_detections(logits, torch.zeros(len(p), 8), [proposals], [(SIZE, SIZE)])
+    assert (labels[0] == 1).all()
+    assert (heads.nms_thresh, heads.detections_per_img) == (CANDIDATE_NMS_IOU, per_image)  # restored
+    return boxes[0], kept[0], proposals
+
+
+def test_box_voting_averages_the_boxes_nms_merged_so_a_near_tie_does_not_flip_the_box():
+    """With box voting each kept box is the score-weighted mean of the boxes its NMS suppressed (itself included);
+    scores, the boxes kept and their number are NMS's. Without it, a score change in the fourth digit swaps
+    which of two near-equal boxes comes out: the change int8 or another CPU makes."""
+    plain, plain_scores, proposals = _voted_detections(False, [0.9000, 0.8999, 0.7, 0.6])
+    voted, voted_scores, _ = _voted_detections(True, [0.9000, 0.8999, 0.7, 0.6])
+    torch.testing.assert_close(voted_scores, plain_scores)
+    torch.testing.assert_close(plain, proposals[[0, 2, 3]])
+    merged = (0.9 * proposals[0] + 0.8999 * proposals[1]) / (0.9 + 0.8999)
+    torch.testing.assert_close(voted, torch.stack([merged, proposals[2], proposals[3]]))  # the others alone
+    flipped, _, _ = _voted_detections(False, [0.8999, 0.9000, 0.7, 0.6])
+    assert (flipped[0] - plain[0]).abs().max() >= 2  # NMS now keeps B: the box jumps
+    voted_flipped, _, _ = _voted_detections(True, [0.8999, 0.9000, 0.7, 0.6])
+    assert (voted_flipped[0] - voted[0]).abs().max() < 1e-3  # the vote barely moves
+    few, few_scores, _ = _voted_detections(True, [0.9000, 0.8999, 0.7, 0.6], per_image=2)
+    torch.testing.assert_close(few, voted[:2])  # detections_per_img still caps them

@@ -106,3 +106,22 @@ def test_found_scoring_keeps_a_box_on_one_sets_scale():
     assert np.allclose(boxes[0], fuse_boxes([a, b, c])[0][0])  # the same fused box either way
     with pytest.raises(ValueError):
         fuse_boxes([a], score="max")
+
+
+def test_the_predictor_votes_boxes_only_while_it_runs_and_only_where_the_model_can():
+    """predict.box_vote reaches the model's RoI heads for the call, and is theirs again after it; a model with
+    other RoI heads (a stand-in, another library's) predicts with its own NMS instead of failing."""
+    from pneumodet.config import ModelConfig
+    from pneumodet.model import build_model, swapped
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(backbone="tiny_fpn", weights="none", min_score=0.0), 64).eval()
+    image = torch.rand(1, 64, 64)
+    voted, plain = Predictor(model, 64, box_vote=True)([image])[0], Predictor(model, 64)([image])[0]
+    assert model.roi_heads.box_vote is False
+    with torch.no_grad(), swapped(model.roi_heads, box_vote=True):
+        expected = model([image])[0]
+    assert np.allclose(voted.boxes_xyxy, expected["boxes"].numpy()) and len(voted.scores) > 1
+    assert not np.allclose(voted.boxes_xyxy, plain.boxes_xyxy)  # an untrained model's boxes overlap: votes move them
+    assert np.allclose(voted.scores, plain.scores)
+    assert Predictor(Fixed(), 64, box_vote=True).box_vote is False

@@ -157,6 +157,7 @@ class RefiningRoIHeads(RoIHeads):
     """
 
     refine_passes = 0
+    box_vote = False
     _features = None  # the batch's features while a refining forward runs
 
     def forward(self, features, proposals, image_shapes, targets=None):
@@ -167,10 +168,34 @@ class RefiningRoIHeads(RoIHeads):
             self._features = None
 
     def postprocess_detections(self, class_logits, box_regression, proposals, image_shapes):
-        boxes, scores, labels = super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        if self.box_vote:
+            boxes, scores, labels = self._voted(class_logits, box_regression, proposals, image_shapes)
+        else:
+            boxes, scores, labels = super().postprocess_detections(class_logits, box_regression, proposals,
+                                                                   image_shapes)
         for _ in range(self.refine_passes if self._features is not None else 0):
             boxes, scores = self._refine(boxes, scores, labels, image_shapes)
         return boxes, scores, labels
+
+    def _voted(self, class_logits, box_regression, proposals, image_shapes):
+        """torchvision's detections with each kept box replaced by the score-weighted mean of the boxes of its
+        class that overlap it above the NMS IoU (its own included; box voting): two near-equal boxes give about
+        the same box whichever of them NMS keeps."""
+        nms_iou, per_image = self.nms_thresh, self.detections_per_img
+        self.nms_thresh, self.detections_per_img = 1.0, 1 << 30  # every box above the score threshold, unsuppressed
+        try:
+            found = super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
+        finally:
+            self.nms_thresh, self.detections_per_img = nms_iou, per_image
+        out_boxes, out_scores, out_labels = [], [], []
+        for boxes, scores, labels in zip(*found, strict=True):
+            keep = box_ops.batched_nms(boxes, scores, labels, nms_iou)[:per_image]
+            weights = (box_ops.box_iou(boxes[keep], boxes) > nms_iou) & (labels[keep, None] == labels[None])
+            weights = weights * scores[None]
+            out_boxes.append((weights @ boxes) / weights.sum(1, keepdim=True))
+            out_scores.append(scores[keep])
+            out_labels.append(labels[keep])
+        return out_boxes, out_scores, out_labels
 
     def _refine(self, boxes, scores, labels, image_shapes):
         """Return one pass's (boxes (N_i, 4) xyxy, scores (N_i,)) per image from the detections of the last."""

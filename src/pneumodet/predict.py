@@ -72,7 +72,7 @@ def predictor_for(model, config: RunConfig, hflip_tta: bool | None = None,
     scales = tuple(p.tta_scales if tta_scales is None else tta_scales) if tta else (1.0,)
     return Predictor(model, config.data.image_size, hflip_tta=tta, device=device, bf16=p.bf16,
                      channels_last=p.channels_last, scales=scales,
-                     box_refine=p.box_refine if box_refine is None else box_refine)
+                     box_refine=p.box_refine if box_refine is None else box_refine, box_vote=p.box_vote)
 
 
 class Predictor:
@@ -80,14 +80,16 @@ class Predictor:
 
     def __init__(self, model, image_size: int, hflip_tta: bool = False, device: str | torch.device = "cpu",
                  bf16: bool = False, channels_last: bool = False, scales: tuple[float, ...] = (1.0,),
-                 box_refine: int = 0):
-        if box_refine and not isinstance(model.roi_heads, RefiningRoIHeads):
+                 box_refine: int = 0, box_vote: bool = False):
+        refines = isinstance(getattr(model, "roi_heads", None), RefiningRoIHeads)
+        if box_refine and not refines:
             raise ValueError("box_refine needs a model from pneumodet.model.build_model (RefiningRoIHeads)")
+        box_vote = box_vote and refines  # another model's RoI heads keep their own NMS
         self.model = model.to(device).eval()
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.image_size, self.hflip_tta, self.device, self.bf16 = image_size, hflip_tta, torch.device(device), bf16
-        self.scales, self.box_refine = tuple(scales), box_refine
+        self.scales, self.box_refine, self.box_vote = tuple(scales), box_refine, box_vote
 
     def _forward(self, images: list[torch.Tensor]) -> list[Candidates]:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -122,7 +124,8 @@ class Predictor:
         """Return per image the model's candidates (boxes_cache_xyxy (N, 4), scores (N,), gate), in the pixels of
         the float [C, H, W] images in [0, 1] it was given (cache pixels), before post-processing. With TTA (flips,
         and each size of ``scales``) the boxes of every pass are fused and the gate is their mean."""
-        refining = swapped(self.model.roi_heads, refine_passes=self.box_refine) if self.box_refine else nullcontext()
+        refining = (swapped(self.model.roi_heads, refine_passes=self.box_refine, box_vote=self.box_vote)
+                    if self.box_refine or self.box_vote else nullcontext())
         with boxes_only(self.model), refining:
             if not self.hflip_tta and self.scales == (1.0,):
                 return self._forward(images)

@@ -16,7 +16,7 @@ from pneumodet import __version__
 from pneumodet.config import RunConfig, Stage
 from pneumodet.errors import RunFailure
 from pneumodet.metrics import Prediction, best_threshold, roc_auc, rsna_map
-from pneumodet.model import CLASS_NAMES, boxes_only, build_model, head_parameters
+from pneumodet.model import CLASS_NAMES, boxes_only, build_model, head_parameters, swapped
 from pneumodet.postprocess import PostProcess, postprocess
 from pneumodet.runs import LOSS_NAMES
 
@@ -137,7 +137,8 @@ class DetectionModule(L.LightningModule):
         if torch.isfinite(total):
             self._accumulate("val", {"loss": total, **losses}, len(images))
         self.model.eval()
-        with torch.no_grad(), boxes_only(self.model):
+        with torch.no_grad(), boxes_only(self.model), swapped(self.model.roi_heads,
+                                                             box_vote=self.config.predict.box_vote):
             detections = self.model(images)
         for target, det in zip(targets, detections, strict=True):
             self._val_outputs.append((target["boxes"].cpu().numpy(), det["boxes"].float().cpu().numpy(),
