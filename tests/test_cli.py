@@ -34,6 +34,8 @@ def test_evaluate_takes_tta_sizes_in_range(capsys):
     with pytest.raises(SystemExit) as info:
         parser.parse_args(["evaluate", "run", "--box-refine", "9"])
     assert info.value.code == 2 and "expected a number in [0, 8], got 9" in capsys.readouterr().err
+    assert [parser.parse_args(["evaluate", "run", *flag]).box_vote for flag in ([], ["--box-vote"], ["--no-box-vote"])] \
+        == [None, True, False]  # None: the config's
 
 
 def test_synth_then_prepare(tmp_path, capsys):

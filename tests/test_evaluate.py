@@ -89,8 +89,8 @@ def test_out_of_fold_tuning_uses_every_fold(tmp_path, monkeypatch):
     }
 
     class FakeDetector:
-        def __init__(self, run, hflip_tta=None, tta_scales=None, box_refine=None):
-            self.name, self.tta_scales, self.box_refine = run.name, tta_scales, box_refine
+        def __init__(self, run, hflip_tta=None, tta_scales=None, box_refine=None, box_vote=None):
+            self.name, self.tta_scales, self.box_refine, self.box_vote = run.name, tta_scales, box_refine, box_vote
             self.config = tiny_config()
             self.info = {"path": str(run / "weights" / "best.ckpt"), "epoch": 1}
             self.predictors = [SimpleNamespace(hflip_tta=hflip_tta)]
@@ -161,3 +161,27 @@ def test_evaluate_records_box_refinement_and_predict_follows_it(trained_run, tmp
     assert len(moved.scores) == len(still.scores) > 0
     assert np.abs(moved.boxes_xyxy - still.boxes_xyxy).max() > 0.01  # the passes did run
     assert evaluate(copy, progress=False)["box_refine"] == 0  # evaluate starts from the config again
+
+
+def test_evaluate_records_box_voting_and_predict_follows_it(trained_run, tmp_path, synth_data):
+    import shutil
+
+    from pneumodet.detector import image_tensor, load_detector
+    from pneumodet.io.layout import TEST_IMAGES
+
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    assert load_detector(copy).box_vote is True  # the config's default
+    result = evaluate(copy, progress=False, box_vote=False)
+    assert result["box_vote"] is False is json.loads((copy / "metrics.json").read_text())["box_vote"]
+    plain, voted = load_detector(copy), load_detector(copy, box_vote=True)  # tuned without voting, predicted so
+    assert [plain.predictors[0].box_vote, voted.predictors[0].box_vote] == [False, True]
+    moved = 0.0
+    for path in sorted((synth_data / TEST_IMAGES).glob("*.dcm")):
+        image = plain.read(path)
+        tensor = image_tensor(image.pixels, plain.image_size)
+        (a,), (b,) = (d.candidates([tensor], [image.original_size]) for d in (plain, voted))
+        assert np.allclose(a.scores, b.scores)  # voting moves boxes, never scores
+        moved = max(moved, float(np.abs(a.boxes_xyxy - b.boxes_xyxy).max(initial=0)))
+    assert moved > 0.01  # the votes did run
+    assert evaluate(copy, progress=False)["box_vote"] is True  # evaluate starts from the config again

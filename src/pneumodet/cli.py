@@ -122,7 +122,7 @@ def cmd_evaluate(args) -> None:
     from pneumodet.evaluate import evaluate
 
     result = evaluate(args.run, args.data, split=args.split, reuse_predictions=args.reuse, hflip_tta=args.tta,
-                      tta_scales=args.tta_scales, box_refine=args.box_refine)
+                      tta_scales=args.tta_scales, box_refine=args.box_refine, box_vote=args.box_vote)
     pp = result["postprocess"]
     image = result["image_level"]
     print(f"{result['split']} RSNA mAP {result['rsna_map']:.4f} (before tuning {result['rsna_map_before_tuning']:.4f}) "
@@ -316,6 +316,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the box head N more times over its own detections, each moving a box halfway to "
                    "the head's new regression and averaging its score with the new one (0: off; default: the "
                    "config's predict.box_refine); metrics.json records it and predict follows")
+    p.add_argument("--box-vote", action=argparse.BooleanOptionalAction, default=None,
+                   help="make each box the model keeps the score-weighted mean of the boxes its NMS merged into "
+                   "it, so that two near-equal boxes do not decide by a last-digit difference (default: the "
+                   "config's predict.box_vote, on except in seed.yaml); metrics.json records it and predict "
+                   "follows")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict a folder of DICOMs into a Kaggle submission",

@@ -65,13 +65,16 @@ def tuned_postprocess(saved: dict, fallback: PostProcess) -> PostProcess:
     return PostProcess(**saved["postprocess"]) if saved.get("postprocess") else fallback
 
 
-def tuned_inference(saved: dict, predict: PredictConfig) -> tuple[bool, tuple[float, ...], int]:
-    """Return (hflip_tta, tta_scales, box_refine) as evaluate recorded them in metrics.json (``saved``, as read):
-    they change the scores its thresholds were tuned on. Each is ``predict``'s where evaluate recorded none."""
-    hflip_tta, tta_scales, box_refine = (saved.get(k) for k in ("hflip_tta", "tta_scales", "box_refine"))
+def tuned_inference(saved: dict, predict: PredictConfig) -> tuple[bool, tuple[float, ...], int, bool]:
+    """Return (hflip_tta, tta_scales, box_refine, box_vote) as evaluate recorded them in metrics.json (``saved``,
+    as read): they change the scores or boxes its thresholds were tuned on. Each is ``predict``'s where evaluate
+    recorded none."""
+    hflip_tta, tta_scales, box_refine, box_vote = (saved.get(k) for k in ("hflip_tta", "tta_scales", "box_refine",
+                                                                          "box_vote"))
     return (predict.hflip_tta if hflip_tta is None else bool(hflip_tta),
             tuple(float(s) for s in tta_scales) if tta_scales else tuple(predict.tta_scales),
-            predict.box_refine if box_refine is None else int(box_refine))
+            predict.box_refine if box_refine is None else int(box_refine),
+            predict.box_vote if box_vote is None else bool(box_vote))
 
 
 class Detector:
@@ -81,13 +84,13 @@ class Detector:
     candidates, after its own flip TTA, are merged by weighted box fusion (scored as :attr:`fused_score` says)
     and their gates averaged).
     ``postprocess`` is the run's tuned one (metrics.json) unless given; ``hflip_tta`` (TTA on or off),
-    ``tta_scales`` (its sizes) and ``box_refine`` (passes of the box head over its detections) the run's settings
-    unless given.
+    ``tta_scales`` (its sizes), ``box_refine`` (passes of the box head over its detections) and ``box_vote`` (box
+    voting in its RoI heads) the run's settings unless given.
     """
 
     def __init__(self, model, config: RunConfig, postprocess: PostProcess, *, hflip_tta: bool | None = None,
                  tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None,
-                 paths: RunPaths | None = None, info: dict | None = None):
+                 box_vote: bool | None = None, paths: RunPaths | None = None, info: dict | None = None):
         self.config, self.postprocess, self.paths, self.info = config, postprocess, paths, info or {}
         self.image_size = config.data.image_size
         models = model if isinstance(model, list | tuple) else [model]
@@ -95,8 +98,9 @@ class Detector:
         self.engine = engines.pop() if len(engines) == 1 else "mixed"
         self.tta_scales = tuple(config.predict.tta_scales if tta_scales is None else tta_scales)
         self.box_refine = config.predict.box_refine if box_refine is None else box_refine
+        self.box_vote = config.predict.box_vote if box_vote is None else box_vote
         self.predictors = [predictor_for(m, config, hflip_tta=hflip_tta, tta_scales=self.tta_scales,
-                                         box_refine=self.box_refine) for m in models]
+                                         box_refine=self.box_refine, box_vote=self.box_vote) for m in models]
 
     def _predict(self, tensors: list[torch.Tensor]) -> list[Candidates]:
         per_model = [predictor(tensors) for predictor in self.predictors]
@@ -186,7 +190,7 @@ def use_engine(model, run: Path, checkpoint: Path, engine: str, sizes: set[int] 
 
 def load_detector(run: str | Path | list, *, overrides: dict | None = None, hflip_tta: bool | None = None,
                   tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None,
-                  engine: str | None = None) -> Detector:
+                  box_vote: bool | None = None, engine: str | None = None) -> Detector:
     """Return the Detector of a trained run folder: the weights its ``train.checkpoint`` chose and its tuned
     post-processing.
 
@@ -197,8 +201,8 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     gate_threshold); ``hflip_tta``: test-time augmentation (flips, and each size of ``tta_scales``) on or off,
     and ``tta_scales``: the input sizes, multiples of the run's (default for both: as evaluate tuned them, since
     TTA changes the scores the thresholds were tuned on; else the run's config); ``box_refine``: passes of the box
-    head over its own detections (default: as evaluate tuned them, else the config's); ``engine``: auto, torch or
-    onnx (default: the run's ``predict.engine``; see :mod:`pneumodet.onnx_engine`).
+    head over its own detections, and ``box_vote``: box voting on or off (default for each: as evaluate tuned them,
+    else the config's); ``engine``: auto, torch or onnx (default: the run's ``predict.engine``; see :mod:`pneumodet.onnx_engine`).
     """
     runs = list(run) if isinstance(run, list | tuple) else [Path(run)]
     if not runs:
@@ -210,10 +214,11 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     loaded = [load_trained(r) for r in runs]
     model, config, info = loaded[0]
     saved = _saved_evaluation(tuned_at)  # metrics.json, read once
-    tuned_flip, tuned_scales, tuned_refine = tuned_inference(saved, config.predict)
+    tuned_flip, tuned_scales, tuned_refine, tuned_vote = tuned_inference(saved, config.predict)
     hflip_tta = tuned_flip if hflip_tta is None else hflip_tta
     tta_scales = tuned_scales if tta_scales is None else tta_scales
     box_refine = tuned_refine if box_refine is None else box_refine
+    box_vote = tuned_vote if box_vote is None else box_vote
     # every model of an ensemble runs at the first one's sizes (Detector gives them its settings)
     sizes = {round(config.data.image_size * s) for s in (tta_scales if hflip_tta else (1.0,))}
     for (each, its_config, its_info), r in zip(loaded, runs, strict=True):
@@ -231,4 +236,4 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     if len(loaded) > 1:
         info = {**info, "ensemble": [str(r) for r in runs]}
     return Detector([m for m, _, _ in loaded], config, pp, hflip_tta=hflip_tta, tta_scales=tta_scales,
-                    box_refine=box_refine, paths=tuned_at, info=info)
+                    box_refine=box_refine, box_vote=box_vote, paths=tuned_at, info=info)

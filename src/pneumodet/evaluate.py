@@ -185,28 +185,30 @@ def collect(detector: Detector, cache: str | Path | None, split: str, progress: 
 
 
 def _inference(detector: Detector) -> dict:
-    """Return the inference settings metrics.json records for predict to follow: TTA on or off, its sizes, and
-    the box refinement passes."""
+    """Return the inference settings metrics.json records for predict to follow: TTA on or off, its sizes, the
+    box refinement passes and box voting."""
     return {"hflip_tta": detector.predictors[0].hflip_tta, "tta_scales": list(detector.tta_scales),
-            "box_refine": detector.box_refine}
+            "box_refine": detector.box_refine, "box_vote": detector.box_vote}
 
 
 def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val", progress: bool = True,
              reuse_predictions: bool = False, hflip_tta: bool | None = None,
-             tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None) -> dict:
+             tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None,
+             box_vote: bool | None = None) -> dict:
     """Evaluate a run on its val split; tune and save post-processing; write metrics.json and plots.
 
     A folds folder (``train --folds K``) is evaluated out of fold: see :func:`evaluate_folds`. ``hflip_tta``:
     predict val with TTA (flips, and each size of ``tta_scales``), ``box_refine``: with that many passes of the box
-    head over its detections (default for each: the run's config); metrics.json records them, and predict then
+    head over its detections, ``box_vote``: with box voting (default for each: the run's config); metrics.json
+    records them, and predict then
     uses the same settings unless told otherwise, since they change the scores the thresholds are tuned on.
     """
     from pneumodet.report.evaluation_plots import plot_examples
 
     if is_folds(run):
         return evaluate_folds(run, cache, progress=progress, reuse_predictions=reuse_predictions,
-                              hflip_tta=hflip_tta, tta_scales=tta_scales, box_refine=box_refine)
-    detector = _detector(run, hflip_tta, tta_scales, box_refine)
+                              hflip_tta=hflip_tta, tta_scales=tta_scales, box_refine=box_refine, box_vote=box_vote)
+    detector = _detector(run, hflip_tta, tta_scales, box_refine, box_vote)
     val, dataset = collect(detector, cache, split, progress, reuse_predictions)
     result, tuned = summarize(val, PostProcess.from_config(detector.config.predict))
     result = {**result, "split": split, "checkpoint": detector.info["path"], "epoch": detector.info.get("epoch"),
@@ -219,26 +221,29 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
 
 
 def _detector(run: str | Path, hflip_tta: bool | None, tta_scales: tuple[float, ...] | None,
-              box_refine: int | None) -> Detector:
-    """Return the run's Detector with the TTA and box refinement asked for, else the run's own predict.hflip_tta,
-    predict.tta_scales and predict.box_refine (evaluate starts from the config, not from a previous evaluation)."""
+              box_refine: int | None, box_vote: bool | None) -> Detector:
+    """Return the run's Detector with the TTA, box refinement and box voting asked for, else the run's own
+    predict.hflip_tta, predict.tta_scales, predict.box_refine and predict.box_vote (evaluate starts from the
+    config, not from a previous evaluation)."""
     from pneumodet.config import load_config
 
     own = load_config(find_run(run).config).predict
     return load_detector(run, hflip_tta=own.hflip_tta if hflip_tta is None else hflip_tta,
                          tta_scales=own.tta_scales if tta_scales is None else tuple(tta_scales),
-                         box_refine=own.box_refine if box_refine is None else box_refine)
+                         box_refine=own.box_refine if box_refine is None else box_refine,
+                         box_vote=own.box_vote if box_vote is None else box_vote)
 
 
 def evaluate_folds(folds: str | Path, cache: str | Path | None = None, progress: bool = True,
                    reuse_predictions: bool = False, hflip_tta: bool | None = None,
-                   tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None) -> dict:
+                   tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None,
+                   box_vote: bool | None = None) -> dict:
     """Evaluate each fold's run on its own val fold; tune post-processing on all their out-of-fold predictions
     together (every labelled image once); write FOLDS/metrics.json, which predict uses for the ensemble."""
     folds = Path(folds)
     parts, per_fold, start = [], [], None
     for fold in fold_runs(folds):
-        detector = _detector(fold, hflip_tta, tta_scales, box_refine)
+        detector = _detector(fold, hflip_tta, tta_scales, box_refine, box_vote)
         start = start or PostProcess.from_config(detector.config.predict)
         val, _ = collect(detector, cache, "val", progress, reuse_predictions)
         parts.append(val)

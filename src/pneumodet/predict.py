@@ -62,17 +62,19 @@ def fuse_candidates(passes: list[Candidates], score: str = "average") -> Candida
 
 
 def predictor_for(model, config: RunConfig, hflip_tta: bool | None = None,
-                  tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None) -> Predictor:
+                  tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None,
+                  box_vote: bool | None = None) -> Predictor:
     """Return a Predictor with the run's inference settings (TTA, box refinement, bf16, channels-last), on a GPU
     if there is one. ``hflip_tta`` turns TTA on or off: on, it flips each image and predicts it at each of
-    ``tta_scales`` (default: ``predict.tta_scales``); ``box_refine``: default ``predict.box_refine``."""
+    ``tta_scales`` (default: ``predict.tta_scales``); ``box_refine`` and ``box_vote``: default ``predict``'s."""
     p = config.predict
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tta = p.hflip_tta if hflip_tta is None else hflip_tta
     scales = tuple(p.tta_scales if tta_scales is None else tta_scales) if tta else (1.0,)
     return Predictor(model, config.data.image_size, hflip_tta=tta, device=device, bf16=p.bf16,
                      channels_last=p.channels_last, scales=scales,
-                     box_refine=p.box_refine if box_refine is None else box_refine, box_vote=p.box_vote)
+                     box_refine=p.box_refine if box_refine is None else box_refine,
+                     box_vote=p.box_vote if box_vote is None else box_vote)
 
 
 class Predictor:
