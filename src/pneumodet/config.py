@@ -167,7 +167,7 @@ class PredictConfig:
     # into it, its score unchanged. Without it, which of two near-equal boxes survives is a coin toss that a
     # change in the last digits turns: make demo's int8 engine kept PyTorch's boxes on 97.3 % of its test images
     # without it, 99.7 % with it. Test RSNA mAP on the same weights: make demo 0.711 -> 0.754; five folds on
-    # `shifted` -0.037 to +0.023 (mean -0.002), their ensemble 0.679 -> 0.680 (BENCHMARKS.md)
+    # `shifted` -0.037 to +0.023 (mean -0.002), their ensemble 0.679 -> 0.680, `wide` 0.517 -> 0.518 (BENCHMARKS.md)
     box_vote: bool = True
     batch_size: int = 8
     bf16: bool = False  # bf16 autocast at inference (CPU with AVX-512 BF16, or GPU): check boxes on val first
