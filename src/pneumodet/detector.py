@@ -201,8 +201,9 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     gate_threshold); ``hflip_tta``: test-time augmentation (flips, and each size of ``tta_scales``) on or off,
     and ``tta_scales``: the input sizes, multiples of the run's (default for both: as evaluate tuned them, since
     TTA changes the scores the thresholds were tuned on; else the run's config); ``box_refine``: passes of the box
-    head over its own detections, and ``box_vote``: box voting on or off (default for each: as evaluate tuned them,
-    else the config's); ``engine``: auto, torch or onnx (default: the run's ``predict.engine``; see :mod:`pneumodet.onnx_engine`).
+    head over its own detections, and ``box_vote``: box voting on or off (default for each: as evaluate tuned
+    them, else the config's); ``engine``: auto, torch or onnx (default: the run's ``predict.engine``; see
+    :mod:`pneumodet.onnx_engine`).
     """
     runs = list(run) if isinstance(run, list | tuple) else [Path(run)]
     if not runs:

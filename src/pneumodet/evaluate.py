@@ -200,8 +200,8 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
     A folds folder (``train --folds K``) is evaluated out of fold: see :func:`evaluate_folds`. ``hflip_tta``:
     predict val with TTA (flips, and each size of ``tta_scales``), ``box_refine``: with that many passes of the box
     head over its detections, ``box_vote``: with box voting (default for each: the run's config); metrics.json
-    records them, and predict then
-    uses the same settings unless told otherwise, since they change the scores the thresholds are tuned on.
+    records them, and predict then uses the same settings unless told otherwise, since they change the scores
+    (or boxes) the thresholds are tuned on.
     """
     from pneumodet.report.evaluation_plots import plot_examples
 

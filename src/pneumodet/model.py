@@ -191,8 +191,10 @@ class RefiningRoIHeads(RoIHeads):
         for boxes, scores, labels in zip(*found, strict=True):
             keep = box_ops.batched_nms(boxes, scores, labels, nms_iou)[:per_image]
             weights = (box_ops.box_iou(boxes[keep], boxes) > nms_iou) & (labels[keep, None] == labels[None])
-            weights = weights * scores[None]
-            out_boxes.append((weights @ boxes) / weights.sum(1, keepdim=True))
+            weights = weights * scores.float()[None]
+            # summed, not multiplied as matrices: bf16 autocast would round the coordinates to a pixel or so
+            voted = (weights[:, :, None] * boxes.float()[None]).sum(1) / weights.sum(1)[:, None]
+            out_boxes.append(voted.to(boxes.dtype))
             out_scores.append(scores[keep])
             out_labels.append(labels[keep])
         return out_boxes, out_scores, out_labels
