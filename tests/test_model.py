@@ -361,8 +361,8 @@ def test_frozen_batchnorm_folded_into_its_convolution_computes_the_same(backbone
 
 
 def _voted_detections(vote: bool, scores: list[float], per_image: int = CANDIDATES_PER_IMAGE):
-    """Return (boxes, scores) that the RoI heads of a tiny model keep from proposals scored ``scores`` (the box
-    head's output given directly: zero regression, so each proposal is its own box)."""
+    """Return (boxes, scores, proposals): what the RoI heads of a tiny model keep from four proposals scored
+    ``scores`` (the box head's output given directly: zero regression, so each proposal is its own box)."""
     heads = build_model(ModelConfig(backbone="tiny_fpn", weights="none"), SIZE).roi_heads
     heads.box_vote, heads.detections_per_img = vote, per_image
     proposals = torch.tensor([[10.0, 10.0, 30.0, 40.0],  # A
@@ -391,5 +391,5 @@ def test_box_voting_averages_the_boxes_nms_merged_so_a_near_tie_does_not_flip_th
     assert (flipped[0] - plain[0]).abs().max() >= 2  # NMS now keeps B: the box jumps
     voted_flipped, _, _ = _voted_detections(True, [0.8999, 0.9000, 0.7, 0.6])
     assert (voted_flipped[0] - voted[0]).abs().max() < 1e-3  # the vote barely moves
-    few, few_scores, _ = _voted_detections(True, [0.9000, 0.8999, 0.7, 0.6], per_image=2)
+    few, _, _ = _voted_detections(True, [0.9000, 0.8999, 0.7, 0.6], per_image=2)
     torch.testing.assert_close(few, voted[:2])  # detections_per_img still caps them
