@@ -182,11 +182,8 @@ class RefiningRoIHeads(RoIHeads):
         class that overlap it above the NMS IoU (its own included; box voting): two near-equal boxes give about
         the same box whichever of them NMS keeps."""
         nms_iou, per_image = self.nms_thresh, self.detections_per_img
-        self.nms_thresh, self.detections_per_img = 1.0, 1 << 30  # every box above the score threshold, unsuppressed
-        try:
+        with swapped(self, nms_thresh=1.0, detections_per_img=1 << 30):  # every box above the score threshold
             found = super().postprocess_detections(class_logits, box_regression, proposals, image_shapes)
-        finally:
-            self.nms_thresh, self.detections_per_img = nms_iou, per_image
         out_boxes, out_scores, out_labels = [], [], []
         for boxes, scores, labels in zip(*found, strict=True):
             keep = box_ops.batched_nms(boxes, scores, labels, nms_iou)[:per_image]
