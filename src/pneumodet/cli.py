@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -110,12 +111,19 @@ def cmd_train(args) -> None:
     if args.folds:
         results = train_folds(config, args.data, args.folds, args.run, resume=args.resume, runs_base=args.runs)
         for n, result in enumerate(results, start=1):
-            print(f"fold {n}: best val RSNA mAP {result.best_map:.4f} at epoch {result.best_epoch}/{result.epochs}")
+            print(f"fold {n}: best val RSNA mAP {result.best_map:.4f} at epoch {result.best_epoch}/{result.epochs}"
+                  f"{_data_wait(result)}")
         print(f"folds: {results[0].run.parent} (pneumodet evaluate it to tune on the out-of-fold predictions)")
         return
     result = train(config, args.data, run=args.run, resume=args.resume, runs_base=args.runs)
-    print(f"best val RSNA mAP {result.best_map:.4f} at epoch {result.best_epoch}/{result.epochs}; "
+    print(f"best val RSNA mAP {result.best_map:.4f} at epoch {result.best_epoch}/{result.epochs}{_data_wait(result)}; "
           f"run: {result.run}")
+
+
+def _data_wait(result) -> str:
+    """Say how much of a run's time its steps waited for data (metrics.csv's data_wait_s), where it was kept."""
+    share = result.data_wait_share
+    return f"; steps waited for data {share:.0%} of the time" if math.isfinite(share) else ""
 
 
 def cmd_evaluate(args) -> None:

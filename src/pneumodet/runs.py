@@ -29,7 +29,8 @@ LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box
 LOSS_NAMES = ("loss",) + LOSS_KEYS
 #: metrics.csv columns, in order
 METRIC_COLUMNS = (["epoch"] + [f"train_{k}" for k in LOSS_NAMES] + [f"val_{k}" for k in LOSS_NAMES]
-                  + ["val_rsna_map", "val_threshold", "val_gate_auc", "lr", "epoch_time_s", "skipped_steps"])
+                  + ["val_rsna_map", "val_threshold", "val_gate_auc", "lr", "epoch_time_s", "skipped_steps",
+                     "data_wait_s"])
 
 
 @dataclass(frozen=True)

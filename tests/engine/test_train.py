@@ -1,6 +1,8 @@
 import json
 import math
+import re
 import shutil
+import time
 
 import pandas as pd
 import pytest
@@ -8,6 +10,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
+from pneumodet.data.dataset import PneumoniaDataset
 from pneumodet.data.prepare import prepare
 from pneumodet.engine.module import DetectionModule, TrainingDiverged, losses_without_learning, stage_for
 from pneumodet.engine.train import train, train_folds
@@ -160,9 +163,9 @@ def test_two_cpu_processes_with_ddp(tiny_cache, tmp_path):
          "--set", "train.strategy='ddp'", "--set", "train.limit_train_batches=2"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "best val RSNA mAP" in proc.stdout
+    assert re.search(r"best val RSNA mAP [\d.]+ at epoch 1/1; steps waited for data \d+% of the time", proc.stdout)
     rows = read_metrics(tmp_path / "ddp" / "metrics.csv")
-    assert [r["epoch"] for r in rows] == [1]
+    assert [r["epoch"] for r in rows] == [1] and 0 <= rows[0]["data_wait_s"] < rows[0]["epoch_time_s"]
     checkpoint = read_checkpoint(tmp_path / "ddp" / "weights" / "last.ckpt")
     assert checkpoint["global_step"] == 2  # 2 steps per process, in lock step
 
@@ -273,6 +276,32 @@ def test_folds_train_one_run_per_fold_evaluate_out_of_fold_and_predict_as_an_ens
     assert summary.images == len(list((synth_data / TEST_IMAGES).glob("*.dcm")))
     with pytest.raises(UserError, match="folds"):
         train_folds(config, tmp_path / "cache", 3, tmp_path / "other", progress=False)
+
+
+def test_a_run_records_how_long_its_steps_waited_for_data_and_says_when_the_loader_starves(tiny_cache, tmp_path,
+                                                                                            monkeypatch):
+    # each training image takes 0.1 s to load (8 per epoch: 0.8 s of waiting), each step 0.5 s to run, and
+    # each val image 0.2 s: only the first is waiting for data
+    real_item, real_step = PneumoniaDataset.__getitem__, DetectionModule.training_step
+
+    def slow_item(self, index):
+        time.sleep(0.1 if self.transforms is not None else 0.2)
+        return real_item(self, index)
+
+    def slow_step(self, batch, batch_idx):
+        time.sleep(0.5)
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(PneumoniaDataset, "__getitem__", slow_item)
+    monkeypatch.setattr(DetectionModule, "training_step", slow_step)
+    with pytest.warns(UserWarning, match=r"waited for data \d+% of its time .* raise data.num_workers \(now 0\)"):
+        result = train(tiny_config(), tiny_cache, run=tmp_path / "slow", progress=False)
+    rows = read_metrics(result.run / "metrics.csv")
+    for row in rows:
+        assert 0.8 <= row["data_wait_s"] < 1.2, row["data_wait_s"]  # not the steps, not validation
+        assert row["epoch_time_s"] > row["data_wait_s"] + 1.0 + 1.6  # and the steps, and the val images
+    assert result.data_wait_share == pytest.approx(sum(r["data_wait_s"] for r in rows)
+                                                   / sum(r["epoch_time_s"] for r in rows))
 
 
 def test_validating_every_few_steps_ends_with_the_last_epoch_and_trains_the_same_weights(tiny_cache, tmp_path):

@@ -64,6 +64,9 @@ class DetectionModule(L.LightningModule):
         self._rng: tuple = ()
         self.epoch_batches = 0  # training batches this process ran in the current epoch
         self._epoch_start = time.perf_counter()
+        # seconds this epoch's loop spent between batches, most of it waiting for the loader's next batch
+        self.data_wait_s = 0.0
+        self._batch_done_at = self._epoch_start
         self.history_row: dict = {}
 
     # -- optimisation -------------------------------------------------------------------------
@@ -85,7 +88,8 @@ class DetectionModule(L.LightningModule):
 
     def on_train_epoch_start(self):
         self.epoch_batches = 0
-        self._epoch_start = time.perf_counter()
+        self._epoch_start = self._batch_done_at = time.perf_counter()
+        self.data_wait_s = 0.0
         self._sums = {}
         self.skipped_steps = 0
         if self.trainer.world_size == 1:  # under DDP the set of trained parameters must not change
@@ -94,10 +98,16 @@ class DetectionModule(L.LightningModule):
                 p.requires_grad_(not heads_only or id(p) in self.head_names)
 
     def on_train_batch_start(self, batch, batch_idx):
+        # Lightning fetches each batch between the last one's end and this hook (a loader with a length is not
+        # prefetched), so this interval is what the step waited for its data
+        self.data_wait_s += time.perf_counter() - self._batch_done_at
         self.epoch_batches += 1
         lr = self.current_lr()
         for group in self.optimizers().optimizer.param_groups:
             group["lr"] = lr
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self._batch_done_at = time.perf_counter()
 
     def on_before_optimizer_step(self, optimizer):
         if self.trainer.world_size > 1 and self._heads_only():
@@ -168,14 +178,15 @@ class DetectionModule(L.LightningModule):
         self._rng = torch.random.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
 
     def epoch_row(self) -> dict:
-        """Return this epoch's metrics.csv row without validation: train losses, lr, time; val columns NaN.
-        Every process calls it (the losses are summed over processes)."""
+        """Return this epoch's metrics.csv row without validation: train losses, lr, time (and this process's wait
+        for data); val columns NaN. Every process calls it (the losses are summed over processes)."""
         train = self._reduced("train")
         row = {"epoch": self.current_epoch + 1}
         row.update({f"train_{k}": train[k] for k in LOSS_NAMES})
         row.update({f"val_{k}": math.nan for k in LOSS_NAMES})
         row.update({"val_rsna_map": math.nan, "val_threshold": math.nan, "val_gate_auc": math.nan, "lr": self.current_lr(),
-                    "epoch_time_s": time.perf_counter() - self._epoch_start, "skipped_steps": self.skipped_steps})
+                    "epoch_time_s": time.perf_counter() - self._epoch_start, "skipped_steps": self.skipped_steps,
+                    "data_wait_s": self.data_wait_s})
         return row
 
     def on_validation_epoch_end(self):

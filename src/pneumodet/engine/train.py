@@ -38,6 +38,9 @@ from pneumodet.runs import (
     write_split,
 )
 
+#: above this share of its time spent waiting for data, a run says its loader starves the step
+STARVED_SHARE = 0.10
+
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -45,6 +48,7 @@ class TrainResult:
     best_map: float
     best_epoch: int
     epochs: int
+    data_wait_share: float = math.nan  # of the epochs' time, the share the training loop waited for data
 
 
 def _quiet_lightning() -> None:
@@ -159,7 +163,12 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     if not is_follower():
         start_loggers(loggers, config, paths, resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(paths.last) if resume else None)
-    return trained_result(paths)
+    result = trained_result(paths)
+    if result.data_wait_share > STARVED_SHARE and not is_follower():
+        warnings.warn(f"{paths.root}: the training loop waited for data {result.data_wait_share:.0%} of its time "
+                      f"(metrics.csv: data_wait_s); raise data.num_workers (now {config.data.num_workers}) if "
+                      "cores are free, or make augmentation cheaper", stacklevel=2)
+    return result
 
 
 def trained_result(paths: RunPaths) -> TrainResult:
@@ -167,8 +176,11 @@ def trained_result(paths: RunPaths) -> TrainResult:
     rows = read_metrics(paths.metrics_csv)
     scores = [r["val_rsna_map"] for r in rows]
     top = max(range(len(rows)), key=lambda i: -1 if math.isnan(scores[i]) else scores[i]) if rows else -1
+    timed = [r for r in rows if math.isfinite(r.get("data_wait_s", math.nan))]  # rows written before it was kept
+    spent = sum(r["epoch_time_s"] for r in timed)
     return TrainResult(paths.root, scores[top] if rows else math.nan,
-                       int(rows[top]["epoch"]) if rows else 0, len(rows))
+                       int(rows[top]["epoch"]) if rows else 0, len(rows),
+                       sum(r["data_wait_s"] for r in timed) / spent if spent > 0 else math.nan)
 
 
 def fold_table(cache: str | Path, k: int) -> pd.DataFrame:
