@@ -58,4 +58,38 @@ def run(n_images: int = 400) -> list[tuple[str, str]]:
         for i in order:
             dataset[int(i)]
         rows.append(("load one cached 256 px sample (random order)", f"{(time.perf_counter() - start) / len(order) * 1e3:.2f} ms"))
+        rows += augmented_rows(data, cache, order)
+    return rows
+
+
+def augmented_rows(data: Path, cache: Path, order) -> list[tuple[str, str]]:
+    """What one loader process spends per training sample with a shipped config's augmentation (one thread, as
+    DataLoader workers run): a batch of B takes B times that over ``data.num_workers`` processes, to set beside
+    the step's time (``pneumodet train`` prints the share the steps waited for data)."""
+    import torch
+
+    from pneumodet.config import load_config
+    from pneumodet.data.dataset import PneumoniaDataset
+    from pneumodet.data.prepare import prepare
+    from pneumodet.data.transforms import train_transforms
+
+    rows, threads = [], torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name in ("demo", "rsna"):
+            config = load_config(Path("configs") / f"{name}.yaml")
+            size = config.data.image_size
+            prepare(data, cache, size_px=size, progress=False)
+            dataset = PneumoniaDataset(cache, size, transforms=train_transforms(config.augment),
+                                       mask_shape=config.data.mask_shape)
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            for i in order:
+                dataset[int(i)]
+            per_sample = (time.perf_counter() - start) / len(order)
+            rows.append((f"load and augment one cached {size} px sample, configs/{name}.yaml's augmentation (1 thread)",
+                         f"{per_sample * 1e3:.1f} ms: {per_sample * config.train.batch_size * 1e3:.0f} ms per batch of "
+                         f"{config.train.batch_size} on one worker, {config.data.num_workers} shipped"))
+    finally:
+        torch.set_num_threads(threads)
     return rows
