@@ -71,7 +71,7 @@ def test_multiscale_pooling_and_its_gradient_are_torchvisions():
 def test_top_kept_nms_is_batched_nms_cut_to_top(top):
     generator = torch.Generator().manual_seed(top)
     # 30 objects, each under many near-copies of one box (what the RPN proposes and NMS suppresses), in three
-    # groups as the RPN's levels: the highest-scored 2 × top of a group keep fewer than top, so it must look further
+    # groups as the RPN's levels: the highest-scored 2 × top boxes keep fewer than top (top 40), so it must look further
     cluster = torch.randint(0, 30, (900,), generator=generator)
     centre = (torch.rand(30, 2, generator=generator) * 200)[cluster] + torch.randn(900, 2, generator=generator)
     size = (10 + torch.rand(30, 2, generator=generator) * 40)[cluster] * (1 + 0.05 * torch.randn(900, 1,
