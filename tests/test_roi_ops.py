@@ -6,6 +6,7 @@ import pytest
 import torch
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import batched_nms, roi_align
+from torchvision.ops import boxes as box_ops
 from torchvision.ops.poolers import MultiScaleRoIAlign
 
 from pneumodet.config import ModelConfig
@@ -83,6 +84,17 @@ def test_top_kept_nms_is_batched_nms_cut_to_top(top):
             expected = batched_nms(boxes, scores, groups, iou)[:top]
             assert torch.equal(top_kept_nms(boxes, scores, groups, iou, top), expected)
     assert top_kept_nms(boxes[:0], scores[:0], groups[:0], 0.7, top).shape == (0,)
+
+
+def test_top_kept_nms_decides_each_level_without_coordinate_offsets():
+    # two boxes of the fifth level at IoU 0.7 within float rounding: batched_nms shifts each level's boxes by
+    # level × (largest coordinate + 1) to run one NMS, and that rounding keeps both; the RPN's own per-level NMS
+    # (what the model trained with) suppresses the second
+    boxes = torch.tensor([[24.223501205444336, 81.5468978881836, 123.53956604003906, 129.3721466064453],
+                          [41.749847412109375, 81.5468978881836, 141.06591796875, 129.3721466064453]])
+    scores, levels = torch.tensor([0.9, 0.8]), torch.tensor([4, 4])
+    assert len(batched_nms(boxes, scores, levels, 0.7)) == 2 and len(box_ops.nms(boxes, scores, 0.7)) == 1
+    assert top_kept_nms(boxes, scores, levels, 0.7, 10).tolist() == [0]
 
 
 def test_every_model_proposes_and_pools_as_torchvision_does():

@@ -14,7 +14,8 @@ torch, of which ``torchvision::roi_align`` took half and ``torchvision::nms`` a 
   prefix of the boxes sorted by score (all levels together) that holds the box. So NMS over such a prefix keeps
   exactly the prefix's share of what NMS over every box keeps; once it keeps ``top`` boxes, a box after the
   prefix, scored below all of them, cannot enter the first ``top``. :class:`TopKeptRPN` uses it for the RPN:
-  one NMS over about ``2 * top`` boxes in place of one per level over up to 2,000 (or 1,000 at inference).
+  each level's NMS runs over its share of about ``2 * top`` boxes, in place of its own ``2 * top`` of up to
+  2,000 (1,000 at inference).
 """
 
 from __future__ import annotations
@@ -133,18 +134,22 @@ class GatherRoIAlign(MultiScaleRoIAlign):
 
 def top_kept_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float,
                  top: int) -> torch.Tensor:
-    """``torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)[:top]``: the indices of the ``top``
-    highest-scored boxes NMS keeps (NMS within each group), in decreasing score order.
+    """``torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)[:top]`` as its per-group form computes
+    it: the indices of the ``top`` highest-scored boxes NMS keeps (NMS within each group), in decreasing score
+    order.
 
-    NMS runs on the ``2 * top`` highest-scored boxes of all groups together, then on 4×, 8× ... as many until it
-    keeps ``top`` or has seen every box (see the module's note for why this is exact)."""
+    NMS runs on the ``2 * top`` highest-scored boxes of all groups together (each group's on its own: no
+    coordinate offsets, whose float rounding can flip a decision at the IoU threshold), then on 4×, 8× ... as
+    many until it keeps ``top`` or has seen every box (see the module's note for why this is exact)."""
     order = torch.argsort(scores, descending=True, stable=True)
     size = min(len(order), 2 * top)
     while True:
         prefix = order[:size]
-        keep = box_ops.batched_nms(boxes[prefix], scores[prefix], groups[prefix], iou_threshold)
-        if len(keep) >= top or size == len(order):
-            return prefix[keep[:top]]
+        kept = [members[box_ops.nms(boxes[members], scores[members], iou_threshold)]
+                for members in (prefix[groups[prefix] == group] for group in torch.unique(groups[prefix]))]
+        kept = torch.cat(kept) if kept else prefix
+        if len(kept) >= top or size == len(order):
+            return kept[torch.argsort(scores[kept], descending=True, stable=True)][:top]
         size = min(len(order), 2 * size)
 
 
