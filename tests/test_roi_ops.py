@@ -88,8 +88,8 @@ def test_top_kept_nms_is_batched_nms_cut_to_top(top):
 
 def test_top_kept_nms_decides_each_level_without_coordinate_offsets():
     # two boxes of the fifth level at IoU 0.7 within float rounding: batched_nms shifts each level's boxes by
-    # level × (largest coordinate + 1) to run one NMS, and that rounding keeps both; the RPN's own per-level NMS
-    # (what the model trained with) suppresses the second
+    # level × (largest coordinate + 1) to run one NMS, and that rounding keeps both; NMS level by level, which
+    # pneumodet's RPN has run since its NMS was cut short (what its runs trained with), suppresses the second
     boxes = torch.tensor([[24.223501205444336, 81.5468978881836, 123.53956604003906, 129.3721466064453],
                           [41.749847412109375, 81.5468978881836, 141.06591796875, 129.3721466064453]])
     scores, levels = torch.tensor([0.9, 0.8]), torch.tensor([4, 4])
