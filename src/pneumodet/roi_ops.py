@@ -145,8 +145,9 @@ def top_kept_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor
     size = min(len(order), 2 * top)
     while True:
         prefix = order[:size]
+        prefix_groups = groups[prefix]
         kept = [members[box_ops.nms(boxes[members], scores[members], iou_threshold)]
-                for members in (prefix[groups[prefix] == group] for group in torch.unique(groups[prefix]))]
+                for members in (prefix[prefix_groups == group] for group in torch.unique(prefix_groups))]
         kept = torch.cat(kept) if kept else prefix
         if len(kept) >= top or size == len(order):
             return kept[torch.argsort(scores[kept], descending=True, stable=True)][:top]
