@@ -126,9 +126,9 @@ class Predictor:
         """Return per image the model's candidates (boxes_cache_xyxy (N, 4), scores (N,), gate), in the pixels of
         the float [C, H, W] images in [0, 1] it was given (cache pixels), before post-processing. With TTA (flips,
         and each size of ``scales``) the boxes of every pass are fused and the gate is their mean."""
-        refining = (swapped(self.model.roi_heads, refine_passes=self.box_refine, box_vote=self.box_vote)
-                    if self.box_refine or self.box_vote else nullcontext())
-        with boxes_only(self.model), refining:
+        roi_settings = (swapped(self.model.roi_heads, refine_passes=self.box_refine, box_vote=self.box_vote)
+                        if self.box_refine or self.box_vote else nullcontext())
+        with boxes_only(self.model), roi_settings:
             if not self.hflip_tta and self.scales == (1.0,):
                 return self._forward(images)
             return [fuse_candidates(p) for p in self._passes(images)]
