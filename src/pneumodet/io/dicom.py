@@ -3,13 +3,23 @@
 JPEG Baseline (the RSNA transfer syntax) is decoded by Pillow directly from the encapsulated
 frame: Pillow decodes these files ~4x faster than pylibjpeg, and it can decode at 1/2, 1/4 or
 1/8 scale for free when a smaller image is all that is needed (``max_decode_size``).
+
+Every file is untrusted: what it may cost is bounded before anything is decompressed. A file larger than
+``MAX_FILE_BYTES`` is not read; Rows x Columns (and the bytes the pixel data needs) are checked against
+``MAX_PIXELS`` and ``MAX_DECODED_BYTES`` from the header, before any decoder runs; a deflated dataset is inflated
+in steps, its header first, and never beyond what that header says the pixels need. Decoding keeps the pixels as
+a view on the pixel data where it can and converts them to uint8 a block of rows at a time, so the one full-size
+array it makes is the result.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import re
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +28,7 @@ import pydicom
 from PIL import Image
 from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 
 from pneumodet.errors import UserError
 from pneumodet.files import atomic_path
@@ -32,7 +43,18 @@ UNCOMPRESSED_SYNTAXES = {
     "1.2.840.10008.1.2.2",  # explicit VR big endian
     "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
 }
+DEFLATED = "1.2.840.10008.1.2.1.99"  # inflated here, within the budget, never by pydicom
 MAX_AGE_YEARS = 120
+#: the most pixels one frame may have: real radiographs are up to ~4,300 x 4,300 (18.5 M)
+MAX_PIXELS = 25_000_000
+#: the most bytes the pixel data may need once decoded or inflated (25 M 16-bit pixels are 50 MB)
+MAX_DECODED_BYTES = 128 * 2**20
+#: room for the header and trailing elements around the pixel data
+HEADER_BYTES = 16 * 2**20
+#: the largest file read at all: the largest uncompressed image and its header
+MAX_FILE_BYTES = MAX_DECODED_BYTES + HEADER_BYTES
+#: rows converted to uint8 at a time (each block's float32 copy is about this many pixels)
+BLOCK_PIXELS = 1 << 20
 
 
 class DicomError(UserError):
@@ -125,30 +147,56 @@ def _decode_pillow(ds, rows: int, columns: int, max_decode_size: int | None, pat
 
 
 def _to_uint8(raw: np.ndarray, ds) -> np.ndarray:
-    """Rescale slope and intercept -> VOI window, else the VOI LUT table, else min-max for > 8-bit data; 8-bit data
-    is kept as stored."""
+    """Return a new (H, W) uint8 array: rescale slope and intercept -> VOI window, else the VOI LUT table, else
+    min-max for > 8-bit data; 8-bit data is kept as stored.
+
+    ``raw`` (H, W) may be a read-only view on the pixel data; it is converted a block of rows at a time, so no
+    full-size float copy is ever made (a 4,300 x 4,300 image would need 74 MB for each).
+    """
     bits_stored = int(ds.get("BitsStored", 8) or 8)
     slope = _first_number(ds.get("RescaleSlope")) or 1.0
     intercept = _first_number(ds.get("RescaleIntercept")) or 0.0
     if raw.dtype == np.uint8 and bits_stored <= 8 and slope == 1.0 and intercept == 0.0:
-        return raw
-    values = raw.astype(np.float32) * slope + intercept
+        return np.array(raw)  # the one copy: the caller owns (and may write) what it gets
     centre = _first_number(ds.get("WindowCenter"))
     width = _first_number(ds.get("WindowWidth"))
     if centre is not None and width is not None and width > 1:
-        # DICOM PS3.3 C.11.2.1.2 linear VOI function
-        scaled = ((values - (centre - 0.5)) / (width - 1) + 0.5).clip(0, 1)
-    elif (looked_up := _voi_lut(values, ds)) is not None:
-        scaled = looked_up
+        def scale(values):  # DICOM PS3.3 C.11.2.1.2 linear VOI function
+            values -= centre - 0.5
+            values /= width - 1
+            values += 0.5
+            return np.clip(values, 0, 1, out=values)
+    elif (table := _voi_table(ds)) is not None:
+        def scale(values):
+            from pydicom.pixels import apply_voi
+
+            low, high = table
+            return (apply_voi(np.round(values).astype(np.int64), ds).astype(np.float32) - low) / (high - low)
     else:
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) / (high - low) if high > low else np.zeros_like(values)
-    return np.round(scaled * 255).astype(np.uint8)
+        ends = np.array([raw.min(), raw.max()]).astype(np.float32) * slope + intercept  # as every value is scaled
+        low, high = float(ends.min()), float(ends.max())
+
+        def scale(values):
+            if not high > low:
+                return np.zeros_like(values)
+            values -= low
+            values /= high - low
+            return values
+    out = np.empty(raw.shape, dtype=np.uint8)
+    step = max(1, BLOCK_PIXELS // max(raw.shape[1], 1))
+    for start in range(0, raw.shape[0], step):
+        values = raw[start:start + step].astype(np.float32)
+        values *= slope
+        values += intercept
+        scaled = scale(values)
+        scaled *= 255
+        out[start:start + step] = np.round(scaled, out=scaled)
+    return out
 
 
-def _voi_lut(values: np.ndarray, ds) -> np.ndarray | None:
-    """Return ``values`` through the first VOI LUT of the VOI LUT Sequence (PS3.3 C.11.2.1.1), scaled from the
-    LUT's own output range to 0-1; None without one, or with one that cannot be used (min-max instead).
+def _voi_table(ds) -> tuple[float, float] | None:
+    """Return (low, high), the output range of the first VOI LUT of the VOI LUT Sequence (PS3.3 C.11.2.1.1), from
+    which looked-up values are scaled to 0-1; None without one, or with one that cannot be used (min-max instead).
 
     Digital radiographs often carry their display curve as such a table rather than as a window.
     """
@@ -163,7 +211,8 @@ def _voi_lut(values: np.ndarray, ds) -> np.ndarray | None:
         low, high = float(table.min()), float(table.max())
         if not high > low:
             return None
-        return (apply_voi(np.round(values).astype(np.int64), ds).astype(np.float32) - low) / (high - low)
+        apply_voi(np.zeros(1, dtype=np.int64), ds)  # a table that cannot be applied fails here, not mid-image
+        return low, high
     except Exception:  # a damaged or unsupported table
         return None
 
@@ -192,41 +241,46 @@ def read_dicom(path: str | Path, max_decode_size: int | None = None) -> DicomIma
         # pydicom warns on values such as PatientAge "51", which is how the real RSNA files store it
         warnings.simplefilter("ignore")
         try:
-            data = Path(path).read_bytes()  # one read: the file is parsed, and checked for truncation, in memory
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > MAX_FILE_BYTES:
+                    raise DicomError(path, f"{size / 2**20:.0f} MB file: larger than the {MAX_FILE_BYTES / 2**20:.0f} "
+                                     "MB the largest radiograph needs; not read")
+                data = f.read()  # one read: the file is parsed, and checked for truncation, in memory
         except FileNotFoundError:
             raise DicomError(path, "file not found") from None
         except IsADirectoryError:
             raise DicomError(path, "a folder, not a file") from None
         except OSError as exc:
             raise DicomError(path, f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
-        return _read_dicom(data, Path(path), max_decode_size)
+        ds, cut = _parse(data, Path(path))
+        del data  # the dataset holds the pixel data now: one copy of the file in memory, not two
+        return _image(ds, Path(path), max_decode_size, cut)
 
 
 def read_dicom_bytes(data: bytes, name: str, max_decode_size: int | None = None) -> DicomImage:
     """Return the radiograph in ``data`` (e.g. an upload called ``name``); nothing touches the disk."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _read_dicom(data, Path(name), max_decode_size)
+        if len(data) > MAX_FILE_BYTES:
+            raise DicomError(name, f"{len(data) / 2**20:.0f} MB: larger than the {MAX_FILE_BYTES / 2**20:.0f} MB the "
+                             "largest radiograph needs; not read")
+        ds, cut = _parse(data, Path(name))
+        return _image(ds, Path(name), max_decode_size, cut)
 
 
-def _read_dicom(data: bytes, path: Path, max_decode_size: int | None) -> DicomImage:
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except InvalidDicomError:
-        ds = _read_bare_dataset(data, path)
-    except Exception as exc:  # pydicom raises many kinds on damaged files
-        raise DicomError(path, f"cannot parse DICOM ({_describe(exc)})") from None
+def _image(ds, path: Path, max_decode_size: int | None, cut: bool) -> DicomImage:
+    """Return the DicomImage of a parsed dataset (``cut``: the file ends inside its pixel data)."""
     # pydicom converts each element when it is first read, so a damaged header value surfaces in
     # any of the reads below: everything but our own DicomError becomes one, naming what failed
     stage = "header"
     try:
         if "PixelData" not in ds:
-            # pydicom drops an element the file ends inside of, with only a warning
-            cut = PIXEL_DATA_TAG in data[132:]
             raise DicomError(path, "truncated file: it ends inside the pixel data" if cut else "no pixel data")
-        syntax = str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+        syntax = _syntax(ds)
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "").strip().upper()
         rows, columns = _dimensions(ds, path)
+        _check_budget(ds, rows, columns, path)  # before any decoder runs
         meta = {"view_position": _view_position(ds), "sex": _sex(ds), "age": parse_age(ds.get("PatientAge")),
                 "pixel_spacing": _pixel_spacing(ds), "bits_stored": int(ds.get("BitsStored", 8) or 8)}
         stage = "pixel data"
@@ -235,7 +289,7 @@ def _read_dicom(data: bytes, path: Path, max_decode_size: int | None) -> DicomIm
         elif syntax in UNCOMPRESSED_SYNTAXES or not syntax:
             if _truncated(ds, rows, columns):
                 raise DicomError(path, "truncated file: pixel data shorter than Rows x Columns")
-            raw = ds.pixel_array
+            raw = _native_frame(ds)
         else:
             raise DicomError(path, f"unsupported transfer syntax {syntax}")
         if raw.ndim == 3 and raw.shape[-1] in (3, 4) and photometric.startswith(("RGB", "YBR")):
@@ -255,7 +309,7 @@ def _read_dicom(data: bytes, path: Path, max_decode_size: int | None) -> DicomIm
     except Exception as exc:
         raise DicomError(path, f"corrupt {stage} ({_describe(exc)})") from None
     if photometric == "MONOCHROME1":
-        pixels = 255 - pixels
+        np.subtract(255, pixels, out=pixels)
     elif photometric not in ("MONOCHROME2", ""):
         raise DicomError(path, f"unsupported photometric interpretation {photometric[:32]!r}")
     return DicomImage(
@@ -266,6 +320,129 @@ def _read_dicom(data: bytes, path: Path, max_decode_size: int | None) -> DicomIm
         transfer_syntax=syntax or "unknown",
         **meta,
     )
+
+
+def _syntax(ds) -> str:
+    return str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
+
+
+def _parse(data: bytes, path: Path):
+    """Return (the dataset in ``data``, whether the file ends inside its pixel data): a deflated one inflated
+    within its budget, a bare one (no preamble) read as such; a DicomError for anything else that does not
+    parse."""
+    try:
+        ds = _read_deflated(data, path) if _is_deflated(data) else pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        ds = _read_bare_dataset(data, path)
+    except DicomError:
+        raise
+    except Exception as exc:  # pydicom raises many kinds on damaged files
+        raise DicomError(path, f"cannot parse DICOM ({_describe(exc)})") from None
+    ds.buffer = None  # pydicom keeps the buffer read from, which would keep the whole file in memory
+    # pydicom drops an element the file ends inside of, with only a warning
+    cut = "PixelData" not in ds and _syntax(ds) != DEFLATED and data.find(PIXEL_DATA_TAG, 132) >= 0
+    return ds, cut
+
+
+def _is_deflated(data: bytes) -> bool:
+    """Return whether the file meta of ``data`` names the deflated transfer syntax (pydicom would inflate the
+    whole dataset at once, whatever it expands to)."""
+    if data[128:132] != b"DICM":
+        return False
+    fp = io.BytesIO(data)
+    read_preamble(fp, False)
+    return str(_read_file_meta_info(fp).get("TransferSyntaxUID", "")) == DEFLATED
+
+
+def _read_deflated(data: bytes, path: Path):
+    """Return the deflated dataset in ``data``, inflated in steps: first until its header is whole (a megabyte,
+    doubled up to HEADER_BYTES), whose Rows, Columns and pixel data length are checked against the budget before
+    the rest is inflated, and never more than that length (plus room for trailing elements)."""
+    fp = io.BytesIO(data)
+    preamble = read_preamble(fp, False)
+    file_meta = _read_file_meta_info(fp)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    pending, body = memoryview(data)[fp.tell():], io.BytesIO()
+
+    def inflate(upto: int) -> bool:
+        """Inflate until ``body`` holds ``upto`` bytes; return False if the stream ended first."""
+        nonlocal pending
+        while body.tell() < upto:
+            chunk = inflater.decompress(pending, min(8 * 2**20, upto - body.tell()))
+            pending = inflater.unconsumed_tail
+            if not chunk:
+                return False
+            body.write(chunk)
+        return True
+
+    look, limit = 2**20, None
+    while limit is None:
+        more = inflate(look)
+        limit = _inflated_limit(body.getvalue(), path)
+        if limit is None and not more:
+            limit = body.tell()  # all of it is here: read as it is (its checks follow)
+        elif limit is None and look >= HEADER_BYTES:
+            raise DicomError(path, f"no pixel data in the first {HEADER_BYTES / 2**20:.0f} MB of the inflated "
+                             "dataset; not read")
+        look *= 2
+    if inflate(limit + 1):
+        raise DicomError(path, f"deflated data expands beyond the {limit / 2**20:.0f} MB its header allows; "
+                         "not read")
+    body.seek(0)
+    dataset = read_dataset(body, False, True)
+    ds = pydicom.dataset.FileDataset(None, dataset, preamble, file_meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
+
+
+def _inflated_limit(head: bytes, path: Path) -> int | None:
+    """Return how many bytes the deflated dataset that starts with ``head`` may inflate to: its header, its pixel
+    data and room for trailing elements; None if ``head`` does not reach the pixel data. A DicomError if the
+    header asks for more than the budget."""
+    fp = io.BytesIO(head)
+    try:
+        header = read_dataset(fp, False, True, stop_when=lambda tag, vr, length: tag == 0x7FE00010)
+    except Exception:  # cut inside an element: not whole yet (or damaged, which the full read will say)
+        return None
+    element = head[fp.tell():fp.tell() + 12]
+    if len(element) < 12 or element[:4] != PIXEL_DATA_TAG:
+        return None
+    rows, columns = _dimensions(header, path)
+    _check_budget(header, rows, columns, path)
+    length = struct.unpack("<I", element[8:12])[0]
+    if length > MAX_DECODED_BYTES:
+        raise DicomError(path, f"pixel data of {length / 2**20:.0f} MB: more than the {MAX_DECODED_BYTES / 2**20:.0f} "
+                         "MB a radiograph may need; not read")
+    return fp.tell() + 12 + length + HEADER_BYTES
+
+
+def _check_budget(ds, rows: int, columns: int, path: Path) -> None:
+    """Raise a DicomError when one frame of ``rows`` x ``columns`` exceeds MAX_PIXELS, or the pixel data the
+    header describes (every frame and sample) exceeds MAX_DECODED_BYTES: before anything is decoded."""
+    if rows * columns > MAX_PIXELS:
+        raise DicomError(path, f"{rows} x {columns} pixels: more than the {MAX_PIXELS / 1e6:.0f} M a radiograph may "
+                         "have; not decoded")
+    try:
+        bits = max(int(ds.get("BitsAllocated", 8) or 8), 1)
+        frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        samples = max(int(ds.get("SamplesPerPixel", 1) or 1), 1)
+    except (TypeError, ValueError):
+        raise DicomError(path, "corrupt header (BitsAllocated, NumberOfFrames or SamplesPerPixel)") from None
+    needed = rows * columns * frames * samples * -(-bits // 8)
+    if needed > MAX_DECODED_BYTES:
+        raise DicomError(path, f"pixel data of {needed / 2**20:.0f} MB ({frames} frame(s) of {rows} x {columns}, "
+                         f"{bits} bits): more than the {MAX_DECODED_BYTES / 2**20:.0f} MB a radiograph may need; "
+                         "not decoded")
+
+
+def _native_frame(ds) -> np.ndarray:
+    """Return the first frame of native pixel data: a read-only view on the element where pydicom can give one
+    (8-, 16- and 32-bit little-endian data), else its own array."""
+    from pydicom.pixels import pixel_array
+
+    bits = int(ds.get("BitsAllocated", 8) or 8)
+    view = bits in (8, 16, 32) and _syntax(ds) != "1.2.840.10008.1.2.2"
+    return pixel_array(ds, index=0, view_only=view)
 
 
 def _read_bare_dataset(data: bytes, path: Path):
