@@ -19,9 +19,11 @@ def _dicom(synth_data):
 
 def test_health_and_pages(client):
     assert client.get("/api/health").json()["status"] == "ok"
-    for page, marker in (("/", "loadOverview"), ("/review", "initReview"), ("/try", "uploadAll")):
+    for page, marker in (("/", 'data-page="overview"'), ("/review", 'data-page="review"'), ("/try", 'data-page="try"')):
         response = client.get(page)
         assert response.status_code == 200 and marker in response.text
+        assert "script-src 'self';" in response.headers["content-security-policy"]
+        assert "<script>" not in response.text and "onclick" not in response.text  # the policy allows no inline
     summary = client.get("/api/summary").json()
     assert summary["metrics"]["rsna_map"] is not None and "loss_curves.png" in summary["plots"]
     assert client.get("/plots/loss_curves.png").headers["content-type"] == "image/png"

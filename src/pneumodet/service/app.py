@@ -1,10 +1,13 @@
 """``create_app(run)``: FastAPI app with the overview, review and try-it pages and a JSON API.
 
 The model is loaded once; inference runs one request at a time behind a lock (requests queue,
-never crash each other). An upload is read as a stream, capped, and parsed in memory: nothing it
+never crash each other), and at most ``max_decodes`` uploads are decoded at once, ``max_queue`` more waiting;
+beyond that, 503 with Retry-After. An upload is read as a stream, capped, and parsed in memory: nothing it
 holds touches the disk. The one file the app writes is the reviewer's verdicts (``RUN/review/verdicts.json``,
 ``service.verdicts``). Logs carry no patient data: URLs name images by index, and uvicorn's access log is
-off. ``service.guard`` checks the Host header and the access token.
+off. ``service.guard`` checks the Host header and the access token, caps every request body, and sets the
+headers that keep the pages' scripts our own. Every error is JSON ``{"detail": ...}`` that echoes no more than a
+few hundred characters of what was sent.
 """
 
 from __future__ import annotations
@@ -19,27 +22,49 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from pneumodet.detector import load_detector
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomError, read_dicom_bytes
 from pneumodet.postprocess import PostProcess
 from pneumodet.runs import run_dataset
-from pneumodet.service.guard import allowed_hosts, install_guard, is_loopback, read_upload, resolve_token
+from pneumodet.service.guard import (
+    Admission,
+    Busy,
+    allowed_hosts,
+    install_guard,
+    is_loopback,
+    read_upload,
+    resolve_token,
+)
 from pneumodet.service.review import OUTCOMES, build_items, load_val_predictions, render_png, review_detail
-from pneumodet.service.verdicts import VERDICTS_FILE, VerdictError, VerdictStore, export_labels
+from pneumodet.service.verdicts import (
+    MAX_BOXES,
+    VERDICTS_FILE,
+    VerdictError,
+    VerdictSaveError,
+    VerdictStore,
+    export_labels,
+    short,
+)
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 64
+#: uploads decoded and predicted at once, and how many more may wait (each decode is bounded: io.dicom)
+DEFAULT_MAX_DECODES = 2
+DEFAULT_MAX_QUEUE = 8
 DISPLAY_PX = 512
 log = logging.getLogger("pneumodet.service")
 
 
 class VerdictBody(BaseModel):
-    verdict: str  # correct, wrong or corrected
-    boxes: list[list[float]] = []  # corrected: x, y, width, height in the image's own pixels
+    verdict: str = Field(max_length=20)  # correct, wrong or corrected
+    # corrected: x, y, width, height in the image's own pixels
+    boxes: list[list[float]] = Field(default=[], max_length=MAX_BOXES)
 
 
 class ModelService:
@@ -84,18 +109,23 @@ class ModelService:
 
 
 def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, hosts: set[str] | None = None,
-               token: str | None = None) -> FastAPI:
+               token: str | None = None, max_decodes: int = DEFAULT_MAX_DECODES,
+               max_queue: int = DEFAULT_MAX_QUEUE) -> FastAPI:
     """Return the app for a run folder (model loaded now, once).
 
-    ``hosts``: the Host header names to accept (None: any); ``token``: required on every request if set.
+    ``hosts``: the Host header names to accept (None: any); ``token``: required on every request if set;
+    ``max_decodes``: uploads decoded and predicted at once, ``max_queue``: how many more may wait (then 503).
     """
     if not max_upload_mb > 0:
         raise UserError(f"--max-upload-mb must be > 0, got {max_upload_mb:g}")
+    if max_decodes < 1 or max_queue < 0:
+        raise UserError(f"--max-decodes must be >= 1 and --max-queue >= 0, got {max_decodes} and {max_queue}")
     service = ModelService(Path(run))
     max_bytes = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="pneumodet", docs_url="/api/docs", openapi_url="/api/openapi.json")
-    install_guard(app, hosts, token)
-    app.state.service = service
+    install_guard(app, hosts, token, upload_path="/api/predict")
+    admission = Admission(max_decodes, max_queue)
+    app.state.service, app.state.admission = service, admission
     review = _load_review(service)
     app.state.review = review
     verdicts = VerdictStore(service.paths.root / VERDICTS_FILE)
@@ -157,7 +187,7 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
     @app.get("/api/review")
     def review_list(outcome: Annotated[str | None, Query()] = None, view: Annotated[str | None, Query()] = None):
         if outcome and outcome not in OUTCOMES:
-            raise HTTPException(400, f"unknown outcome {outcome!r}; use one of {', '.join(OUTCOMES)}")
+            raise HTTPException(400, f"unknown outcome {short(outcome)}; use one of {', '.join(OUTCOMES)}")
         items = [it for it in review["items"] if (not outcome or it.outcome == outcome)
                  and (not view or it.view == view)]
         return {"items": [with_verdict(it) for it in items], "total": len(review["items"]), "note": review["note"],
@@ -184,10 +214,17 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
                                 predicted_xywh=[box[:4] for box in detail["pred"]])
         except VerdictError as exc:
             raise HTTPException(422, str(exc)) from None
+        except VerdictSaveError as exc:
+            log.error("%s", exc)
+            raise HTTPException(500, str(exc)) from None
 
     @app.delete("/api/review/{index}/verdict")
     def delete_verdict(index: int):
-        verdicts.clear(review_item(index).patient_id)
+        try:
+            verdicts.clear(review_item(index).patient_id)
+        except VerdictSaveError as exc:
+            log.error("%s", exc)
+            raise HTTPException(500, str(exc).replace("was not saved", "is still saved")) from None
         return {"verdict": None}
 
     @app.get("/api/review/{index}/image.png")
@@ -206,21 +243,13 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
     @app.post("/api/predict")
     async def predict(request: Request, image: Annotated[bool, Query()] = False):
         """Predict one DICOM: the ``file`` field of a form, or the raw body (application/dicom, ?filename=)."""
-        filename, data = await read_upload(request, max_bytes, f"{max_upload_mb:g} MB")
-        if not data:
-            raise HTTPException(400, "empty upload")
-        name = Path(filename or "upload.dcm").name[:255]
-        start = time.perf_counter()
-        try:
-            from starlette.concurrency import run_in_threadpool
-
-            result, drawing = await run_in_threadpool(service.predict, data, name)
-        except DicomError as exc:
-            status = 415 if "not a DICOM" in exc.reason else 422
-            raise HTTPException(status, f"{name}: {exc.reason}") from None
-        except Exception as exc:  # an upload never makes a 500: say it could not be used, log no patient data
-            log.exception("prediction failed (%s)", type(exc).__name__)
-            raise HTTPException(422, f"{name}: could not be processed ({type(exc).__name__})") from None
+        with admission.admit():  # refused (503) before a byte is read when decodes and queue are full
+            filename, data = await read_upload(request, max_bytes, f"{max_upload_mb:g} MB")
+            if not data:
+                raise HTTPException(400, "empty upload")
+            name = Path(filename or "upload.dcm").name[:255]
+            start = time.perf_counter()
+            result, drawing = await run_in_threadpool(_predict_one, data, name)
         log.info("prediction in %.3f s", time.perf_counter() - start)  # no file name, no patient data
         if image:
             pixels, boxes, scores, scale = drawing
@@ -228,7 +257,39 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
             result["image_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
         return JSONResponse(result)
 
+    def _predict_one(data: bytes, name: str):
+        """Decode and predict one upload in a decode slot (a worker thread waits for one, or it is a 503)."""
+        try:
+            return admission.run(service.predict, data, name)
+        except Busy as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
+        except DicomError as exc:
+            status = 415 if "not a DICOM" in exc.reason else 422
+            raise HTTPException(status, f"{name}: {exc.reason}") from None
+        except Exception as exc:  # an upload never makes a 500: say it could not be used, log no patient data
+            log.exception("prediction failed (%s)", type(exc).__name__)
+            raise HTTPException(422, f"{name}: could not be processed ({type(exc).__name__})") from None
+
+    install_error_handlers(app)
     return app
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Answer every error as JSON ``{"detail": text}``: a request that does not validate names the fields and
+    what is wrong with them (never their values, which may be megabytes), and an unexpected failure says so
+    without a traceback (the log has it)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        fields = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+                           for e in exc.errors()[:5])
+        return JSONResponse({"detail": fields[:300]}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.error("unexpected %s on %s", type(exc).__name__, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); the server's log has the details"},
+                            status_code=500)
 
 
 def _load_review(service: ModelService) -> dict:

@@ -30,14 +30,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(run: str | Path, port: int | None = None):
-    """Serve ``run`` on 127.0.0.1 in a background thread; yield its base URL; stop it afterwards."""
+def running_server(run: str | Path, port: int | None = None, app=None):
+    """Serve ``run`` (or an ``app`` already made) on 127.0.0.1 in a background thread; yield its base URL; stop it
+    afterwards."""
     import uvicorn
 
     from pneumodet.service.app import create_app
 
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(run), host="127.0.0.1", port=port, access_log=False,
+    server = uvicorn.Server(uvicorn.Config(app or create_app(run), host="127.0.0.1", port=port, access_log=False,
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

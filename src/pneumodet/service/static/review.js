@@ -6,8 +6,8 @@ const $ = id => document.getElementById(id);
 
 async function initReview() {
   $('outcome').onchange = $('view').onchange = loadReview;
-  const r = await fetch('/api/review'); const s = await r.json();
-  for (const v of s.views) { const o = document.createElement('option'); o.textContent = v; $('view').appendChild(o); }
+  const r = await request('/api/review');
+  for (const v of (r.ok ? r.body.views : [])) $('view').appendChild(el('option', {text: v}));
   $('prev').onclick = () => move(-1); $('next').onclick = () => move(1);
   $('v-correct').onclick = () => judge('correct'); $('v-wrong').onclick = () => judge('wrong');
   $('v-clear').onclick = clearVerdict; $('close').onclick = closeItem;
@@ -26,30 +26,40 @@ async function loadReview() {
   const q = new URLSearchParams();
   if ($('outcome').value) q.set('outcome', $('outcome').value);
   if ($('view').value) q.set('view', $('view').value);
-  const r = await fetch('/api/review?' + q); const s = await r.json();
+  const r = await request('/api/review?' + q);
+  if (!r.ok) { $('note').textContent = detailText(r.body); return; }
+  const s = r.body;
   R.items = s.items;
   $('note').textContent = s.note || '';
   $('count').textContent = s.items.length + ' of ' + s.total + ' images';
-  $('grid').innerHTML = s.items.map((it, pos) =>
-    '<div class="card" data-index="' + it.index + '" onclick="openItem(' + pos + ')">' +
-    '<img loading="lazy" src="/api/review/' + it.index + '/image.png" alt="val image ' + it.index + '">' +
-    '<div class="meta"><span class="' + it.outcome.replace(' ', '-') + '">' + esc(it.outcome) + '</span> · ' +
-    esc(it.view) + ' · score ' + fmt(it.score, 2) + ' · image ' + fmt(it.image_score, 2) + ' · ' + it.n_truth +
-    ' true, ' + it.n_pred + ' predicted</div><div class="badge">' + badge(it.verdict) + '</div></div>'
-  ).join('');
+  $('grid').replaceChildren(...s.items.map((it, pos) => {
+    const card = el('div', {class: 'card', 'data-index': it.index},
+      el('img', {loading: 'lazy', src: '/api/review/' + it.index + '/image.png', alt: 'val image ' + it.index}),
+      el('div', {class: 'meta'}, el('span', {class: OUTCOME_CLASS[it.outcome] || '', text: it.outcome}),
+        ' · ' + it.view + ' · score ' + fmt(it.score, 2) + ' · image ' + fmt(it.image_score, 2) + ' · ' +
+        it.n_truth + ' true, ' + it.n_pred + ' predicted'),
+      el('div', {class: 'badge'}, badge(it.verdict)));
+    card.addEventListener('click', () => openItem(pos));
+    return card;
+  }));
   R.reviewed = s.reviewed; showReviewed(s.reviewed);
 }
 
+const OUTCOME_CLASS = {'miss': 'miss', 'false alarm': 'false-alarm', 'hit': 'hit', 'true negative': 'true-negative'};
+
 function badge(verdict) {
-  return verdict ? '<span class="verdict-' + verdict + '">' + esc(verdict) + '</span>' : '';
+  return verdict ? el('span', {class: VERDICT_CLASS[verdict] || '', text: verdict}) : '';
 }
+const VERDICT_CLASS = {correct: 'verdict-correct', wrong: 'verdict-wrong', corrected: 'verdict-corrected'};
 
 function showReviewed(n) { $('export').textContent = 'Export labels (' + n + ' reviewed)'; }
 
 async function openItem(pos) {
   if (pos < 0 || pos >= R.items.length) return;
   R.pos = pos;
-  const r = await fetch('/api/review/' + R.items[pos].index); R.detail = await r.json();
+  const r = await request('/api/review/' + R.items[pos].index);
+  if (!r.ok) { showError(detailText(r.body)); return; }
+  R.detail = r.body;
   const v = R.detail.verdict;
   R.boxes = v && v.verdict === 'corrected' ? v.boxes.map(b => b.slice()) : [];
   const img = new Image();
@@ -157,28 +167,35 @@ function zoomBy(factor, e) {
   R.zoom = zoom; draw();
 }
 
+// A verdict shows as saved only once the server says it is on disk; otherwise the reviewer reads why not.
 async function judge(verdict) {
   if (R.pos < 0) return;
   const boxes = verdict === 'corrected' ? R.boxes : [];
-  if (verdict !== 'corrected') R.boxes = [];
-  const r = await fetch('/api/review/' + R.items[R.pos].index + '/verdict', {method: 'PUT',
+  const r = await request('/api/review/' + R.items[R.pos].index + '/verdict', {method: 'PUT',
     headers: {'Content-Type': 'application/json'}, body: JSON.stringify({verdict, boxes})});
-  const s = await r.json();
-  if (!r.ok) { $('verdict-state').innerHTML = '<span class="error">' + esc(s.detail) + '</span>'; return; }
-  recordVerdict(s); draw();
+  if (!r.ok) {  // the boxes on screen go back to what is saved
+    const saved = R.detail.verdict;
+    R.boxes = saved && saved.verdict === 'corrected' ? saved.boxes.map(b => b.slice()) : [];
+    draw(); showError('not saved: ' + detailText(r.body)); return;
+  }
+  if (verdict !== 'corrected') R.boxes = [];
+  recordVerdict(r.body); draw();
 }
 
 async function clearVerdict() {
   if (R.pos < 0) return;
-  await fetch('/api/review/' + R.items[R.pos].index + '/verdict', {method: 'DELETE'});
+  const r = await request('/api/review/' + R.items[R.pos].index + '/verdict', {method: 'DELETE'});
+  if (!r.ok) { showError('not cleared: ' + detailText(r.body)); return; }
   R.boxes = []; recordVerdict(null); draw();
 }
+
+function showError(text) { $('verdict-state').replaceChildren(el('span', {class: 'error', text})); }
 
 function recordVerdict(entry) {
   const it = R.items[R.pos], before = it.verdict;
   it.verdict = entry ? entry.verdict : null; R.detail.verdict = entry;
   const card = document.querySelector('.card[data-index="' + it.index + '"] .badge');
-  if (card) card.innerHTML = badge(it.verdict);
+  if (card) card.replaceChildren(badge(it.verdict));
   R.reviewed += (it.verdict ? 1 : 0) - (before ? 1 : 0);
   showReviewed(R.reviewed);
   showVerdict(entry);
@@ -201,3 +218,5 @@ function onKey(e) {
 }
 
 window.addEventListener('resize', () => { if (R.gray && !$('detail').hidden) { sizeCanvas(); draw(); } });
+
+document.addEventListener('DOMContentLoaded', () => { if (document.body.dataset.page === 'review') initReview(); });
