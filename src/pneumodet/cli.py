@@ -218,7 +218,8 @@ def cmd_score(args) -> None:
 def cmd_serve(args) -> None:
     from pneumodet.service.app import serve
 
-    serve(args.run, args.host, args.port, args.max_upload_mb, token=args.token, allow_hosts=args.allow_host)
+    serve(args.run, args.host, args.port, args.max_upload_mb, token=args.token, allow_hosts=args.allow_host,
+          max_decodes=args.max_decodes, max_queue=args.max_queue)
 
 
 def cmd_demo(args) -> None:
@@ -404,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=_count, default=8000, help="port (default 8000)")
     p.add_argument("--max-upload-mb", type=_between(0, 4096, low_open=True), default=64,
                    help="largest accepted upload in MB (default 64); larger ones are refused before they are read")
+    p.add_argument("--max-decodes", type=_count, default=2, help="uploads decoded and predicted at once (default 2; "
+                   "each decode is bounded to 25 M pixels, ~150 MB at most)")
+    p.add_argument("--max-queue", type=_count, default=8, help="uploads that may wait for a decode (default 8); "
+                   "beyond that a request is answered 503 with Retry-After before its body is read")
     p.add_argument("--token", default=None, help="access token every request must carry (required unless --host is "
                    "loopback; default: $PNEUMODET_TOKEN); open the printed address once and the browser keeps it")
     p.add_argument("--allow-host", action="append", default=[], metavar="NAME",

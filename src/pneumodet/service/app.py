@@ -305,12 +305,14 @@ def _load_review(service: ModelService) -> dict:
 
 
 def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-          token: str | None = None, allow_hosts: list[str] = ()):
+          token: str | None = None, allow_hosts: list[str] = (), max_decodes: int = DEFAULT_MAX_DECODES,
+          max_queue: int = DEFAULT_MAX_QUEUE):
     """Start uvicorn with the app (access log off: URLs stay out of the logs)."""
     import uvicorn
 
     token = resolve_token(host, token)  # before the model loads: a refusal is immediate
-    app = create_app(run, max_upload_mb, hosts=allowed_hosts(host, list(allow_hosts)), token=token)
+    app = create_app(run, max_upload_mb, hosts=allowed_hosts(host, list(allow_hosts)), token=token,
+                     max_decodes=max_decodes, max_queue=max_queue)
     shown = f"[{host}]" if ":" in host else host
     access = f"?token={token}" if token else ""
     where = "this machine only" if is_loopback(host) else "shared: every request needs the token"
