@@ -10,6 +10,8 @@ pos,264.0,152.0,213.0,379.0,1
 pos,562.0,152.0,256.0,453.0,1
 nosize,,,,,1
 zero,10,10,0,50,1
+infinite,10,10,inf,50,1
+infinite,20,20,-5,50,1
 conflict,,,,,0
 conflict,100,100,50,50,1
 dup,10,10,20,20,1
@@ -38,7 +40,8 @@ def labels(tmp_path):
 
 def test_one_annotation_per_image(labels):
     ann = labels.annotations
-    assert set(ann) == {"neg", "pos", "nosize", "zero", "conflict", "dup"}
+    # a Target=1 image without one usable box is left out: as a 0-box image it would be trained as a negative
+    assert set(ann) == {"neg", "pos", "conflict", "dup"}
     assert ann["neg"].boxes_xywh.shape == (0, 4) and not ann["neg"].positive
     assert ann["neg"].label_class == "Normal"
     assert ann["pos"].boxes_xywh.tolist() == [[264, 152, 213, 379], [562, 152, 256, 453]]
@@ -49,6 +52,9 @@ def test_problems_are_collected(labels):
     kinds = {(p.patient_id, p.problem) for p in labels.problems}
     assert ("nosize", "missing box") in kinds
     assert ("zero", "non-positive box size") in kinds
+    assert ("infinite", "missing box") in kinds and ("infinite", "non-positive box size") in kinds
+    for pid in ("nosize", "zero", "infinite"):
+        assert (pid, "positive without a usable box") in kinds and (pid, "class without label") not in kinds
     assert ("conflict", "conflicting target") in kinds
     assert ("dup", "duplicate box") in kinds
     assert ("extra", "class without label") in kinds

@@ -145,13 +145,17 @@ def _build(out: Path, params: CacheParams, source: str, files: list[Path], label
             else:
                 usable[result["patient_id"]] = result
         if labels is not None:
-            problems += match_files(labels.annotations, {f.stem: f for f in files}, unreadable)
+            problems += match_files(labels.annotations, {f.stem: f for f in files}, unreadable | labels.left_out)
         for pid, result in usable.items():
             annotation = labels.annotations.get(pid) if labels else Annotation(pid, np.zeros((0, 4)), None)
             if annotation is None:
                 continue  # image without a label: reported above, left out
             annotation, box_problems = check_boxes(annotation, result["original_height"], result["original_width"])
             problems += box_problems
+            if box_problems and not annotation.positive:  # every box lay outside: not a negative, not usable
+                problems.append(Problem(pid, "positive without a usable box",
+                                        "Target=1 but every box lies outside the image; image left out"))
+                continue
             rows.append({**result, "label_class": annotation.label_class, "n_boxes": len(annotation.boxes_xywh)})
             box_rows += [[pid, *box] for box in annotation.boxes_xywh.tolist()]
         if not rows:

@@ -47,6 +47,7 @@ class Problem:
 class Labels:
     annotations: dict[str, Annotation]
     problems: list[Problem] = field(default_factory=list)
+    left_out: set[str] = field(default_factory=set)  # labelled, but not usable (a problem says why)
 
 
 def _read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
@@ -94,8 +95,8 @@ def read_labels(labels_csv: str | Path, class_csv: str | Path | None = None) -> 
         if t == 0:
             continue
         x, y, w, h = row
-        if any(np.isnan(v) for v in (x, y, w, h)):
-            problems.append(Problem(pid, "missing box", "Target=1 with empty or non-numeric coordinates"))
+        if not all(np.isfinite(v) for v in (x, y, w, h)):
+            problems.append(Problem(pid, "missing box", "Target=1 with empty, non-numeric or infinite coordinates"))
         elif w <= 0 or h <= 0:
             problems.append(Problem(pid, "non-positive box size", f"width={w:g} height={h:g}"))
         elif [x, y, w, h] in boxes[pid]:
@@ -107,6 +108,12 @@ def read_labels(labels_csv: str | Path, class_csv: str | Path | None = None) -> 
             problems.append(
                 Problem(pid, "conflicting target", "rows with both Target=0 and Target=1; boxes kept")
             )
+    left_out = {pid for pid, seen in targets.items() if 1 in seen and not boxes[pid]}
+    for pid in sorted(left_out):  # trained as a negative, it would teach the model to miss it
+        rows = int((frame["patientId"] == pid).sum())
+        problems.append(Problem(pid, "positive without a usable box",
+                                f"Target=1 but none of its {rows} row(s) holds a usable box; image left out"))
+        del boxes[pid]
     classes = _read_classes(Path(class_csv), problems) if class_csv else {}
     annotations = {}
     for pid, pid_boxes in boxes.items():
@@ -117,9 +124,9 @@ def read_labels(labels_csv: str | Path, class_csv: str | Path | None = None) -> 
                 Problem(pid, "class conflict", f"class {label_class!r} but {len(arr)} box(es)")
             )
         annotations[pid] = Annotation(pid, arr, label_class)
-    for pid in classes.keys() - boxes.keys():
+    for pid in classes.keys() - boxes.keys() - left_out:
         problems.append(Problem(pid, "class without label", "in the class file but not the labels file"))
-    return Labels(annotations, problems)
+    return Labels(annotations, problems, left_out)
 
 
 def _read_classes(path: Path, problems: list[Problem]) -> dict[str, str]:
