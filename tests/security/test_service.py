@@ -233,3 +233,29 @@ def test_hostile_strings_render_as_text_in_chromium(run_with_boxes):
             assert not driver.find_elements(By.CSS_SELECTOR, "img[src='x']")
         errors = [e["message"] for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
         assert errors == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not browser_available(), reason="needs Debian's chromium and chromium-driver")
+def test_the_page_says_a_verdict_was_not_saved(run_with_boxes):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from pneumodet.service.screenshots import chromium, running_server
+
+    app = create_app(run_with_boxes)
+    app.state.verdicts.path = run_with_boxes / "metrics.json" / "verdicts.json"  # a folder that cannot exist
+    state = "return document.getElementById('verdict-state').textContent"
+    with running_server(run_with_boxes, app=app) as url, chromium() as driver:
+        wait = WebDriverWait(driver, 60)
+        driver.get(url + "/review")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".card img"))
+        body = driver.find_element(By.TAG_NAME, "body")
+        body.send_keys(Keys.ENTER)
+        wait.until(lambda d: d.execute_script("return R.detail !== null"))
+        body.send_keys("c")
+        wait.until(lambda d: "not saved" in d.execute_script(state))
+        assert "could not write" in driver.execute_script(state)
+        assert driver.find_element(By.CSS_SELECTOR, ".card .badge").text == ""  # the grid does not show it saved
+        assert "(0 reviewed)" in driver.find_element(By.ID, "export").text
