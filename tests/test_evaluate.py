@@ -89,14 +89,15 @@ def test_out_of_fold_tuning_uses_every_fold(tmp_path, monkeypatch):
     }
 
     class FakeDetector:
-        def __init__(self, run, hflip_tta=None, tta_scales=None, box_refine=None, box_vote=None):
-            self.name, self.tta_scales, self.box_refine, self.box_vote = run.name, tta_scales, box_refine, box_vote
+        def __init__(self, run, hflip_tta=None, tta_scales=None, box_refine=None, box_vote=None, use_tuning=True):
+            assert not use_tuning  # evaluate starts from the config, never from a metrics.json it may be repairing
+            self.name, self.tta_scales, self.box_refine, self.box_vote = run.name, tta_scales or (1.0,), box_refine, box_vote
             self.config = tiny_config()
             self.info = {"path": str(run / "weights" / "best.ckpt"), "epoch": 1}
             self.predictors = [SimpleNamespace(hflip_tta=hflip_tta)]
 
     monkeypatch.setattr(ev, "load_detector", FakeDetector)
-    monkeypatch.setattr(ev, "collect", lambda detector, *a: (parts[detector.name], None))
+    monkeypatch.setattr(ev, "collect", lambda detector, *a: (parts[detector.name], None, {}))
     folds = tmp_path / "folds"
     for name in parts:
         (folds / name / "weights").mkdir(parents=True)

@@ -448,12 +448,15 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python's flush at exit would raise again)
         return 0
     except OSError as exc:
-        from pneumodet.files import OUTPUT_ERRNOS
+        from pneumodet.files import FULL_ERRNOS, OUTPUT_ERRNOS, output_error
 
+        if exc.errno in FULL_ERRNOS and not exc.filename:  # the file system is full or read-only: say so
+            print(f"pneumodet {args.command}: error: {exc.strerror} while writing its outputs", file=sys.stderr)
+            return 2
         if exc.errno not in OUTPUT_ERRNOS or not exc.filename:
             raise
         # a path the user named cannot be written (read-only, full disk, a file where a folder must be)
-        print(f"pneumodet {args.command}: error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        print(f"pneumodet {args.command}: error: {output_error(exc.filename, exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pneumodet {args.command}: interrupted", file=sys.stderr)

@@ -330,18 +330,51 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: configuration file not found")
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, ...)")
+        values = _read_yaml(path)
     try:
         return validate(from_dict(apply_overrides(values, list(overrides))))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}" if path and "--set" not in str(exc) else str(exc)) from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path or 'configuration'}: {exc}") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    """Return the mapping in a YAML file; a one-line ConfigError if it is not text, not YAML or not a mapping."""
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (expected YAML)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, ...)")
+    return values
+
+
+def _leaves(values: dict, prefix: str = "") -> set[str]:
+    """Return the dotted keys of the settings (not the sections) in nested ``values``."""
+    keys = set()
+    for key, value in values.items():
+        keys |= _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
+    return keys
+
+
+def load_run_config(path: str | Path, like: dict | None = None) -> RunConfig:
+    """Return the configuration a run recorded in its config.yaml, which :func:`dump_config` writes whole: a
+    ConfigError, never defaults, if the file does not parse or lacks a setting it should hold (``like``: the
+    configuration the run's checkpoint holds, as a dict; without one, every setting there is)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: the run's configuration is missing")
+    missing = sorted(_leaves(RunConfig().to_dict() if like is None else like) - _leaves(_read_yaml(path)))
+    if missing:
+        raise ConfigError(f"{path}: {len(missing)} setting(s) missing ({', '.join(missing[:3])}"
+                          f"{', ...' if len(missing) > 3 else ''}): the file was cut short or edited; restore it "
+                          "(the run's checkpoint holds the settings it trained with) or train a new run")
+    return load_config(path)
 
 
 def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
@@ -406,7 +439,7 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "train.warmup_steps": (0, INF), "train.val_every_steps": (0, INF),
     "train.ema_decay": (0, 0.99999), "train.devices": (1, 4096), "train.num_nodes": (1, 4096),
     "train.max_nonfinite": (1, INF), "train.limit_train_batches": (0, INF), "train.limit_val_batches": (0, INF),
-    "train.threads": (0, 4096),
+    "train.threads": (0, 4096), "train.seed": (0, 2**32 - 1),
     "predict.score_threshold": (0, 1), "predict.nms_iou": (0, 1), "predict.max_boxes": (1, 100),
     "predict.shrink": (0, 1.5, "open"), "predict.batch_size": (1, 4096), "predict.gate_threshold": (0, 1),
     "predict.tta_scales": (0.25, 4),
@@ -419,6 +452,7 @@ CHOICES = {
     "model.normalize": ("fixed", "image"),
     "train.optimizer": ("sgd", "adamw"),
     "train.checkpoint": ("last", "best"),
+    "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
     "predict.engine": ("auto", "torch", "onnx"),  # ENGINES
     "train.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"),
 }
@@ -473,6 +507,13 @@ def validate(config: RunConfig) -> RunConfig:
         low, high = _value(config, key)
         if low > high:
             raise ConfigError(f"{key} is a (low, high) range, got {_show((low, high))}; write [{high:g}, {low:g}]")
+    _check_name(config.name)
+    weights = config.model.weights
+    if weights not in ("coco", "imagenet", "none") and not Path(weights).is_file():
+        close = difflib.get_close_matches(weights, ("coco", "imagenet", "none"), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"model.weights must be coco, imagenet, none or an existing weights file, got "
+                          f"{weights[:80]!r} (no such file){hint}")
     stages = config.train.stages
     checks = [
         (len(config.model.anchor_sizes) == 7 - config.model.fpn_min_level,
@@ -495,6 +536,14 @@ def validate(config: RunConfig) -> RunConfig:
         if not ok:
             raise ConfigError(message)
     return config
+
+
+def _check_name(name: str) -> None:
+    """A run's name becomes a folder under --runs: one plain, visible folder name."""
+    if not name.strip() or name != name.strip() or name in (".", "..") or name.startswith(".") \
+            or any(c in name for c in '/\\\0') or len(name) > 100:
+        raise ConfigError(f"name must be a plain folder name (letters, digits, - _ .; not hidden, at most 100 "
+                          f"characters), got {name[:40]!r}")
 
 
 BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "mobilenet_v3_fpn", "tiny_fpn")

@@ -9,6 +9,7 @@ pixels), ``*_orig_*`` boxes in the DICOM's own Rows x Columns.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import warnings
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from pneumodet.boxes import xyxy_to_xywh
-from pneumodet.config import ENGINES, PredictConfig, RunConfig
+from pneumodet.config import ENGINES, PredictConfig, RunConfig, from_dict, validate
 from pneumodet.data.cache import read_for_cache, to_cache_size
 from pneumodet.errors import UserError
 from pneumodet.io.dicom import DicomImage
@@ -55,26 +56,49 @@ def _saved_evaluation(paths: RunPaths) -> dict:
     if not paths.metrics_json.is_file():
         return {}
     try:
-        return json.loads(paths.metrics_json.read_text())
-    except ValueError:
-        raise UserError(f"{paths.metrics_json}: not valid JSON; run pneumodet evaluate again") from None
+        saved = json.loads(paths.metrics_json.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{paths.metrics_json}: not valid JSON; run pneumodet evaluate {paths.root} again") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"{paths.metrics_json}: not a metrics file; run pneumodet evaluate {paths.root} again")
+    return saved
 
 
-def tuned_postprocess(saved: dict, fallback: PostProcess) -> PostProcess:
-    """Return the post-processing evaluate saved in metrics.json (``saved``, as read), else ``fallback``."""
-    return PostProcess(**saved["postprocess"]) if saved.get("postprocess") else fallback
+#: what metrics.json records of the inference settings its thresholds were tuned under
+INFERENCE_KEYS = ("hflip_tta", "tta_scales", "box_refine", "box_vote")
 
 
-def tuned_inference(saved: dict, predict: PredictConfig) -> tuple[bool, tuple[float, ...], int, bool]:
+def _checked_predict(values: dict, where: Path, run: Path) -> PredictConfig:
+    """Return ``values`` (predict settings read from metrics.json) as a checked PredictConfig; a one-line UserError
+    naming the file otherwise (evaluate writes it whole)."""
+    try:
+        return validate(from_dict({"predict": values})).predict
+    except UserError as exc:
+        raise UserError(f"{where}: {exc}; run pneumodet evaluate {run} again") from None
+
+
+def tuned_postprocess(saved: dict, fallback: PostProcess, where: Path = Path("metrics.json")) -> PostProcess:
+    """Return the post-processing evaluate saved in metrics.json (``saved``, as read from ``where``), else
+    ``fallback``; a one-line UserError if it is there but incomplete or out of range."""
+    values = saved.get("postprocess")
+    if not values:
+        return fallback
+    needed = {f.name for f in dataclasses.fields(PostProcess)} - {"gate_threshold"}  # older files have no gate
+    if not isinstance(values, dict) or not needed <= set(values):
+        missing = sorted(needed - set(values)) if isinstance(values, dict) else ["all"]
+        raise UserError(f"{where}: postprocess lacks {', '.join(missing)}; run pneumodet evaluate {where.parent} "
+                        "again")
+    return PostProcess.from_config(_checked_predict(values, where, where.parent))
+
+
+def tuned_inference(saved: dict, predict: PredictConfig, where: Path = Path("metrics.json")
+                    ) -> tuple[bool, tuple[float, ...], int, bool]:
     """Return (hflip_tta, tta_scales, box_refine, box_vote) as evaluate recorded them in metrics.json (``saved``,
-    as read): they change the scores or boxes its thresholds were tuned on. Each is ``predict``'s where evaluate
-    recorded none."""
-    hflip_tta, tta_scales, box_refine, box_vote = (saved.get(k) for k in ("hflip_tta", "tta_scales", "box_refine",
-                                                                          "box_vote"))
-    return (predict.hflip_tta if hflip_tta is None else bool(hflip_tta),
-            tuple(float(s) for s in tta_scales) if tta_scales else tuple(predict.tta_scales),
-            predict.box_refine if box_refine is None else int(box_refine),
-            predict.box_vote if box_vote is None else bool(box_vote))
+    as read from ``where``): they change the scores or boxes its thresholds were tuned on. Each is ``predict``'s
+    where evaluate recorded none."""
+    recorded = {k: saved[k] for k in INFERENCE_KEYS if saved.get(k) is not None}
+    checked = _checked_predict(recorded, where, where.parent) if recorded else predict
+    return tuple(getattr(checked if k in recorded else predict, k) for k in INFERENCE_KEYS)
 
 
 class Detector:
@@ -158,6 +182,9 @@ class Detector:
         return self.detect_tensors([pid], [image_tensor(pixels, self.image_size)], [size])[0]
 
 
+STALE = "was made from other weights (or by a pneumodet without its checksums)"
+
+
 def use_engine(model, run: Path, checkpoint: Path, engine: str, sizes: set[int] = frozenset()):
     """Run ``model``'s convolutions in ONNX Runtime if ``engine`` asks for it (auto: when exported and usable);
     ``sizes``: the input sizes it will get (scale TTA), which an old export's fixed-size graph may not take."""
@@ -176,21 +203,21 @@ def use_engine(model, run: Path, checkpoint: Path, engine: str, sizes: set[int] 
         return model
     if engine == "onnx":
         if state != "ready":
-            problem = "no ONNX export" if state == "missing" else "the ONNX export was made from other weights"
+            problem = "no ONNX export" if state == "missing" else f"the ONNX export {STALE}"
             raise UserError(f"{run}: {problem}; run pneumodet export {run}")
         if torch.cuda.is_available():
             raise UserError("the ONNX engine runs on the CPU; with a GPU use --engine torch")
         return onnx_engine.attach(model, run)
     if state == "stale":
-        warnings.warn(f"{run}: the ONNX export was made from other weights; predicting with PyTorch "
-                      f"(pneumodet export {run} renews it)", stacklevel=3)
+        warnings.warn(f"{run}: the ONNX export {STALE}; predicting with PyTorch (pneumodet export {run} renews it)",
+                      stacklevel=3)
     usable = state == "ready" and not torch.cuda.is_available() and importlib.util.find_spec("onnxruntime")
     return onnx_engine.attach(model, run) if usable else model
 
 
 def load_detector(run: str | Path | list, *, overrides: dict | None = None, hflip_tta: bool | None = None,
                   tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None,
-                  box_vote: bool | None = None, engine: str | None = None) -> Detector:
+                  box_vote: bool | None = None, engine: str | None = None, use_tuning: bool = True) -> Detector:
     """Return the Detector of a trained run folder: the weights its ``train.checkpoint`` chose and its tuned
     post-processing.
 
@@ -203,7 +230,8 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
     TTA changes the scores the thresholds were tuned on; else the run's config); ``box_refine``: passes of the box
     head over its own detections, and ``box_vote``: box voting on or off (default for each: as evaluate tuned
     them, else the config's); ``engine``: auto, torch or onnx (default: the run's ``predict.engine``; see
-    :mod:`pneumodet.onnx_engine`).
+    :mod:`pneumodet.onnx_engine`). ``use_tuning=False`` ignores metrics.json and starts from the config's settings
+    (evaluate, which writes metrics.json, starts there, and so can repair a damaged one).
     """
     runs = list(run) if isinstance(run, list | tuple) else [Path(run)]
     if not runs:
@@ -214,8 +242,9 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
         tuned_at = find_run(runs[0])
     loaded = [load_trained(r) for r in runs]
     model, config, info = loaded[0]
-    saved = _saved_evaluation(tuned_at)  # metrics.json, read once
-    tuned_flip, tuned_scales, tuned_refine, tuned_vote = tuned_inference(saved, config.predict)
+    saved = _saved_evaluation(tuned_at) if use_tuning else {}  # metrics.json, read once
+    where = tuned_at.metrics_json
+    tuned_flip, tuned_scales, tuned_refine, tuned_vote = tuned_inference(saved, config.predict, where)
     hflip_tta = tuned_flip if hflip_tta is None else hflip_tta
     tta_scales = tuned_scales if tta_scales is None else tta_scales
     box_refine = tuned_refine if box_refine is None else box_refine
@@ -228,7 +257,7 @@ def load_detector(run: str | Path | list, *, overrides: dict | None = None, hfli
         if other[1].data.image_size != config.data.image_size:
             raise UserError(f"{r}: trained at {other[1].data.image_size} px, {runs[0]} at "
                             f"{config.data.image_size} px; an ensemble needs one input size")
-    pp = tuned_postprocess(saved, PostProcess.from_config(config.predict))
+    pp = tuned_postprocess(saved, PostProcess.from_config(config.predict), where)
     pp = replace(pp, **{k: v for k, v in (overrides or {}).items() if v is not None})
     if hflip_tta and config.augment.hflip_p == 0:
         warnings.warn(f"{runs[0]}: flip TTA on a model trained without flips (augment.hflip_p=0) shows it images "

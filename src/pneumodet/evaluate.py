@@ -16,11 +16,11 @@ from pneumodet.boxes import xywh_to_xyxy
 from pneumodet.data.dataset import PneumoniaDataset, collate
 from pneumodet.detector import Detector, load_detector
 from pneumodet.errors import UserError
-from pneumodet.files import write_text_atomic
+from pneumodet.files import checkpoint_identity, sha256_of, write_text_atomic
 from pneumodet.metrics import Prediction, roc_auc, rsna_map, sensitivity_specificity
 from pneumodet.postprocess import Candidates, PostProcess, image_score, max_box_score, postprocess
 from pneumodet.report.submission import read_candidates, write_candidates
-from pneumodet.runs import RunPaths, find_run, fold_runs, is_folds, run_dataset, write_split
+from pneumodet.runs import RunPaths, fold_runs, is_folds, run_dataset, write_split
 
 GRID = {
     "score_threshold": [round(t, 2) for t in np.arange(0.05, 0.951, 0.05)],
@@ -163,8 +163,10 @@ def _plots(val: ValSet, tuned: PostProcess, result: dict, plots: Path) -> None:
 
 
 def collect(detector: Detector, cache: str | Path | None, split: str, progress: bool,
-            reuse_predictions: bool) -> tuple[ValSet, PneumoniaDataset]:
-    """Return the candidates of a run's ``split`` images (its own split.csv) with their truth."""
+            reuse_predictions: bool) -> tuple[ValSet, PneumoniaDataset, dict]:
+    """Return the candidates of a run's ``split`` images (its own split.csv) with their truth, and the record of
+    how they were made (``PREDICTIONS/SPLIT.json``): predicted now and saved with it, or, with
+    ``reuse_predictions``, read back after checking the record matches them, the weights and the settings."""
     paths, config, info = detector.paths, detector.config, detector.info
     dataset = run_dataset(paths, config, info, split, cache)
     cache = cache or info["cache"]
@@ -173,15 +175,77 @@ def collect(detector: Detector, cache: str | Path | None, split: str, progress: 
                         "labelled set with --split all")
     ids = list(dataset.records["patient_id"])
     raw_csv = paths.predictions / f"{split}.csv"
-    if reuse_predictions and raw_csv.is_file():
+    if reuse_predictions:
+        record = check_record(read_record(paths, split), detector, paths, split)
         saved = read_candidates(raw_csv)
         raw = [saved.get(pid, Candidates.empty()) for pid in ids]
     else:
         raw = predict_dataset(detector, dataset, config.predict.batch_size, progress)
-        write_candidates(raw_csv, dict(zip(ids, raw, strict=True)))
+        record = write_predictions(paths, split, dict(zip(ids, raw, strict=True)), detector)
     val = ValSet(ids, list(dataset.records["view"].fillna("unknown")),
                  [xywh_to_xyxy(dataset.boxes_xywh(i)) for i in range(len(dataset))], raw)
-    return val, dataset
+    return val, dataset, record
+
+
+def write_predictions(paths: RunPaths, split: str, raw: dict[str, Candidates], detector: Detector) -> dict:
+    """Write ``PREDICTIONS/SPLIT.csv`` (and ``.gate.csv``), then the record of how they were made
+    (``SPLIT.json``: the inference settings, the checkpoint, each file's SHA-256); return the record. The record
+    is written last, so predictions cut short by a kill never match one."""
+    record_path(paths, split).unlink(missing_ok=True)
+    csv = paths.predictions / f"{split}.csv"
+    write_candidates(csv, raw)
+    files = [f for f in (csv, csv.with_name(f"{split}.gate.csv")) if f.is_file()]
+    record = {"settings": _inference(detector), "checkpoint": checkpoint_identity(Path(detector.info["path"])),
+              "sha256": {f.name: sha256_of(f) for f in files}}
+    write_text_atomic(record_path(paths, split), json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def record_path(paths: RunPaths, split: str) -> Path:
+    return paths.predictions / f"{split}.json"
+
+
+def read_record(paths: RunPaths, split: str) -> dict:
+    """Return how ``PREDICTIONS/SPLIT.csv`` was made; a one-line UserError when nothing says (never made, made by
+    an older pneumodet, or cut short)."""
+    path = record_path(paths, split)
+    again = f"run pneumodet evaluate {paths.root} without --reuse"
+    try:
+        record = json.loads(path.read_text())
+        record["settings"], record["sha256"], record["checkpoint"]  # noqa: B018 (present, or KeyError)
+    except FileNotFoundError:
+        raise UserError(f"{paths.predictions / f'{split}.csv'}: no record of how these predictions were made "
+                        f"(missing, cut short, or made by an older pneumodet); {again}") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise UserError(f"{path}: not a predictions record pneumodet wrote; {again}") from None
+    return record
+
+
+def check_record(record: dict, detector: Detector, paths: RunPaths, split: str) -> dict:
+    """Return ``record`` if the saved predictions are the files it describes, from the detector's weights and
+    under its settings; else a one-line UserError saying what differs."""
+    again = f"run pneumodet evaluate {paths.root} without --reuse"
+    for name, digest in record["sha256"].items():
+        path = paths.predictions / name
+        if not path.is_file() or sha256_of(path) != digest:
+            raise UserError(f"{path}: not the file its record describes (changed, or cut short by a kill); {again}")
+    if record["checkpoint"] != checkpoint_identity(Path(detector.info["path"])):
+        raise UserError(f"{paths.predictions / f'{split}.csv'}: made with other weights than "
+                        f"{detector.info['path']}; {again}")
+    wanted = _inference(detector)
+    differ = [f"{k} {record['settings'].get(k)} (asked: {v})" for k, v in wanted.items()
+              if record["settings"].get(k) != v]
+    if differ:
+        raise UserError(f"{paths.predictions / f'{split}.csv'}: made with {', '.join(differ)}; re-score them with "
+                        f"those settings, or {again}")
+    return record
+
+
+def reused_settings(run: str | Path, split: str, asked: dict) -> dict:
+    """Return the inference settings to re-score ``run``'s saved predictions with: the ones asked for, each one
+    not asked for taken from the predictions' record (they can only be scored as they were made)."""
+    record = read_record(RunPaths(Path(run)), split)
+    return {k: record["settings"].get(k) if v is None else v for k, v in asked.items()}
 
 
 def _inference(detector: Detector) -> dict:
@@ -208,11 +272,11 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
     if is_folds(run):
         return evaluate_folds(run, cache, progress=progress, reuse_predictions=reuse_predictions,
                               hflip_tta=hflip_tta, tta_scales=tta_scales, box_refine=box_refine, box_vote=box_vote)
-    detector = _detector(run, hflip_tta, tta_scales, box_refine, box_vote)
-    val, dataset = collect(detector, cache, split, progress, reuse_predictions)
+    detector = _detector(run, split, reuse_predictions, hflip_tta, tta_scales, box_refine, box_vote)
+    val, dataset, record = collect(detector, cache, split, progress, reuse_predictions)
     result, tuned = summarize(val, PostProcess.from_config(detector.config.predict))
     result = {**result, "split": split, "checkpoint": detector.info["path"], "epoch": detector.info.get("epoch"),
-              **_inference(detector)}
+              **_inference(detector), "predictions": record}
     write_text_atomic(detector.paths.metrics_json, json.dumps(_finite(result), indent=2) + "\n")
     _plots(val, tuned, result, detector.paths.plots)
     plot_examples(dataset, val, apply(val, tuned), rsna_map(val.truths, apply(val, tuned)).per_image,
@@ -220,18 +284,19 @@ def evaluate(run: str | Path, cache: str | Path | None = None, split: str = "val
     return result
 
 
-def _detector(run: str | Path, hflip_tta: bool | None, tta_scales: tuple[float, ...] | None,
+def _detector(run: str | Path, split: str, reuse: bool, hflip_tta: bool | None, tta_scales: tuple[float, ...] | None,
               box_refine: int | None, box_vote: bool | None) -> Detector:
     """Return the run's Detector with the TTA, box refinement and box voting asked for, else the run's own
     predict.hflip_tta, predict.tta_scales, predict.box_refine and predict.box_vote (evaluate starts from the
-    config, not from a previous evaluation)."""
-    from pneumodet.config import load_config
-
-    own = load_config(find_run(run).config).predict
-    return load_detector(run, hflip_tta=own.hflip_tta if hflip_tta is None else hflip_tta,
-                         tta_scales=own.tta_scales if tta_scales is None else tuple(tta_scales),
-                         box_refine=own.box_refine if box_refine is None else box_refine,
-                         box_vote=own.box_vote if box_vote is None else box_vote)
+    checkpoint's config, never from a previous evaluation); with ``reuse``, each not asked for is the one the
+    saved predictions were made with."""
+    asked = {"hflip_tta": hflip_tta, "tta_scales": None if tta_scales is None else list(tta_scales),
+             "box_refine": box_refine, "box_vote": box_vote}
+    if reuse:
+        asked = reused_settings(run, split, asked)
+    scales = asked["tta_scales"]
+    return load_detector(run, use_tuning=False, hflip_tta=asked["hflip_tta"], box_refine=asked["box_refine"],
+                         tta_scales=None if scales is None else tuple(scales), box_vote=asked["box_vote"])
 
 
 def evaluate_folds(folds: str | Path, cache: str | Path | None = None, progress: bool = True,
@@ -243,12 +308,12 @@ def evaluate_folds(folds: str | Path, cache: str | Path | None = None, progress:
     folds = Path(folds)
     parts, per_fold, start = [], [], None
     for fold in fold_runs(folds):
-        detector = _detector(fold, hflip_tta, tta_scales, box_refine, box_vote)
+        detector = _detector(fold, "val", reuse_predictions, hflip_tta, tta_scales, box_refine, box_vote)
         start = start or PostProcess.from_config(detector.config.predict)
-        val, _ = collect(detector, cache, "val", progress, reuse_predictions)
+        val, _, record = collect(detector, cache, "val", progress, reuse_predictions)
         parts.append(val)
         per_fold.append({"run": fold.name, "images": len(val.truths), "checkpoint": detector.info["path"],
-                         "epoch": detector.info.get("epoch")})
+                         "epoch": detector.info.get("epoch"), "predictions": record})
     oof = ValSet.concat(parts)
     result, tuned = summarize(oof, start)
     for entry, val in zip(per_fold, parts, strict=True):

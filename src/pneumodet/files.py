@@ -1,9 +1,11 @@
 """Atomic, durable file writes: a reader sees the old file or the new one, never half of one, even after
-a crash or a power cut (the data is on disk before the rename that makes it visible)."""
+a crash or a power cut (the data is on disk before the rename that makes it visible). A write the file system
+refuses (full, over quota, read-only) is an :class:`OutputError`: one line naming the path and the space left."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -31,7 +33,8 @@ def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
     ``*.dcm`` or ``*.png`` cannot pick up a file that is still being written. ``durable`` fsyncs the
     file before the rename and the folder after it (bulk writes of many small files may skip it).
 
-    If the block raises, the temporary file is removed and ``path`` is left as it was.
+    If the block raises, the temporary file is removed and ``path`` is left as it was; a full, over-quota or
+    read-only file system becomes an :class:`OutputError` naming ``path``.
     """
     path = Path(path)
     try:
@@ -46,9 +49,24 @@ def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
         tmp.replace(path)
         if durable:
             fsync_path(path.parent)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in FULL_ERRNOS:
+            raise output_error(path, exc) from None
         raise
+
+
+def sha256_of(path: str | Path) -> str:
+    """Return the SHA-256 of a file, in hex."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def checkpoint_identity(checkpoint: str | Path) -> dict:
+    """Return what identifies a checkpoint file cheaply: its name, size and modification time (an export or saved
+    predictions made from another file are stale)."""
+    stat = Path(checkpoint).stat()
+    return {"checkpoint": Path(checkpoint).name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -61,12 +79,34 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 #: errors that mean "this output path cannot be written", which the user can fix
 OUTPUT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
                  errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.ENOTEMPTY, errno.EINVAL}
+#: of those, the ones a write can meet whatever the path: the file system is full, over quota or read-only
+FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
 
 
-def output_error(path: str | Path, exc: OSError) -> UserError:
-    """Return a one-line UserError for an output path that cannot be written."""
+class OutputError(UserError):
+    """An output that cannot be written (exit 2): the path, why, and the space left there."""
+
+
+def free_space(path: str | Path) -> str | None:
+    """Return the space left on the file system of ``path`` (or its nearest existing parent), e.g. '12 MB'."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        free = shutil.disk_usage(path).free
+    except OSError:
+        return None
+    return f"{free / 2**20:.0f} MB" if free >= 2**20 else f"{free / 1024:.0f} KB"
+
+
+def output_error(path: str | Path, exc: OSError) -> OutputError:
+    """Return a one-line OutputError for an output path that cannot be written, with the space left there."""
     reason = exc.strerror or type(exc).__name__
-    return UserError(f"{path}: cannot write here ({reason}); choose another output path")
+    free = free_space(path)
+    where = f"; {free} free there" if free is not None else ""
+    fix = "free some space or choose another output path" if exc.errno in (errno.ENOSPC, errno.EDQUOT) \
+        else "choose another output path"
+    return OutputError(f"{path}: cannot write here ({reason}{where}); {fix}")
 
 
 def check_output_dir(path: str | Path) -> Path:
@@ -92,7 +132,9 @@ def check_output_file(path: str | Path) -> Path:
     return path
 
 
-_PID_IN_NAME = re.compile(r"^\.(?:tmp|old)-.*?-(\d+)(?:-|$)")
+#: what a process leaves while it writes: prepare's ``.tmp-NAME-PID-...`` and ``.old-NAME-PID``, and
+#: :func:`atomic_path`'s ``.NAME.tmp-PID``
+_PID_IN_NAME = re.compile(r"^\.(?:(?:tmp|old)-.*?-(\d+)(?:-|$)|.+\.tmp-(\d+)$)")
 
 
 def pid_alive(pid: int) -> bool:
@@ -107,7 +149,8 @@ def pid_alive(pid: int) -> bool:
 
 
 def remove_stale(folder: str | Path) -> list[Path]:
-    """Remove ``.tmp-*-PID-*`` / ``.old-*-PID`` entries in ``folder`` whose process is gone; return them.
+    """Remove ``.tmp-*-PID-*`` / ``.old-*-PID`` / ``.*.tmp-PID`` entries in ``folder`` whose process is gone;
+    return them.
 
     Entries of a process still running (another prepare on the same folder) are left alone.
     """
@@ -117,7 +160,7 @@ def remove_stale(folder: str | Path) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         match = _PID_IN_NAME.match(entry.name)
-        if not match or pid_alive(int(match.group(1))):
+        if not match or pid_alive(int(match.group(1) or match.group(2))):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)

@@ -465,9 +465,13 @@ def _load_weights(model: MaskRCNN, cfg: ModelConfig) -> None:
         path = Path(weights)
         if not path.is_file():
             raise UserError(f"model.weights: {path} not found (use coco, imagenet, none or a file)")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        state = {k.removeprefix("model."): v for k, v in state.items()}
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state)
+            state = {k.removeprefix("model."): v for k, v in state.items()}
+        except Exception as exc:  # not a torch file, a damaged one, or not a mapping of tensors
+            raise UserError(f"model.weights={path}: not a weights file torch can read ({type(exc).__name__}); use "
+                            "coco, imagenet, none or a state_dict / checkpoint file") from None
         target = model
     own = target.state_dict()
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape

@@ -12,7 +12,9 @@ int8: ``dense.int8.onnx`` is quantized statically (scales calibrated on the run'
 convolutions, or the whole RPN head, stay fp32: :func:`quantize_int8`), ``heads.int8.onnx`` dynamically (int8
 weights, each batch's activations quantized as it runs: nothing to calibrate). engine.json's ``active`` and
 ``active_heads`` name the file of each part that predict uses; an export made before the heads
-graph existed has neither ``heads`` key and runs its box head in torch.
+graph existed has neither ``heads`` key and runs its box head in torch. engine.json also holds the SHA-256 of
+every graph beside it; a graph that does not match is refused with a one-line error, and an export without them
+(made by an older pneumodet) counts as stale.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch import nn
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 
 from pneumodet.errors import UserError
-from pneumodet.files import atomic_path, write_text_atomic
+from pneumodet.files import atomic_path, checkpoint_identity, sha256_of, write_text_atomic
 
 ENGINE_DIR = "engine"
 ONNX_FILE = "dense.onnx"
@@ -94,12 +96,6 @@ def _pooled_shape(model) -> tuple[int, int, int]:
     return model.backbone.out_channels, height, width
 
 
-def source_of(checkpoint: Path) -> dict:
-    """Return what identifies a checkpoint file cheaply (an export from another one is stale)."""
-    stat = Path(checkpoint).stat()
-    return {"checkpoint": Path(checkpoint).name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
 def require_onnx(what: str = "the ONNX engine", modules: tuple[str, ...] = ("onnxruntime", "onnx")) -> None:
     """Raise a one-line UserError naming the extra if one of ``modules`` is missing (running an export needs only
     onnxruntime; making one needs onnx too)."""
@@ -136,7 +132,7 @@ def export_onnx(model, image_size: int, checkpoint: Path, out_dir: str | Path) -
                               opset_version=OPSET, input_names=["pooled"], output_names=["class_logits", "deltas"],
                               dynamic_axes={k: {0: "rois"} for k in ["pooled", "class_logits", "deltas"]})
     write_meta(out_dir, {"image_size": image_size, "feature_names": names, "opset": OPSET,
-                         "torch": torch.__version__, "source": source_of(checkpoint), "active": ONNX_FILE,
+                         "torch": torch.__version__, "source": checkpoint_identity(checkpoint), "active": ONNX_FILE,
                          "heads": HEADS_FILE, "active_heads": HEADS_FILE, "any_size": True,
                          "features_layout": "nhwc", "pooled_layout": "nhwc"})
     for stale in (INT8_FILE, HEADS_INT8_FILE):  # made from the weights before, if at all; no longer active
@@ -165,7 +161,21 @@ def read_meta(out_dir: str | Path) -> dict:
 
 
 def write_meta(out_dir: str | Path, meta: dict) -> None:
-    write_text_atomic(Path(out_dir) / META_FILE, json.dumps(meta, indent=2) + "\n")
+    """Write engine.json with the SHA-256 of every graph now in ``out_dir``."""
+    out_dir = Path(out_dir)
+    meta = {**meta, "sha256": {p.name: sha256_of(p) for p in sorted(out_dir.glob("[!.]*.onnx"))}}
+    write_text_atomic(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")
+
+
+def check_graph(folder: Path, name: str, meta: dict) -> Path:
+    """Return ``folder/name`` if it matches the SHA-256 engine.json holds for it (a graph engine.json does not list
+    yet, mid-export, is taken as it is); else a one-line UserError naming it."""
+    path = folder / name
+    expected = meta.get("sha256", {}).get(name)
+    if expected is not None and sha256_of(path) != expected:
+        raise UserError(f"{path}: does not match the SHA-256 in {META_FILE} (damaged or replaced); run pneumodet "
+                        f"export {folder.parent} again")
+    return path
 
 
 def _quantize(out_dir: Path, source: str, target: str, quantize) -> Path:
@@ -302,7 +312,7 @@ class _StashedBoxPredictor(nn.Module):
 
 def engine_state(run_root: Path, checkpoint: Path) -> str:
     """Return ``ready``, ``missing`` (never exported, or a file engine.json names is gone) or ``stale``
-    (exported from another checkpoint)."""
+    (exported from another checkpoint, or without the graphs' checksums)."""
     folder = Path(run_root) / ENGINE_DIR
     if not (folder / ONNX_FILE).is_file() or not (folder / META_FILE).is_file():
         return "missing"
@@ -313,7 +323,7 @@ def engine_state(run_root: Path, checkpoint: Path) -> str:
     named = [meta.get(k) for k in ("active", "heads", "active_heads")]
     if not all((folder / name).is_file() for name in named if isinstance(name, str)):
         return "missing"
-    return "ready" if meta.get("source") == source_of(checkpoint) else "stale"
+    return "ready" if meta.get("source") == checkpoint_identity(checkpoint) and "sha256" in meta else "stale"
 
 
 def sizes_ok(run_root: Path, sizes: set[int]) -> bool:
@@ -353,14 +363,15 @@ def attach(model, run_root: Path, threads: int | None = None, file: str | None =
     folder = Path(run_root) / ENGINE_DIR
     meta = read_meta(folder)
     file = file or meta.get("active", ONNX_FILE)
-    session = _session(folder / file, threads)
+    session = _session(check_graph(folder, file, meta), threads)
     backbone = _OnnxBackbone(session, meta["feature_names"], model.backbone.out_channels,
                              channels_last_features(meta))
     model.backbone, model.rpn.head = backbone, _StashedRpnHead(backbone)
     if meta.get("heads"):
         heads_file = heads_file or meta.get("active_heads", HEADS_FILE)
         heads = model.roi_heads
-        box_head = _OnnxBoxHead(_session(folder / heads_file, threads), heads.box_predictor.cls_score.out_features,
+        box_head = _OnnxBoxHead(_session(check_graph(folder, heads_file, meta), threads),
+                                heads.box_predictor.cls_score.out_features,
                                 channels_last_pooled(meta))
         heads.box_head, heads.box_predictor = box_head, _StashedBoxPredictor(box_head)
     else:

@@ -4,15 +4,19 @@
 runs/NAME/  config.yaml env.txt metrics.csv weights/{best,last}.ckpt plots/ predictions/ metrics.json
 ```
 Checkpoints hold plain types only and load with ``torch.load(..., weights_only=True)``; this module
-loads a trained model without Lightning.
+loads a trained model without Lightning. A checkpoint is a zip archive whose members carry a CRC-32 each, written
+with the file itself (so no manifest can fall out of step with it): every member is checked against its CRC before
+the weights are used, and a damaged file is a one-line error naming it (torch.load does not check them).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -23,7 +27,7 @@ import torch
 from pneumodet import __version__
 from pneumodet.config import RunConfig, from_dict
 from pneumodet.errors import UserError
-from pneumodet.files import atomic_path, write_text_atomic
+from pneumodet.files import atomic_path, output_error, write_text_atomic
 
 LOSS_KEYS = ("loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg", "loss_mask", "loss_gate")
 LOSS_NAMES = ("loss",) + LOSS_KEYS
@@ -119,9 +123,17 @@ def write_env(path: Path, argv: list[str] | None = None) -> None:
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temporary file beside ``path``, then rename: never a half-written checkpoint."""
+    """torch.save to a temporary file beside ``path``, then rename: never a half-written checkpoint. A full disk is
+    an OutputError naming ``path`` (torch reports it as a RuntimeError from its zip writer, without the errno)."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError:  # "file write failed", "unexpected pos": what torch's zip writer says of a full disk
+            size = tmp.stat().st_size if tmp.exists() else 0
+            tmp.unlink(missing_ok=True)
+            if shutil.disk_usage(Path(path).parent).free > max(size, 64 * 2**20):
+                raise  # room enough: not the disk, so not for the user to fix
+            raise output_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from None
 
 
 #: a folds folder (``train --folds K``) holds this file beside its K run folders
@@ -174,10 +186,13 @@ def find_run(run: str | Path) -> RunPaths:
 
 
 def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
-    """Return a pneumodet checkpoint loaded with weights_only=True; a clear error if it is not one.
+    """Return a pneumodet checkpoint loaded with weights_only=True, its checksums verified; a clear error if it is
+    not one, or is damaged.
 
-    ``mmap``: map the tensors instead of reading them (for a look at the checkpoint's own record)."""
+    ``mmap``: map the tensors instead of reading them, unverified (for a look at the checkpoint's own record)."""
     path = Path(path)
+    if not mmap:
+        verify_checkpoint(path)
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError:
@@ -187,6 +202,21 @@ def read_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     if "pneumodet" not in checkpoint or "state_dict" not in checkpoint:
         raise UserError(f"{path}: not a pneumodet checkpoint")
     return checkpoint
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Raise a one-line UserError if any member of the checkpoint's zip archive does not match its CRC-32."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except FileNotFoundError:
+        raise UserError(f"{path}: checkpoint not found") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable checkpoint ({type(exc).__name__}); restore it or train again") from None
+    if damaged is not None:
+        raise UserError(f"{path}: damaged: {damaged} does not match its checksum; restore the file or train again")
 
 
 def chosen_checkpoint(paths: RunPaths) -> dict:

@@ -14,10 +14,10 @@ from tqdm import tqdm
 from pneumodet.data.cache import read_for_cache
 from pneumodet.detector import Detection, Detector, image_tensor, load_detector
 from pneumodet.errors import UserError
-from pneumodet.files import check_output_dir, check_output_file
+from pneumodet.files import OutputError, check_output_dir, check_output_file
 from pneumodet.io.dicom import DicomError, folder_images
 from pneumodet.postprocess import PostProcess
-from pneumodet.report.submission import write_boxes, write_submission
+from pneumodet.report.submission import write_submission_and_boxes
 
 
 class DicomFolder(Dataset):
@@ -137,8 +137,7 @@ def write_outputs(files: list[Path], found_by_id: dict[str, Detection], out: Pat
     ordered = {f.stem: (found_by_id[f.stem].boxes_orig_xyxy, found_by_id[f.stem].scores) if f.stem in found_by_id
                else nothing for f in files}
     unreadable = len(files) - len(found_by_id)
-    write_submission(out, ordered)
-    boxes_csv = write_boxes(boxes_csv_for(out), ordered)
+    _, boxes_csv = write_submission_and_boxes(out, boxes_csv_for(out), ordered)
     if unreadable == len(files):
         raise UserError(f"{images_dir}: none of the {len(files)} .dcm files could be read (reasons above); "
                         f"{out} has only empty rows")
@@ -171,6 +170,8 @@ def write_reports(files: list[Path], found_by_id: dict[str, Detection], out_dir:
             write_sr(path, sr_path(out_dir, path.stem), found.boxes_orig_xyxy, found.scores, found.image_score,
                      run_name=name)
             written += 1
+        except OutputError:  # the folder is full or read-only: every report after this one would fail too
+            raise
         except UserError as exc:  # one bad header must not cost the other reports
             print(f"pneumodet predict: {exc}; no SR written", file=sys.stderr)
         except Exception as exc:  # a header highdicom refuses in a way not foreseen: that file only

@@ -13,6 +13,7 @@ temporary folders of processes that are gone, are removed by the next prepare.
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import shutil
 import signal
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +30,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from pneumodet.files import fsync_path, pid_alive, remove_stale
+from pneumodet.errors import RunFailure
+from pneumodet.files import FULL_ERRNOS, free_space, fsync_path, output_error, pid_alive, remove_stale
 from pneumodet.io.dicom import DicomError, DicomImage, read_dicom, read_dicom_bytes
 
 CACHE_VERSION = 1
@@ -144,6 +147,7 @@ def decode_into(images_path: Path, files: list[Path], size_px: int, workers: int
     array = np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8,
                                       shape=(len(files), size_px, size_px))
     del array
+    reserve(images_path)
     workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
     jobs = [(i, str(p)) for i, p in enumerate(files)]
     bar = tqdm(total=len(jobs), desc=f"prepare {size_px}px", unit="img", disable=not progress)
@@ -155,14 +159,33 @@ def decode_into(images_path: Path, files: list[Path], size_px: int, workers: int
             bar.update()
         _WORKER.clear()
     else:
-        with ProcessPoolExecutor(workers, initializer=_init_worker,
-                                 initargs=(str(images_path), size_px, os.getpid())) as pool:
-            for result in pool.map(_cache_one, jobs, chunksize=8):
-                results.append(result)
-                bar.update()
+        try:
+            with ProcessPoolExecutor(workers, initializer=_init_worker,
+                                     initargs=(str(images_path), size_px, os.getpid())) as pool:
+                for result in pool.map(_cache_one, jobs, chunksize=8):
+                    results.append(result)
+                    bar.update()
+        except BrokenProcessPool:
+            raise RunFailure(f"a prepare worker died while decoding into {images_path.parent} ({free_space(images_path)} "
+                             "free there; out of memory?); run prepare again, with --workers 1 to see its error") from None
     bar.close()
     fsync_path(images_path)  # the workers' pages reach the disk before anything calls the cache complete
     return results
+
+
+def reserve(path: Path) -> None:
+    """Allocate every block of the file at ``path`` now, so that a full disk is an OutputError here rather than a
+    SIGBUS in whichever process first writes a page of the memory map that has no block behind it."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno in FULL_ERRNOS:
+            raise output_error(path, exc) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve: write as before
+            raise
+    finally:
+        os.close(fd)
 
 
 def new_build_dir(root: Path, params: CacheParams) -> Path:

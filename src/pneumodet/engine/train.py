@@ -16,13 +16,13 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 
-from pneumodet.config import RunConfig, dump_config, load_config, schedule_for, val_every_epochs
+from pneumodet.config import RunConfig, dump_config, load_run_config, schedule_for, val_every_epochs
 from pneumodet.engine.callbacks import AtomicCheckpointIO, MetricsHistory, ValidateLastEpoch
 from pneumodet.engine.data import DetectionDataModule
 from pneumodet.engine.loggers import build_loggers, check_loggers, start_loggers
 from pneumodet.engine.module import DetectionModule
 from pneumodet.errors import UserError
-from pneumodet.files import write_text_atomic
+from pneumodet.files import remove_stale, write_text_atomic
 from pneumodet.memory import keep_freed_memory
 from pneumodet.runs import (
     FOLDS_FILE,
@@ -69,20 +69,28 @@ def is_follower() -> bool:
 
 
 def open_run(config: RunConfig | None, run: str | Path | None, resume: bool, runs_base: str | Path = "runs"
-             ) -> tuple[RunConfig, RunPaths]:
-    """Return the configuration and paths for a new run, or for the run being resumed."""
+             ) -> tuple[RunConfig, RunPaths, bool]:
+    """Return (configuration, paths, whether it continues from a checkpoint) for a new run or the run being
+    resumed. A run killed before its first checkpoint is started over in its folder with its own config.yaml;
+    a finished run is refused (nothing to resume). Creates nothing."""
     if is_follower():  # rank 0 chose and created the folder; Lightning's workers inherit it
         root = run or os.environ.get(RUN_ENV)  # a fold names its own folder; a plain run may take rank 0's
         if root is None:
             raise UserError("a DDP worker on another node needs --run DIR (the same folder as rank 0)")
-        return (load_config(Path(root) / "config.yaml") if resume else config), RunPaths(Path(root))
+        paths = RunPaths(Path(root))
+        return (_run_config(paths) if resume else config), paths, resume and paths.last.is_file()
     if resume:
         if run is None:
             raise UserError("--resume needs --run DIR (the run folder to continue)")
         paths = RunPaths(Path(run))
-        if not paths.last.is_file():
-            raise UserError(f"{paths.last}: nothing to resume (no last checkpoint)")
-        return load_config(paths.config), paths
+        if not paths.config.is_file() and not paths.last.is_file():
+            raise UserError(f"{paths.root}: nothing to resume: not a run folder (no config.yaml, no weights/last.ckpt); "
+                            "train a new run with --config")
+        config, progress = _run_config(paths), schedule_progress(paths)
+        if progress is not None and progress[0] >= config.train.epochs:
+            raise UserError(f"{paths.root}: finished all {config.train.epochs} epochs of its config.yaml; nothing to "
+                            "resume (evaluate it, or train a new run for a longer schedule)")
+        return config, paths, progress is not None
     if run is not None:
         root = Path(run)
         if root.exists() and any(root.iterdir()):
@@ -90,7 +98,37 @@ def open_run(config: RunConfig | None, run: str | Path | None, resume: bool, run
                             "or choose another --run")
     else:
         root = new_run_dir(runs_base, config.name)
-    return config, RunPaths(root)
+    return config, RunPaths(root), False
+
+
+def _run_config(paths: RunPaths) -> RunConfig:
+    """Return the configuration in a run's config.yaml, checked against the one its last checkpoint holds."""
+    like = read_checkpoint(paths.last, mmap=True)["pneumodet"]["config"] if paths.last.is_file() else None
+    return load_run_config(paths.config, like)
+
+
+def _start_over(paths: RunPaths) -> None:
+    """Remove what a run killed before its first checkpoint wrote, but its config.yaml and split.csv."""
+    for entry in paths.root.iterdir():
+        if entry.name in (paths.config.name, paths.split.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def check_trainer(cfg) -> None:
+    """Raise a one-line UserError if Lightning refuses ``train``'s accelerator, devices, strategy or precision on
+    this machine (a GPU asked for where there is none, an unknown strategy): before anything is written."""
+    try:
+        L.Trainer(accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes, strategy=cfg.strategy,
+                  precision=cfg.precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False)
+    except Exception as exc:  # Lightning's MisconfigurationException, ValueError, RuntimeError...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"train.accelerator={cfg.accelerator}, devices={cfg.devices}, strategy={cfg.strategy}, "
+                        f"precision={cfg.precision}: {reason[:240]}") from None
 
 
 def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = None, resume: bool = False,
@@ -100,9 +138,10 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     ``split``: the (patient_id, split) table to train on (default: the cache's split.csv).
     """
     _quiet_lightning()
-    config, paths = open_run(config, run, resume, runs_base)
+    config, paths, from_checkpoint = open_run(config, run, resume, runs_base)
     cfg = config.train
     check_loggers(cfg.loggers)  # a missing extra is said before anything is written
+    check_trainer(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     keep_freed_memory()  # each step reuses the last one's pages (pneumodet.memory)
@@ -119,7 +158,9 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
         print(f"train.steps={cfg.steps}: {cfg.epochs} epochs over {len(datamodule.train_set)} training images, stages "
               f"until epochs {', '.join(str(s.until_epoch) for s in cfg.stages)}{validating}", flush=True)
     module = DetectionModule(config, cache=str(Path(cache).resolve()))
-    if not resume and not is_follower():  # the folder appears once data and model are known to be good
+    if not from_checkpoint and not is_follower():  # the folder appears once data and model are known to be good
+        if resume:  # killed before its first checkpoint: the same run from its start
+            _start_over(paths)
         paths.make()
         dump_config(config, paths.config)
         write_env(paths.env)
@@ -155,14 +196,15 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
         limit_val_batches=cfg.limit_val_batches or None,
         default_root_dir=paths.root,
     )
-    if not is_follower() and not resume:  # before fit, Lightning does not know the ranks yet
+    if not is_follower() and not from_checkpoint:  # before fit, Lightning does not know the ranks yet
         _draw_augmentations(datamodule, config, paths)
-    if not is_follower() and resume:  # forget rows of epochs the checkpoint does not have
-        done = read_checkpoint(paths.last)["pneumodet"]["epoch"]
+    if not is_follower() and from_checkpoint:  # forget rows of epochs the checkpoint does not have
+        done = read_checkpoint(paths.last)["pneumodet"]["epoch"]  # and its checksums verified before Lightning
         write_metrics(paths.metrics_csv, [r for r in read_metrics(paths.metrics_csv) if r["epoch"] <= done])
     if not is_follower():
-        start_loggers(loggers, config, paths, resume)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(paths.last) if resume else None)
+        remove_stale(paths.weights)  # a checkpoint write a kill cut short
+        start_loggers(loggers, config, paths, from_checkpoint)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(paths.last) if from_checkpoint else None)
     result = trained_result(paths)
     if result.data_wait_share > STARVED_SHARE and not is_follower():
         warnings.warn(f"{paths.root}: the training loop waited for data {result.data_wait_share:.0%} of its time "
@@ -214,7 +256,7 @@ def train_folds(config: RunConfig | None, cache: str | Path, k: int, folds_dir: 
         runs = fold_runs(root, trained=False)
         if len(runs) != k:
             raise UserError(f"{root} holds {len(runs)} folds, not {k}")
-        config = load_config(root / "config.yaml")
+        config = load_run_config(root / "config.yaml")
     elif is_follower():  # a DDP worker: rank 0 made the folder; this process only joins each fold's training
         root = Path(folds_dir) if folds_dir else Path(os.environ[RUN_ENV]).parent
         runs = [root / f"fold-{i + 1}" for i in range(k)]

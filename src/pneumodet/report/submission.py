@@ -31,28 +31,53 @@ def format_prediction(boxes_xyxy, scores) -> str:
 
 
 def _atomic_csv(path: Path, header: list[str], rows) -> None:
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp:
+        _csv(tmp, header, rows)
+
+
+def _csv(path: Path, header: list[str], rows) -> None:
+    with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         writer.writerows(rows)
 
 
+def _submission_rows(results: dict[str, tuple[np.ndarray, np.ndarray]]):
+    return ([pid, format_prediction(b, s)] for pid, (b, s) in results.items())
+
+
+def _box_rows(results: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[list[str]]:
+    rows = []
+    for pid, (boxes, scores) in results.items():
+        for (x, y, w, h), s in zip(xyxy_to_xywh(boxes), np.asarray(scores).reshape(-1), strict=True):
+            rows.append([pid, f"{s:.5f}", f"{x:.1f}", f"{y:.1f}", f"{w:.1f}", f"{h:.1f}"])
+    return rows
+
+
 def write_submission(path: str | Path, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
     """Write ``patient_id -> (boxes_xyxy, scores)`` (original pixels) as a Kaggle submission, atomically."""
     path = Path(path)
-    _atomic_csv(path, SUBMISSION_COLUMNS, ([pid, format_prediction(b, s)] for pid, (b, s) in results.items()))
+    _atomic_csv(path, SUBMISSION_COLUMNS, _submission_rows(results))
     return path
 
 
 def write_boxes(path: str | Path, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
     """Write one row per box: patient_id,score,x,y,width,height (re-score or re-plot without the model)."""
     path = Path(path)
-    rows = []
-    for pid, (boxes, scores) in results.items():
-        for (x, y, w, h), s in zip(xyxy_to_xywh(boxes), np.asarray(scores).reshape(-1), strict=True):
-            rows.append([pid, f"{s:.5f}", f"{x:.1f}", f"{y:.1f}", f"{w:.1f}", f"{h:.1f}"])
-    _atomic_csv(path, BOX_COLUMNS, rows)
+    _atomic_csv(path, BOX_COLUMNS, _box_rows(results))
     return path
+
+
+def write_submission_and_boxes(path: str | Path, boxes_path: str | Path,
+                               results: dict[str, tuple[np.ndarray, np.ndarray]]) -> tuple[Path, Path]:
+    """Write the submission and its per-box table together: both are written in full before either is published
+    (the table first), so a full disk or a kill leaves the old pair or the new one, never a new submission
+    without its table."""
+    path, boxes_path = Path(path), Path(boxes_path)
+    with atomic_path(path) as tmp_submission, atomic_path(boxes_path) as tmp_boxes:
+        _csv(tmp_boxes, BOX_COLUMNS, _box_rows(results))
+        _csv(tmp_submission, SUBMISSION_COLUMNS, _submission_rows(results))
+    return path, boxes_path
 
 
 def read_boxes(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -139,7 +164,8 @@ def read_submission(path: str | Path) -> dict[str, Prediction]:
     if list(frame.columns[:2]) != SUBMISSION_COLUMNS:
         raise UserError(f"{path}: expected columns patientId,PredictionString, found {','.join(frame.columns)}")
     out: dict[str, Prediction] = {}
-    for line, (pid, text) in enumerate(zip(frame["patientId"], frame["PredictionString"], strict=True), start=2):
+    for line, (pid, text) in enumerate(zip(frame["patientId"].str.strip(), frame["PredictionString"], strict=True),
+                                       start=2):
         if pid in out:
             raise UserError(f"{path}:{line}: patientId {pid} appears twice")
         out[pid] = parse_prediction_string(text, f"{path}:{line} ({pid})")
