@@ -36,29 +36,34 @@ def _test_cache(run: Path, data: Path, size: int) -> Path:
 
 def _smoothed(val, pp):
     """``pp`` with the score threshold whose mean val mAP with its two grid neighbours is highest."""
-    from pneumodet.evaluate import GRID, _score
+    from pneumodet.tuning import GRID, score
 
     ts = GRID["score_threshold"]
-    scores = [_score(val, replace(pp, score_threshold=t)) for t in ts]
+    scores = [score(val, replace(pp, score_threshold=t)) for t in ts]
     smooth = [np.mean(scores[max(0, i - 1): i + 2]) for i in range(len(ts))]
     return replace(pp, score_threshold=ts[int(np.argmax(smooth))])
 
 
 def check(run: Path, data: Path) -> str:
+    from pneumodet.data.dataset import PneumoniaDataset
     from pneumodet.detector import load_detector
-    from pneumodet.evaluate import _score, collect, tune
     from pneumodet.postprocess import PostProcess
+    from pneumodet.runs import run_dataset
+    from pneumodet.saved import labelled_set, predict_dataset
+    from pneumodet.tuning import score, tune
 
     detector = load_detector(run, hflip_tta=False)
     start = PostProcess.from_config(detector.config.predict)
-    val, _ = collect(detector, None, "val", False, True)
-    test, _ = collect(detector, _test_cache(run, data, detector.config.data.image_size), "all", False, False)
+    own = run_dataset(detector.paths, detector.config, detector.info, "val")
+    val = labelled_set(own, predict_dataset(detector, own, progress=False))
+    other = PneumoniaDataset(_test_cache(run, data, detector.config.data.image_size), detector.image_size, "all")
+    test = labelled_set(other, predict_dataset(detector, other, progress=False, label="test"))
     tuned, _ = tune(val, start)
     no_gate, _ = tune(val, start, gate=False)
     bound, _ = tune(test, start)
     rules = [tuned, replace(no_gate, gate_threshold=0.0), _smoothed(val, tuned),
              replace(start, gate_threshold=0.0, score_threshold=0.5), bound]
-    return f"| {run.name} | " + " | ".join(f"{_score(test, pp):.3f}" for pp in rules) + " |"
+    return f"| {run.name} | " + " | ".join(f"{score(test, pp):.3f}" for pp in rules) + " |"
 
 
 def main(argv: list[str]) -> int:

@@ -94,7 +94,7 @@ def test_demo_end_to_end_in_miniature(tmp_path):
                  "plots/threshold.png", "plots/augmentations.png"):
         assert (run / name).is_file(), name
     assert (out / "submission.csv").read_text().startswith("patientId,PredictionString")
-    assert "val RSNA mAP: untrained" in proc.stdout and str(out / "submission.csv") in proc.stdout
+    assert "val RSNA mAP (tuned on val): untrained" in proc.stdout and str(out / "submission.csv") in proc.stdout
 
 
 def test_a_diverged_run_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):

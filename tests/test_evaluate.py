@@ -6,30 +6,50 @@ import pandas as pd
 import pytest
 
 from pneumodet.config import dump_config
-from pneumodet.evaluate import GRID, ValSet, evaluate, tune
+from pneumodet.evaluate import evaluate
 from pneumodet.metrics import Prediction, rsna_map
 from pneumodet.postprocess import Candidates, PostProcess
+from pneumodet.runs import RunPaths
+from pneumodet.tuning import GRID, ValSet, tune
 from tests.conftest import tiny_config
 
 
 def test_metrics_json_plots_and_predictions(trained_run):
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert 0 <= metrics["rsna_map"] <= 1 and 0 <= metrics["rsna_map_before_tuning"] <= 1
+    low, high = metrics["rsna_map_ci"]
+    assert low <= metrics["rsna_map"] <= high and metrics["bootstrap"]["resamples"] >= 1000
     assert set(metrics["postprocess"]) == {"score_threshold", "nms_iou", "max_boxes", "shrink", "gate_threshold"}
-    assert len(metrics["per_threshold"]) == 8 and metrics["split"] == "val"
-    for key in ("roc_auc", "sensitivity", "specificity", "images", "positives", "gate_roc_auc", "max_box_roc_auc"):
+    assert len(metrics["per_threshold"]) == 8 and metrics["split"] == "val" and metrics["tuned_on"] == "val"
+    for key in ("roc_auc", "roc_auc_ci", "sensitivity", "sensitivity_ci", "specificity", "ppv", "npv", "images",
+                "positives", "gate_roc_auc", "max_box_roc_auc", "tp", "fp", "fn", "tn", "call"):
         assert key in metrics["image_level"]
+    level = metrics["image_level"]
+    assert level["tp"] + level["fp"] + level["fn"] + level["tn"] == metrics["n_images"]
+    assert level["tp"] + level["fn"] == level["positives"]
     for view in metrics["by_view"].values():
-        assert "gate_roc_auc" in view and "max_box_roc_auc" in view
+        assert "gate_roc_auc" in view and "max_box_roc_auc" in view and "rsna_map_ci" in view
+    assert set(metrics["box_level"]["froc"]["fp_per_image"]) == {0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0}
+    assert {"ap", "ap50", "ap75"} == set(metrics["box_level"]["coco"])
+    assert metrics["calibration"]["gate"]["items"] == metrics["n_images"]
     # the run has a gate: evaluate also reports the same tuning with the gate off, and saves the gate's scores
     assert 0 <= metrics["rsna_map_without_gate"] <= metrics["rsna_map"] + 1e-9
     gates = pd.read_csv(trained_run / "predictions" / "val.gate.csv")
     assert list(gates.columns) == ["patient_id", "gate"] and gates["gate"].between(0, 1).all()
     assert set(metrics["by_view"]) <= {"AP", "PA", "unknown"} and metrics["by_view"]
-    for name in ("threshold.png", "roc.png"):
+    for name in ("threshold.png", "roc.png", "froc.png", "precision_recall.png", "calibration.png"):
         assert (trained_run / "plots" / name).is_file()
-    examples = sorted(p.name for p in (trained_run / "plots" / "val_examples").glob("*.png"))
-    assert examples and any("worst-miss" in n for n in examples)
+    per_image = pd.read_csv(trained_run / "report" / "per_image.csv", dtype={"patient_id": str})
+    assert len(per_image) == metrics["n_images"] and set(per_image["outcome"]) <= {"miss", "hit", "false alarm",
+                                                                                   "true negative"}
+    for table in ("operating_points", "froc", "precision_recall", "calibration"):
+        assert len(pd.read_csv(trained_run / "report" / f"{table}.csv"))
+    # examples are named by the image's own outcome, the one the review page gives it
+    outcome = dict(zip(per_image["patient_id"], per_image["outcome"], strict=True))
+    examples = sorted((trained_run / "plots" / "val_examples").glob("*.png"))
+    assert examples
+    for path in examples:
+        assert path.stem.split("-", 1)[1].replace("-", " ") in outcome.values()
     raw = pd.read_csv(trained_run / "predictions" / "val.csv")
     assert list(raw.columns) == ["patient_id", "score", "x", "y", "width", "height"]
 
@@ -95,9 +115,13 @@ def test_out_of_fold_tuning_uses_every_fold(tmp_path, monkeypatch):
             self.config = tiny_config()
             self.info = {"path": str(run / "weights" / "best.ckpt"), "epoch": 1}
             self.predictors = [SimpleNamespace(hflip_tta=hflip_tta)]
+            self.paths = RunPaths(run)
 
     monkeypatch.setattr(ev, "load_detector", FakeDetector)
-    monkeypatch.setattr(ev, "collect", lambda detector, *a: (parts[detector.name], None, {}))
+    monkeypatch.setattr(ev, "run_dataset", lambda paths, *a: paths.root.name)
+    monkeypatch.setattr(ev, "run_split", lambda paths: None)
+    monkeypatch.setattr(ev, "candidates_of", lambda detector, dataset, *a, **k: (parts[dataset].raw, {}))
+    monkeypatch.setattr(ev, "labelled_set", lambda dataset, raw, groups: parts[dataset])
     folds = tmp_path / "folds"
     for name in parts:
         (folds / name / "weights").mkdir(parents=True)

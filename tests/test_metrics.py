@@ -4,7 +4,6 @@ import pytest
 from pneumodet.metrics import (
     THRESHOLDS,
     Prediction,
-    best_threshold,
     image_precisions,
     roc_auc,
     rsna_map,
@@ -81,13 +80,6 @@ def test_per_threshold_precision_and_mean():
     assert score.per_threshold == {"0.40": 1, "0.45": 1, "0.50": 1, "0.55": 1, "0.60": 1, "0.65": 1,
                                    "0.70": 0, "0.75": 0}
     assert score.rsna_map == pytest.approx(6 / 8)
-
-
-def test_best_threshold_drops_low_confidence_false_alarms():
-    truths = [T, np.zeros((0, 4)), np.zeros((0, 4))]
-    preds = [pred(T, [0.9]), pred(T, [0.3]), pred(T, [0.2])]
-    threshold, score = best_threshold(truths, preds)
-    assert score == 1.0 and 0.3 < threshold <= 0.9
 
 
 def test_roc_auc_and_sensitivity():

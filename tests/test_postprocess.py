@@ -19,3 +19,12 @@ def test_defaults_are_predict_configs_and_the_image_score_ignores_the_threshold(
     assert PostProcess.from_config(PredictConfig()) == PostProcess(0.78, 0.01, 3, 1.0)
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11]], float)
     assert image_score(boxes, np.array([0.3, 0.6]), PostProcess(0.9, 0.1, 3, 0.5)) == 0.6
+
+
+def test_settings_are_said_in_words():
+    from pneumodet.postprocess import PostProcess
+
+    assert PostProcess(0.5, 0.01, 3, 1.0, 0.0).describe() == \
+        "score threshold 0.5, NMS IoU 0.01, at most 3 boxes, no shrink, gate off"
+    assert PostProcess(0.35, 0.3, 1, 0.875, 0.2).describe() == \
+        "score threshold 0.35, NMS IoU 0.3, at most 1 box, boxes shrunk to 0.875, gate threshold 0.2"

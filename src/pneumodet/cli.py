@@ -127,25 +127,43 @@ def _data_wait(result) -> str:
 
 
 def cmd_evaluate(args) -> None:
-    from pneumodet.evaluate import evaluate
+    from pneumodet.evaluate import EXTERNAL, evaluate
+    from pneumodet.stats import with_ci
 
     result = evaluate(args.run, args.data, split=args.split, reuse_predictions=args.reuse, hflip_tta=args.tta,
-                      tta_scales=args.tta_scales, box_refine=args.box_refine, box_vote=args.box_vote)
-    pp = result["postprocess"]
-    image = result["image_level"]
-    print(f"{result['split']} RSNA mAP {result['rsna_map']:.4f} (before tuning {result['rsna_map_before_tuning']:.4f}) "
-          f"on {result['n_images']} images; threshold {pp['score_threshold']}, NMS {pp['nms_iou']}, "
-          f"max {pp['max_boxes']} boxes, shrink {pp['shrink']}, gate threshold {pp['gate_threshold']}")
+                      tta_scales=args.tta_scales, box_refine=args.box_refine, box_vote=args.box_vote, name=args.name,
+                      retune=args.retune)
+    from pneumodet.postprocess import PostProcess
+
+    image, settings = result["image_level"], PostProcess(**result["postprocess"]).describe()
+    what = f"external set {result['set']}" if "set" in result else result["split"]
+    print(f"{what} RSNA mAP {with_ci(result['rsna_map'], result['rsna_map_ci'])} on {result['n_images']} images "
+          f"({result['n_images_counted']} counted; tuned on {result['tuned_on']})")
+    if "rsna_map_before_tuning" in result:
+        print(f"  before tuning {result['rsna_map_before_tuning']:.4f}; tuned: {settings}")
+    else:
+        print(f"  post-processing: {settings}")
     if "rsna_map_without_gate" in result:
-        print(f"without the gate: RSNA mAP {result['rsna_map_without_gate']:.4f} (tuned the same way)")
+        print(f"  without the gate: RSNA mAP {result['rsna_map_without_gate']:.4f} (tuned the same way)")
     for fold in result.get("folds", []):
         print(f"  {fold['run']}: RSNA mAP {fold['rsna_map']:.4f} on its {fold['images']} val images")
-    print(f"image level: ROC AUC {_fmt(image['roc_auc'])} (gate {_fmt(image['gate_roc_auc'])}, highest box score "
-          f"{_fmt(image['max_box_roc_auc'])}), sensitivity {_fmt(image['sensitivity'])}, "
-          f"specificity {_fmt(image['specificity'])}")
+    print(f"image level ({image['positives']} of {image['images']} images positive): ROC AUC "
+          f"{with_ci(image['roc_auc'], image['roc_auc_ci'])}; the call (any box kept): sensitivity "
+          f"{with_ci(image['sensitivity'], image['sensitivity_ci'])}, specificity "
+          f"{with_ci(image['specificity'], image['specificity_ci'])}, PPV {with_ci(image['ppv'], image['ppv_ci'])}, "
+          f"NPV {with_ci(image['npv'], image['npv_ci'])}; TP {image['tp']}, FP {image['fp']}, FN {image['fn']}, "
+          f"TN {image['tn']}")
+    boxes = result["box_level"]
+    print(f"boxes: FROC {_fmt(boxes['froc']['mean_sensitivity'])} (mean sensitivity at 1/8-8 false positives per "
+          f"image), COCO AP50 {_fmt(boxes['coco']['ap50'])}, AP[.5:.95] {_fmt(boxes['coco']['ap'])}; ECE gate "
+          f"{_fmt((result['calibration']['gate'] or {}).get('ece'))}, boxes {_fmt(result['calibration']['box']['ece'])}")
     for view, m in result["by_view"].items():
-        print(f"  {view}: RSNA mAP {m['rsna_map']:.4f}, ROC AUC {_fmt(m['roc_auc'])}, {m['images']} images")
-    print(f"wrote {Path(args.run) / 'metrics.json'} and plots in {Path(args.run) / 'plots'}")
+        print(f"  {view}: RSNA mAP {with_ci(m['rsna_map'], m['rsna_map_ci'])}, ROC AUC "
+              f"{with_ci(m['roc_auc'], m['roc_auc_ci'])}, {m['images']} images")
+    boot = result["bootstrap"]
+    print(f"intervals: 95 %, {boot['resamples']} bootstrap resamples by {boot['by']} ({boot['units']} drawn each time)")
+    where = Path(args.run) / EXTERNAL / result["set"] if "set" in result else Path(args.run)
+    print(f"wrote {where / 'metrics.json'}, tables in {where / 'report'} and plots in {where / 'plots'}")
 
 
 def _fmt(value) -> str:
@@ -168,7 +186,7 @@ def cmd_predict(args) -> None:
     else:
         summary = predict_folder(runs, args.images, args.out, **options)
     print(f"{summary.images} images ({summary.unreadable} unreadable), {summary.with_boxes} with boxes; "
-          f"post-processing {summary.postprocess}")
+          f"{summary.postprocess.describe()}")
     print(f"{summary.images / max(summary.seconds, 1e-9):.1f} images/s ({summary.seconds:.1f} s decoding and "
           f"predicting, {summary.engine} engine)")
     print(f"wrote {summary.submission} and {summary.boxes_csv}")
@@ -212,7 +230,37 @@ def cmd_export(args) -> None:
 def cmd_score(args) -> None:
     from pneumodet.report.submission import score_submission
 
-    print(json.dumps(score_submission(args.submission, args.labels), indent=2))
+    result = score_submission(args.submission, args.labels)
+    missing, extra = result["missing_from_submission"], result["not_in_labels"]
+    if missing or extra:  # a score of 0.0 over a submission for other images is not a result
+        gap = (f"the submission has no row for {missing} of the {result['images_in_labels']} labelled images (scored "
+               f"as no box) and {extra} row(s) for images the labels do not have")
+        if args.strict:
+            raise UserError(f"{args.submission}: {gap}")
+        print(f"pneumodet score: warning: {gap}; --strict makes this an error", file=sys.stderr)
+    print(json.dumps(result, indent=2))
+
+
+def cmd_compare(args) -> None:
+    from pneumodet.compare import compare
+    from pneumodet.saved import finite
+    from pneumodet.stats import with_ci
+
+    result = compare(args.a, args.b)
+    if args.json:
+        print(json.dumps(finite(result), indent=2))
+        return
+    boot = result["bootstrap"]
+    print(f"{result['images']} images in both reports ({result['only_in_a']} only in A, {result['only_in_b']} only in "
+          f"B); 95 % intervals from {boot['resamples']} paired bootstrap resamples by {boot['by']}")
+    for name, title in (("rsna_map", "RSNA mAP"), ("roc_auc", "image-level ROC AUC")):
+        m = result[name]
+        difference = m["difference"]
+        low_high = m["difference_ci"]
+        verdict = "" if low_high is None else (" (A better)" if low_high[0] > 0 else " (B better)" if low_high[1] < 0
+                                               else " (no difference shown)")
+        print(f"{title}: A {with_ci(m['a'], m['a_ci'])}, B {with_ci(m['b'], m['b_ci'])}; A - B "
+              f"{difference:+.3f}" + (f" ({low_high[0]:+.3f} to {low_high[1]:+.3f}){verdict}" if low_high else ""))
 
 
 def cmd_serve(args) -> None:
@@ -303,17 +351,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "the out-of-fold predictions, predict with it for the ensemble")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a run on val, tune post-processing, draw plots",
-                       description="Predict the val split, tune score threshold / NMS IoU / max boxes / box "
-                       "shrink on it, and write RUN/metrics.json (rsna_map, per-threshold precision, image-level "
-                       "ROC AUC, sensitivity, specificity, by view) and RUN/plots (threshold.png, roc.png, "
-                       "val_examples/).")
+    p = sub.add_parser("evaluate", help="tune the post-processing on val; score another labelled set with it frozen",
+                       description="Without --split all: predict the run's own val split, tune score threshold, gate "
+                       "threshold, NMS IoU, max boxes and box shrink on it, and write RUN/metrics.json (the run's "
+                       "tuning, which predict and serve follow; written by nothing else), RUN/report/*.csv and "
+                       "RUN/plots. With --data CACHE --split all: an external test. Every image of another "
+                       "labelled set is predicted and post-processed with the run's frozen tuning and scored into "
+                       "RUN/external/NAME/ (metrics.json, predictions/, report/, plots/); the run's own files are "
+                       "not touched. Every RSNA mAP, AUC, sensitivity, specificity, PPV and NPV comes with its 95 "
+                       "% bootstrap interval (1,000 seeded resamples, by image, or by group where prepare --groups "
+                       "gave groups); the report adds FROC, COCO AP, precision-recall and calibration.")
     p.add_argument("run", type=Path, help="run folder written by pneumodet train, or a folds folder (train --folds K): "
                    "each fold is predicted on its own val fold and post-processing is tuned on all of them")
     p.add_argument("--data", type=Path, default=None, help="cache folder (default: the one the run trained on)")
     p.add_argument("--split", choices=["val", "all"], default="val",
-                   help="which images of the cache: its val split (default) or all of them (another labelled set)")
-    p.add_argument("--reuse", action="store_true", help="re-score RUN/predictions/SPLIT.csv without the model")
+                   help="val: the run's own val images, tuned on (default); all: every image of --data, another "
+                   "labelled set, scored with the frozen tuning (an external test)")
+    p.add_argument("--name", default=None, help="with --split all: the report folder's name under RUN/external/ "
+                   "(default: the cache folder's name)")
+    p.add_argument("--retune", action="store_true", help="with --split all: tune the post-processing on that set "
+                   "instead of using the run's (reported as an optimistic figure; metrics.json is never changed)")
+    p.add_argument("--reuse", action="store_true", help="re-score the saved predictions (RUN/predictions/val.csv, or "
+                   "the external set's) without the model, if they were made by the same weights and settings")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="predict val with horizontal-flip TTA and tune for it (default: the config's "
                    "predict.hflip_tta); metrics.json records it and predict follows it")
@@ -392,7 +451,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "against LABELS_CSV (patientId,x,y,width,height,Target).")
     p.add_argument("submission", type=Path, help="submission CSV (patientId,PredictionString)")
     p.add_argument("--labels", type=Path, required=True, help="labels CSV in the Kaggle format")
+    p.add_argument("--strict", action="store_true", help="exit 2 when the submission and the labels do not name the "
+                   "same images (without it: a warning on stderr, and a labelled image with no row scores as no box)")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("compare", help="paired bootstrap: is report A better than report B on the same images?",
+                       description="Compare two evaluate reports on the images both scored: a run folder (its val "
+                       "report) or an external report (RUN/external/NAME), e.g. an ensemble and one of its folds on "
+                       "one external set. Prints each one's RSNA mAP and image-level ROC AUC and the difference A - B "
+                       "with its 95 % interval, both systems resampled together (1,000 seeded resamples, by group "
+                       "where both reports have groups).")
+    p.add_argument("a", type=Path, help="report folder A (a run folder, or RUN/external/NAME)")
+    p.add_argument("b", type=Path, help="report folder B")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("serve", help="web page and HTTP API to review predictions and run the model",
                        description="Start the review web application for a run: overview (metrics, plots), "

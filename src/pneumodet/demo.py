@@ -6,7 +6,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pneumodet.config import load_config
@@ -18,25 +17,23 @@ DEMO_STEPS = 800
 
 
 def untrained_map(config, cache: Path) -> float:
-    """Return the val RSNA mAP (best threshold) of the same model with its initial random weights."""
+    """Return the val RSNA mAP (best score threshold) of the same model with its initial random weights."""
     from dataclasses import replace
 
-    from pneumodet.boxes import xywh_to_xyxy
     from pneumodet.data.dataset import PneumoniaDataset
     from pneumodet.detector import Detector
-    from pneumodet.evaluate import predict_dataset
-    from pneumodet.metrics import Prediction, best_threshold
     from pneumodet.model import build_model
-    from pneumodet.postprocess import PostProcess, postprocess
+    from pneumodet.postprocess import PostProcess
+    from pneumodet.saved import labelled_set, predict_dataset
+    from pneumodet.tuning import THRESHOLD, tune
 
     torch.manual_seed(config.train.seed)
     model = build_model(config.model, config.data.image_size)
-    detector = Detector(model, config, replace(PostProcess.from_config(config.predict), score_threshold=0.0))
+    start = replace(PostProcess.from_config(config.predict), score_threshold=0.0)
+    detector = Detector(model, config, start)
     dataset = PneumoniaDataset(cache, config.data.image_size, "val")
-    raw = predict_dataset(detector, dataset, progress=False)
-    truths = [xywh_to_xyxy(dataset.boxes_xywh(i)) for i in range(len(dataset))]
-    predictions = [Prediction(*postprocess(b, s, detector.postprocess, gate)) for b, s, gate in raw]
-    return best_threshold(truths, predictions, grid=tuple(np.arange(0.0, 1.0, 0.05)))[1]
+    val = labelled_set(dataset, predict_dataset(detector, dataset, progress=False))
+    return tune(val, start, THRESHOLD, gate=False)[1]
 
 
 def run_demo(out: str | Path, n_train: int, n_test: int, overrides: list[str] = ()) -> dict:
@@ -75,12 +72,15 @@ def run_demo(out: str | Path, n_train: int, n_test: int, overrides: list[str] = 
     predict_folder(result.run, data / TEST_IMAGES, out / "submission.csv")
     step("score", f"the submission against {TEST_TRUTH}")
     from pneumodet.report.submission import score_submission
+    from pneumodet.stats import with_ci
 
     test_score = score_submission(out / "submission.csv", data / TEST_TRUTH)
     summary = {
         "val_rsna_map_untrained": before,
         "val_rsna_map_trained": metrics["rsna_map"],
+        "val_rsna_map_trained_ci": metrics["rsna_map_ci"],
         "test_rsna_map": test_score["rsna_map"],
+        "test_rsna_map_ci": test_score["rsna_map_ci"],
         "val_rsna_map_without_gate": metrics.get("rsna_map_without_gate"),
         "image_level_roc_auc": metrics["image_level"]["roc_auc"],
         "gate_roc_auc": metrics["image_level"]["gate_roc_auc"],
@@ -94,14 +94,17 @@ def run_demo(out: str | Path, n_train: int, n_test: int, overrides: list[str] = 
     run = result.run
     gate = (f" ({metrics['rsna_map_without_gate']:.3f} without the image-level gate)"
             if "rsna_map_without_gate" in metrics else "")
-    print(f"\nval RSNA mAP: untrained {before:.3f} -> trained {metrics['rsna_map']:.3f}{gate}; "
-          f"synthetic test RSNA mAP {test_score['rsna_map']:.3f}; {summary['wall_time_s']:.0f} s in all")
+    trained = with_ci(metrics["rsna_map"], metrics["rsna_map_ci"])
+    tested = with_ci(test_score["rsna_map"], test_score["rsna_map_ci"])
+    print(f"\nval RSNA mAP (tuned on val): untrained {before:.3f} -> trained {trained}{gate}; synthetic test RSNA mAP "
+          f"(never tuned on) {tested}; {summary['wall_time_s']:.0f} s in all (intervals: 95 %, bootstrap over images)")
     print("results:")
     for what, where in [("data (Kaggle layout)", data), ("QC report", cache / "qc.csv"), ("run folder", run),
                         ("metrics per epoch", run / "metrics.csv"), ("evaluation", run / "metrics.json"),
                         ("loss curves", run / "plots" / "loss_curves.png"),
                         ("augmentations", run / "plots" / "augmentations.png"),
                         ("predicted vs true boxes", run / "plots" / "val_examples"),
+                        ("FROC, PR, calibration", run / "plots"), ("report tables", run / "report"),
                         ("submission", out / "submission.csv"), ("summary", out / "demo_summary.json")]:
         print(f"  {what:<26} {where}")
     print(f"review them in a browser: pneumodet serve {run}")

@@ -63,6 +63,22 @@ def image_precisions(truth_xyxy, pred_xyxy, scores) -> np.ndarray | None:
     return precisions
 
 
+OUTCOMES = ("miss", "false alarm", "hit", "true negative")
+
+
+def outcome_of(truth_xyxy, pred_xyxy, scores) -> tuple[str, float | None]:
+    """Return (outcome, image RSNA score) of one image. A positive is a hit when a box finds one of its truth
+    boxes at the loosest IoU threshold (0.40), else a miss; a negative with any box is a false alarm, without
+    one a true negative (which does not count, so has no score)."""
+    precisions = image_precisions(truth_xyxy, pred_xyxy, scores)
+    if precisions is None:
+        return "true negative", None
+    value = float(precisions.mean())
+    if len(as_boxes(truth_xyxy)) == 0:
+        return "false alarm", value
+    return ("hit" if precisions[0] > 0 else "miss"), value
+
+
 @dataclass(frozen=True)
 class RsnaScore:
     rsna_map: float
@@ -92,17 +108,6 @@ def rsna_map(truths: Sequence, predictions: Sequence[Prediction]) -> RsnaScore:
         n_images=len(table),
         per_image=per_image,
     )
-
-
-def best_threshold(truths: Sequence, predictions: Sequence[Prediction],
-                   grid: Sequence[float] = tuple(np.round(np.arange(0.05, 0.951, 0.05), 2))) -> tuple[float, float]:
-    """Return (score threshold, RSNA mAP) maximising the mAP over ``grid`` (ties: the lower threshold)."""
-    best = (float(grid[0]), -1.0)
-    for threshold in grid:
-        score = rsna_map(truths, [p.above(threshold) for p in predictions]).rsna_map
-        if score > best[1] + 1e-12:
-            best = (float(threshold), score)
-    return best
 
 
 def roc_auc(labels, scores) -> float:

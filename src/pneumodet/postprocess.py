@@ -37,6 +37,14 @@ class PostProcess:
     def from_config(cls, cfg: PredictConfig) -> PostProcess:
         return cls(cfg.score_threshold, cfg.nms_iou, cfg.max_boxes, cfg.shrink, cfg.gate_threshold)
 
+    def describe(self) -> str:
+        """Return the settings in words, e.g. 'score threshold 0.5, NMS IoU 0.01, at most 3 boxes, no shrink, gate
+        off'."""
+        shrink = "no shrink" if self.shrink == 1.0 else f"boxes shrunk to {self.shrink:g}"
+        gate = "gate off" if self.gate_threshold <= 0 else f"gate threshold {self.gate_threshold:g}"
+        return (f"score threshold {self.score_threshold:g}, NMS IoU {self.nms_iou:g}, at most {self.max_boxes} "
+                f"box{'es' if self.max_boxes != 1 else ''}, {shrink}, {gate}")
+
 
 class Candidates(NamedTuple):
     """One image's raw output: every candidate box before post-processing, and the gate's probability."""

@@ -68,3 +68,20 @@ def test_score_against_kaggle_labels(tmp_path):
     assert result["rsna_map"] == pytest.approx(1 / 3) and result["n_images"] == 3
     assert result["missing_from_submission"] == 1 and result["not_in_labels"] == 1
     assert set(result["per_threshold"]) == {"0.40", "0.45", "0.50", "0.55", "0.60", "0.65", "0.70", "0.75"}
+
+
+def test_score_says_when_the_submission_and_the_labels_name_other_images(tmp_path, capsys):
+    from pneumodet.cli import main
+
+    labels = "patientId,x,y,width,height,Target\n" + "".join(f"p{i},,,,,0\n" for i in range(300))
+    (tmp_path / "labels.csv").write_text(labels)
+    (tmp_path / "sub.csv").write_text("patientId,PredictionString\np0,\nq1,0.9 1 1 5 5\nq2,\n")
+    assert main(["score", str(tmp_path / "sub.csv"), "--labels", str(tmp_path / "labels.csv")]) == 0
+    err = capsys.readouterr().err
+    assert "no row for 299 of the 300 labelled images" in err and "2 row(s) for images the labels do not have" in err
+    assert main(["score", str(tmp_path / "sub.csv"), "--labels", str(tmp_path / "labels.csv"), "--strict"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no row for 299" in err
+    (tmp_path / "full.csv").write_text("patientId,PredictionString\n" + "".join(f"p{i},\n" for i in range(300)))
+    assert main(["score", str(tmp_path / "full.csv"), "--labels", str(tmp_path / "labels.csv"), "--strict"]) == 0
+    assert capsys.readouterr().err == ""

@@ -92,22 +92,23 @@ def test_a_damaged_or_unlisted_engine_graph_is_not_run(trained_run, tmp_path, sy
 
 def test_reuse_refuses_predictions_made_under_other_settings(run_copy, monkeypatch, capsys):
     import pneumodet.evaluate as ev
+    import pneumodet.saved as saved
 
     with pytest.warns(UserWarning, match="trained without flips"):
         made = ev.evaluate(run_copy, progress=False, hflip_tta=True)
     assert made["predictions"]["settings"]["hflip_tta"] is True and "val.csv" in made["predictions"]["sha256"]
     # evaluate --no-tta killed once val.csv is written, before the record of how it was made
-    real = ev.write_text_atomic
+    real = saved.write_text_atomic
 
     def killed(path, text):
         if Path(path).name == "val.json":
             raise KeyboardInterrupt
         return real(path, text)
 
-    monkeypatch.setattr(ev, "write_text_atomic", killed)
+    monkeypatch.setattr(saved, "write_text_atomic", killed)
     with pytest.raises(KeyboardInterrupt):
         ev.evaluate(run_copy, progress=False, hflip_tta=False)
-    monkeypatch.setattr(ev, "write_text_atomic", real)
+    monkeypatch.setattr(saved, "write_text_atomic", real)
     before = _snapshot(run_copy)
     err = _one_error_line(capsys, main(["evaluate", str(run_copy), "--reuse"]))
     assert "no record of how these predictions were made" in err and _snapshot(run_copy) == before

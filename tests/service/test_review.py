@@ -3,8 +3,9 @@ import io
 import numpy as np
 from PIL import Image
 
+from pneumodet.metrics import outcome_of
 from pneumodet.postprocess import PostProcess
-from pneumodet.service.review import outcome_of, render_png
+from pneumodet.service.review import render_png
 
 
 def test_outcomes():

@@ -120,6 +120,8 @@ def prepare(data: str | Path, out: str | Path, size_px: int = 256, val_fraction:
             val_fraction = auto_val_fraction(len(images))
         split = split_images(images, val_fraction, seed, groups)
         split["fold"] = assign_folds(images, folds, seed, groups).to_numpy()  # for train --folds
+        if groups:  # kept for evaluate: its intervals resample whole groups
+            split["group"] = [groups.get(pid, f"image:{pid}") for pid in split["patient_id"]]
         split_csv = out / "split.csv"
         with atomic_path(split_csv) as tmp:
             split.to_csv(tmp, index=False)

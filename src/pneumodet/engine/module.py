@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import replace
 
 import lightning as L
 import numpy as np
@@ -13,12 +12,15 @@ import torch
 from torch import nn
 
 from pneumodet import __version__
+from pneumodet.boxes import xywh_to_xyxy
 from pneumodet.config import RunConfig, Stage
 from pneumodet.errors import RunFailure
-from pneumodet.metrics import Prediction, best_threshold, roc_auc, rsna_map
-from pneumodet.model import CLASS_NAMES, boxes_only, build_model, head_parameters, swapped
-from pneumodet.postprocess import PostProcess, postprocess
+from pneumodet.metrics import roc_auc
+from pneumodet.model import CLASS_NAMES, build_model, head_parameters
+from pneumodet.postprocess import PostProcess
+from pneumodet.predict import Predictor, to_original
 from pneumodet.runs import LOSS_NAMES
+from pneumodet.tuning import COARSE, FULL, ValSet, tune
 
 
 class TrainingDiverged(RunFailure):
@@ -146,14 +148,16 @@ class DetectionModule(L.LightningModule):
         total = sum(losses.values())
         if torch.isfinite(total):
             self._accumulate("val", {"loss": total, **losses}, len(images))
-        self.model.eval()
-        with torch.no_grad(), boxes_only(self.model), swapped(self.model.roi_heads,
-                                                             box_vote=self.config.predict.box_vote):
-            detections = self.model(images)
-        for target, det in zip(targets, detections, strict=True):
-            self._val_outputs.append((target["boxes"].cpu().numpy(), det["boxes"].float().cpu().numpy(),
-                                      det["scores"].float().cpu().numpy(),
-                                      float(det["gate"]) if "gate" in det else math.nan))
+        # the candidates evaluate and predict would see: the same Predictor and settings (TTA, refinement, voting)
+        for target, found in zip(targets, self._predictor()(images), strict=True):
+            self._val_outputs.append((int(target["image_id"]), found))
+
+    def _predictor(self) -> Predictor:
+        p = self.config.predict
+        # channels-last stays off: it would change the memory layout of the weights being trained
+        return Predictor(self.model, self.config.data.image_size, hflip_tta=p.hflip_tta, device=self.device,
+                         bf16=p.bf16, scales=tuple(p.tta_scales) if p.hflip_tta else (1.0,), box_refine=p.box_refine,
+                         box_vote=p.box_vote)
 
     def _accumulate(self, split: str, losses: dict, n: int) -> None:
         sums = self._sums.setdefault(split, {"n": 0.0})
@@ -199,25 +203,40 @@ class DetectionModule(L.LightningModule):
             gathered = [None] * self.trainer.world_size
             torch.distributed.all_gather_object(gathered, outputs)
             outputs = [o for part in gathered for o in part]
-        truths = [o[0] for o in outputs]
-        # post-processed as evaluate and predict do (NMS, max boxes, shrink), so best.ckpt is chosen on the
-        # score the run will report; the threshold is the best on val, as evaluate's tuning would find
-        pp = replace(PostProcess.from_config(self.config.predict), score_threshold=0.0)
-        predictions = [Prediction(*postprocess(o[1], o[2], pp, o[3])) for o in outputs]
-        threshold, score = best_threshold(truths, predictions) if outputs else (0.0, 0.0)
-        every_box = rsna_map(truths, predictions).rsna_map if outputs else 0.0
-        if every_box > score:  # no threshold beats keeping every box
-            threshold, score = 0.0, every_box
+        val_set = self._labelled(outputs)
+        # tuned by evaluate's own search: the thresholds on a coarse grid between epochs, everything on the last, so
+        # the run's last val figure is what evaluate reports for the same weights
+        last = self.trainer.max_epochs is not None and self.current_epoch >= self.trainer.max_epochs - 1
+        tuned, score = tune(val_set, PostProcess.from_config(self.config.predict), FULL if last else COARSE) \
+            if outputs else (PostProcess.from_config(self.config.predict), 0.0)
+        threshold = tuned.score_threshold
         val = self._reduced("val")
         row = self.epoch_row()
         row.update({f"val_{k}": val[k] for k in LOSS_NAMES})
-        gates = np.array([o[3] for o in outputs])
-        gate_auc = roc_auc(np.array([len(t) > 0 for t in truths]), gates) \
-            if len(gates) and not np.isnan(gates).any() else math.nan
+        gate_auc = roc_auc(val_set.labels, [c.gate for c in val_set.raw]) if val_set.has_gate else math.nan
         row.update({"val_rsna_map": score, "val_threshold": threshold, "val_gate_auc": gate_auc})
         self.history_row = row
         self.log("val/rsna_map", float(score), prog_bar=True)
         self.log("val/loss", float(val["loss"]) if not math.isnan(val["loss"]) else np.inf)
+
+    def _labelled(self, outputs: list) -> ValSet:
+        """Return the val images' candidates (``outputs``: (cache row, candidates in cache pixels)) as evaluate
+        collects them: in the val set's order, boxes in each image's own pixels, truth from the cache's table."""
+        dataset = self.trainer.datamodule.val_set
+        dataset = getattr(dataset, "dataset", dataset)  # a Subset (data.val_limit) of the val images
+        index_of = {int(row): i for i, row in enumerate(dataset.records["row"])}
+        size = self.config.data.image_size
+        ids, views, truths, raw = [], [], [], []
+        for row, found in sorted(outputs, key=lambda o: index_of[o[0]]):
+            i = index_of[row]
+            record = dataset.records.iloc[i]
+            height, width = int(record["original_height"]), int(record["original_width"])
+            ids.append(str(record["patient_id"]))
+            views.append(record["view"] if isinstance(record["view"], str) else "unknown")
+            truths.append(xywh_to_xyxy(dataset.boxes_xywh(i)))
+            raw.append(found._replace(boxes_xyxy=to_original(found.boxes_xyxy, size / width, size / height, height,
+                                                              width)))
+        return ValSet(ids, views, truths, raw)
 
     def on_save_checkpoint(self, checkpoint):
         checkpoint["pneumodet"] = {

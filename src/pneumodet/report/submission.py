@@ -176,12 +176,15 @@ def score_submission(submission: Path, labels_csv: Path) -> dict:
     """Return the RSNA score of a submission file against a Kaggle-format labels file."""
     from pneumodet.io.labels import read_labels
     from pneumodet.metrics import rsna_map
+    from pneumodet.stats import interval, resample_weights, weighted_mean
 
     predictions = read_submission(submission)
     labels = read_labels(labels_csv).annotations
     ids = list(labels)
     score = rsna_map([xywh_to_xyxy(labels[pid].boxes_xywh) for pid in ids],
                      [predictions.get(pid, Prediction.empty()) for pid in ids])
-    return {**score.to_dict(), "images_in_labels": len(ids),
+    resamples = resample_weights(len(ids))
+    return {**score.to_dict(), "rsna_map_ci": interval(weighted_mean(score.per_image, resamples.weights)),
+            "bootstrap": resamples.describe(), "images_in_labels": len(ids),
             "missing_from_submission": sum(pid not in predictions for pid in ids),
             "not_in_labels": len(set(predictions) - set(labels))}
