@@ -51,10 +51,25 @@ class RandAffine:
     def __call__(self, image, target):
         return self.apply(image, target, self.sample(*image.shape[-2:]))
 
-    def variants(self) -> list:
-        """Return scale, translate, rotate and shear each on its own (for the augmentation gallery)."""
-        return [RandAffine(self.scale, (0.0, 0.0), 0.0, 0.0), RandAffine((1.0, 1.0), self.translate, 0.0, 0.0),
-                RandAffine((1.0, 1.0), (0.0, 0.0), self.rotate, 0.0), RandAffine((1.0, 1.0), (0.0, 0.0), 0.0, self.shear)]
+    def ends(self) -> list:
+        """Return scale, translate, rotate and shear each on its own at both ends of its range (for the
+        augmentation gallery)."""
+        (low, high), (tx, ty), r, s = self.scale, self.translate, self.rotate, self.shear
+        return [FixedAffine(scale=low), FixedAffine(scale=high), FixedAffine(translate=(-tx, -ty)),
+                FixedAffine(translate=(tx, ty)), FixedAffine(angle=-r), FixedAffine(angle=r),
+                FixedAffine(shear=(-s, -s)), FixedAffine(shear=(s, s))]
+
+
+class FixedAffine(RandAffine):
+    """One affine with given parameters (``translate`` as fractions of the width and height): a gallery panel."""
+
+    def __init__(self, scale: float = 1.0, translate=(0.0, 0.0), angle: float = 0.0, shear=(0.0, 0.0)):
+        super().__init__()
+        self.fixed = {"scale": scale, "translate": translate, "angle": angle, "shear": list(shear)}
+
+    def sample(self, height: int, width: int) -> dict:
+        tx, ty = self.fixed["translate"]
+        return {**self.fixed, "translate": [round(tx * width), round(ty * height)]}
 
 
 def describe_affine(p: dict) -> str:
@@ -88,7 +103,7 @@ class RandHFlip:
     def __init__(self, p: float = 0.5):
         self.p, self.last = p, ""
 
-    def variants(self) -> list:
+    def ends(self) -> list:
         """Return this op forced to apply (for the augmentation gallery)."""
         return [RandHFlip(1.0)]
 
@@ -109,8 +124,15 @@ class RandBrightnessContrast:
     def __init__(self, brightness=(0.9, 1.1), contrast=(0.9, 1.1), gamma=(1.0, 1.0)):
         self.brightness, self.contrast, self.gamma, self.last = brightness, contrast, tuple(gamma), ""
 
-    def variants(self) -> list:
-        return [self]
+    def ends(self) -> list:
+        """Return the lowest and highest brightness, contrast and (when on) gamma, each alone."""
+        ops = []
+        for name in ("brightness", "contrast", "gamma"):
+            low, high = getattr(self, name)
+            if (low, high) != (1.0, 1.0):
+                ops += [RandBrightnessContrast(**{"brightness": (1.0, 1.0), "contrast": (1.0, 1.0), name: (v, v)})
+                        for v in (low, high)]
+        return ops
 
     def __call__(self, image, target):
         b, c = _uniform(*self.brightness), _uniform(*self.contrast)
@@ -129,10 +151,10 @@ class RandBlurOrSharpen:
     def __init__(self, blur_sigma=(0.3, 1.0), sharpen=(1.2, 2.0), p: float = 0.5, mode: str = "either"):
         self.blur_sigma, self.sharpen, self.p, self.mode, self.last = blur_sigma, sharpen, p, mode, ""
 
-    def variants(self) -> list:
-        """Return the blur and the sharpen, each forced to apply."""
-        return [RandBlurOrSharpen(self.blur_sigma, self.sharpen, 1.0, "blur"),
-                RandBlurOrSharpen(self.blur_sigma, self.sharpen, 1.0, "sharpen")]
+    def ends(self) -> list:
+        """Return the weakest and strongest blur and sharpen, each forced to apply."""
+        return [RandBlurOrSharpen((sigma, sigma), self.sharpen, 1.0, "blur") for sigma in self.blur_sigma] + \
+            [RandBlurOrSharpen(self.blur_sigma, (factor, factor), 1.0, "sharpen") for factor in self.sharpen]
 
     def __call__(self, image, target):
         if _uniform(0, 1) >= self.p:
@@ -182,8 +204,9 @@ def train_transforms(cfg: AugmentConfig) -> Compose | None:
 
 
 def gallery_ops(cfg: AugmentConfig) -> list:
-    """Return each effect of the training ops on its own, forced to apply: what augmentations.png shows.
+    """Return each effect of the training ops on its own at both ends of its range, forced to apply: what
+    augmentations.png shows (nine random draws near the middle of small ranges looked alike).
 
-    Built from :func:`train_ops`, so an op added there appears here (each op says how with ``variants``).
+    Built from :func:`train_ops`, so an op added there appears here (each op says how with ``ends``).
     """
-    return [variant for op in train_ops(cfg) for variant in op.variants()]
+    return [end for op in train_ops(cfg) for end in op.ends()]

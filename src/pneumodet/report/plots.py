@@ -97,9 +97,9 @@ def plot_augmentations(image, target, ops: list, out: str | Path) -> Path:
         augmented, new_target = op(image.clone(), {k: (v.clone() if hasattr(v, "clone") else v)
                                                    for k, v in target.items()})
         panels.append((op.last, augmented, new_target))
-    cols = 3
+    cols = 5
     rows = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 4.4 * rows))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.6 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (title, img, tgt) in zip(axes.flat, panels, strict=False):
@@ -108,7 +108,8 @@ def plot_augmentations(image, target, ops: list, out: str | Path) -> Path:
         if len(tgt.get("masks", [])):
             ax.imshow(np.ma.masked_equal(tgt["masks"].max(0).values.numpy(), 0), cmap="autumn", alpha=0.2)
         ax.set_title("\n".join(_wrap(title)), fontsize=8)
-    fig.suptitle("Training augmentation: one image under each operation (titles: parameters actually drawn)")
+    fig.subplots_adjust(top=1 - 0.35 / fig.get_figheight(), hspace=0.25)
+    fig.suptitle("Training augmentation: one image under each operation at each end of its range")
     return _save(fig, Path(out))
 
 
