@@ -105,3 +105,35 @@ def test_nothing_is_written_and_no_patient_data_is_logged(trained_run, synth_dat
     after = {p: p.stat().st_mtime_ns for p in trained_run.rglob("*") if p.is_file()}
     assert before == after
     assert path.stem not in caplog.text
+
+
+def test_the_call_sizes_in_mm_and_the_patients_sides(run_with_boxes, make_dicom):
+    from tests.conftest import gradient
+
+    client = TestClient(create_app(run_with_boxes))  # keeps every candidate box: a positive call
+    path = make_dicom("spaced", gradient(200, 100), tags={"PixelSpacing": [0.2, 0.1], "ViewPosition": "AP",
+                                                           "PatientOrientation": ["R", "F"]})
+    body = client.post("/api/predict", files={"file": ("spaced.dcm", path.read_bytes())}).json()
+    assert body["call"] == ("positive" if body["boxes"] else "negative") and body["call_reason"]
+    assert body["pixel_spacing_mm"] == [0.2, 0.1]
+    for box in body["boxes"]:  # rows 0.2 mm apart, columns 0.1 mm
+        assert box["width_mm"] == pytest.approx(box["width"] * 0.1, abs=0.06)
+        assert box["height_mm"] == pytest.approx(box["height"] * 0.2, abs=0.06)
+    # PatientOrientation says the columns run to the patient's right: the image is mirrored from the usual display
+    assert body["sides"] == {"image_left": "L", "image_right": "R"}
+    plain = make_dicom("plain", gradient(64, 64), tags={"ViewPosition": "PA"})
+    body = client.post("/api/predict", files={"file": ("plain.dcm", plain.read_bytes())}).json()
+    assert body["sides"] == {"image_left": "R", "image_right": "L"} and body["pixel_spacing_mm"] is None
+    assert all("width_mm" not in box for box in body["boxes"])
+
+
+def test_the_gate_says_negative_in_words(trained_run):
+    from types import SimpleNamespace
+
+    app = create_app(trained_run)
+    service = app.state.service
+    service.pp = service.pp.__class__(0.5, 0.3, 3, 1.0, 0.6)
+    said = service.call(SimpleNamespace(scores=[], gate=0.2))
+    assert said == {"call": "negative", "call_reason": "the gate's probability of an opacity, 0.20, is below its "
+                                                      "threshold 0.6"}
+    assert service.call(SimpleNamespace(scores=[0.9, 0.7], gate=0.8))["call_reason"].startswith("2 boxes kept")

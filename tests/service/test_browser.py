@@ -11,14 +11,26 @@ pytestmark = [pytest.mark.slow,
 def test_review_page_and_upload_in_headless_chromium(trained_run, synth_data, tmp_path):
     import shutil
 
+    from pneumodet.data.prepare import prepare
+    from pneumodet.data.synth import synthesize
+    from pneumodet.evaluate import evaluate
+
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
+    synthesize(tmp_path / "other", n_train=12, n_test=0, seed=21, workers=1, progress=False)
+    prepare(tmp_path / "other", tmp_path / "other-cache", size_px=64, progress=False, workers=1, folds=2)
+    external = evaluate(run, tmp_path / "other-cache", split="all", name="other", progress=False)
     dicom = sorted((synth_data / TEST_IMAGES).glob("*.dcm"))[0]
     seen = take_screenshots(run, dicom, run / "screenshots")
     assert seen["review_cards"] > 0 and seen["review_image_width"] > 0
     assert seen["first_card"].split(" · ")[0] in ("miss", "false alarm", "hit", "true negative")
     assert float(seen["upload_score"]) >= 0 and "box(es)" in seen["upload_text"]
+    assert seen["upload_call"].startswith(("Positive: opacity found", "Negative: no opacity found"))
     assert float(seen["overview_map"]) >= 0
+    # the overview leads with the external test, its interval beside it, and says what val was tuned on
+    assert seen["overview_headings"][:2] == ["External test: other", "Validation (val)"]
+    low, high = external["rsna_map_ci"]
+    assert seen["overview_external"] == f"{external['rsna_map']:.3f} ({low:.3f}–{high:.3f})"
     for page in ("overview", "review", "try"):
         assert (run / "screenshots" / f"{page}.png").stat().st_size > 10_000
 

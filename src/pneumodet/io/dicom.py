@@ -80,6 +80,9 @@ class DicomImage:
     photometric: str
     transfer_syntax: str
     bits_stored: int
+    # where the columns run in the patient (PatientOrientation's first value: "L" means the image's right side is
+    # the patient's left, the usual display of a frontal radiograph); None when the file does not say
+    row_direction: str | None = None
 
 
 def parse_age(value) -> int | None:
@@ -106,6 +109,17 @@ def _view_position(ds) -> str | None:
 def _sex(ds) -> str | None:
     sex = str(ds.get("PatientSex", "") or "").strip().upper()
     return sex if sex in {"M", "F", "O"} else None
+
+
+def _row_direction(ds) -> str | None:
+    """Return PatientOrientation's first value when it is a plain left/right direction ("L" or "R"), else None."""
+    try:
+        value = ds.get("PatientOrientation")
+        first = (value[0] if isinstance(value, pydicom.multival.MultiValue | list | tuple) else value) if value else ""
+    except (TypeError, IndexError, ValueError):
+        return None
+    first = str(first).strip().upper()
+    return first if first in ("L", "R") else None
 
 
 def _pixel_spacing(ds) -> tuple[float, float] | None:
@@ -282,7 +296,8 @@ def _image(ds, path: Path, max_decode_size: int | None, cut: bool) -> DicomImage
         rows, columns = _dimensions(ds, path)
         _check_budget(ds, rows, columns, path)  # before any decoder runs
         meta = {"view_position": _view_position(ds), "sex": _sex(ds), "age": parse_age(ds.get("PatientAge")),
-                "pixel_spacing": _pixel_spacing(ds), "bits_stored": int(ds.get("BitsStored", 8) or 8)}
+                "pixel_spacing": _pixel_spacing(ds), "bits_stored": int(ds.get("BitsStored", 8) or 8),
+                "row_direction": _row_direction(ds)}
         stage = "pixel data"
         if syntax in PILLOW_SYNTAXES:
             raw = _decode_pillow(ds, rows, columns, max_decode_size, path)

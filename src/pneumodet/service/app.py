@@ -29,7 +29,9 @@ from starlette.concurrency import run_in_threadpool
 
 from pneumodet.detector import load_detector
 from pneumodet.errors import UserError
+from pneumodet.evaluate import EXTERNAL, external_reports
 from pneumodet.io.dicom import DicomError, read_dicom_bytes
+from pneumodet.metrics import OUTCOMES
 from pneumodet.postprocess import PostProcess
 from pneumodet.runs import run_dataset
 from pneumodet.service.guard import (
@@ -41,7 +43,13 @@ from pneumodet.service.guard import (
     read_upload,
     resolve_token,
 )
-from pneumodet.service.review import OUTCOMES, build_items, load_val_predictions, render_png, review_detail
+from pneumodet.service.review import (
+    build_items,
+    load_val_predictions,
+    render_png,
+    review_detail,
+    side_markers,
+)
 from pneumodet.service.verdicts import (
     MAX_BOXES,
     VERDICTS_FILE,
@@ -95,17 +103,39 @@ class ModelService:
         height, width = image.original_size
         # decoded again, larger, only to draw it
         shown = read_dicom_bytes(data, filename, max_decode_size=max(DISPLAY_PX, self.config.data.image_size))
+        spacing = image.pixel_spacing  # (between rows, between columns) in mm
+        boxes = []
+        for (x, y, w, h), s in zip(found.boxes_orig_xywh, found.scores, strict=True):
+            box = {"x": round(float(x), 1), "y": round(float(y), 1), "width": round(float(w), 1),
+                   "height": round(float(h), 1), "score": round(float(s), 4)}
+            if spacing:
+                box.update(width_mm=round(float(w) * spacing[1], 1), height_mm=round(float(h) * spacing[0], 1))
+            boxes.append(box)
+        markers = side_markers(image.view_position, image.row_direction)
         return {
             "patient_id": found.patient_id,
-            "boxes": [{"x": round(float(x), 1), "y": round(float(y), 1), "width": round(float(w), 1),
-                       "height": round(float(h), 1), "score": round(float(s), 4)}
-                      for (x, y, w, h), s in zip(found.boxes_orig_xywh, found.scores, strict=True)],
+            **self.call(found),
+            "boxes": boxes,
             "image_score": round(found.image_score, 4),
             "gate": None if found.gate != found.gate else round(found.gate, 4),  # NaN: the model has no gate
             "view": image.view_position, "age": image.age, "sex": image.sex,
             "original_size": {"height": height, "width": width},
+            "pixel_spacing_mm": list(spacing) if spacing else None,
+            "sides": None if markers is None else {"image_left": markers[0], "image_right": markers[1]},
         }, (shown.pixels, found.boxes_orig_xyxy, found.scores, (shown.pixels.shape[1] / width,
-                                                                 shown.pixels.shape[0] / height))
+                                                                 shown.pixels.shape[0] / height), markers)
+
+    def call(self, found) -> dict:
+        """Return the detector's positive/negative call on one image and, in words, why."""
+        pp, n = self.pp, len(found.scores)
+        if n:
+            return {"call": "positive", "call_reason": f"{n} box{'es' if n > 1 else ''} kept at box confidence "
+                    f">= {pp.score_threshold:g}" + (f" (gate {found.gate:.2f} >= {pp.gate_threshold:g})"
+                                                  if pp.gate_threshold > 0 else "")}
+        if pp.gate_threshold > 0 and found.gate == found.gate and found.gate < pp.gate_threshold:
+            return {"call": "negative", "call_reason": f"the gate's probability of an opacity, {found.gate:.2f}, is "
+                    f"below its threshold {pp.gate_threshold:g}"}
+        return {"call": "negative", "call_reason": f"no box reached the box confidence threshold {pp.score_threshold:g}"}
 
 
 def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, hosts: set[str] | None = None,
@@ -173,16 +203,24 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
     def summary():
         metrics = json.loads(service.paths.metrics_json.read_text()) if service.paths.metrics_json.is_file() else None
         plots = sorted(p.name for p in service.paths.plots.glob("*.png"))
-        return {"run": service.paths.root.name, "metrics": metrics, "plots": plots,
-                "postprocess": service.pp.__dict__, "review_items": len(review["items"]),
-                "review_note": review["note"]}
+        external = [{key: report.get(key) for key in EXTERNAL_KEYS} | {
+                     "plots": sorted(p.name for p in (service.paths.root / EXTERNAL / report["name"] / "plots")
+                                     .glob("*.png"))} for report in external_reports(service.paths.root)]
+        outcomes = {name: sum(it.outcome == name for it in review["items"]) for name in OUTCOMES}
+        return {"run": service.paths.root.name, "metrics": metrics, "plots": plots, "external": external,
+                "postprocess": service.pp.__dict__, "postprocess_words": service.pp.describe(),
+                "review_items": len(review["items"]), "outcomes": outcomes, "review_note": review["note"]}
 
     @app.get("/plots/{name}")
     def plot(name: str):
-        path = (service.paths.plots / name).resolve()
-        if path.parent != service.paths.plots.resolve() or path.suffix != ".png" or not path.is_file():
-            raise HTTPException(404, "no such plot")
-        return FileResponse(path, media_type="image/png")
+        return _png(service.paths.plots, name)
+
+    @app.get("/external/{report}/plots/{name}")
+    def external_plot(report: str, name: str):
+        reports = (service.paths.root / EXTERNAL).resolve()
+        if (reports / report).resolve().parent != reports:  # one report folder, by its name, never a path
+            raise HTTPException(404, "no such report")
+        return _png(reports / report / "plots", name)
 
     @app.get("/api/review")
     def review_list(outcome: Annotated[str | None, Query()] = None, view: Annotated[str | None, Query()] = None):
@@ -231,7 +269,8 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
     def review_image(index: int):
         item = review_item(index)
         pixels = np.asarray(review["cache"].pixels[item.row])
-        png = render_png(pixels, item.truth_xyxy, item.pred_xyxy, item.pred_scores, item.scale)
+        png = render_png(pixels, item.truth_xyxy, item.pred_xyxy, item.pred_scores, item.scale,
+                         markers=side_markers(item.view))
         return Response(png, media_type="image/png")
 
     @app.get("/api/review/{index}/raw.png")
@@ -252,8 +291,8 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
             result, drawing = await run_in_threadpool(_predict_one, data, name)
         log.info("prediction in %.3f s", time.perf_counter() - start)  # no file name, no patient data
         if image:
-            pixels, boxes, scores, scale = drawing
-            png = render_png(pixels, None, boxes, scores, scale)
+            pixels, boxes, scores, scale, markers = drawing
+            png = render_png(pixels, None, boxes, scores, scale, markers=markers)
             result["image_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
         return JSONResponse(result)
 
@@ -272,6 +311,19 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
 
     install_error_handlers(app)
     return app
+
+
+#: what the overview shows of each external report
+EXTERNAL_KEYS = ("name", "rsna_map", "rsna_map_ci", "n_images", "n_images_counted", "tuned_on", "image_level",
+                 "box_level")
+
+
+def _png(folder: Path, name: str) -> FileResponse:
+    """Return a PNG of ``folder`` by its name, never anything outside it (404)."""
+    path = (folder / name).resolve()
+    if path.parent != folder.resolve() or path.suffix != ".png" or not path.is_file():
+        raise HTTPException(404, "no such plot")
+    return FileResponse(path, media_type="image/png")
 
 
 def install_error_handlers(app: FastAPI) -> None:

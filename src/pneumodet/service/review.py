@@ -10,10 +10,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pneumodet.boxes import xywh_to_xyxy, xyxy_to_xywh
-from pneumodet.metrics import image_precisions
+from pneumodet.metrics import outcome_of
 from pneumodet.postprocess import Candidates, PostProcess, image_score, postprocess
-
-OUTCOMES = ("miss", "false alarm", "hit", "true negative")
 
 
 @dataclass(frozen=True)
@@ -35,17 +33,6 @@ class ReviewItem:
                 "n_truth": len(self.truth_xyxy), "n_pred": len(self.pred_scores),
                 "top_score": float(self.pred_scores.max()) if len(self.pred_scores) else None,
                 "image_score": self.image_score}
-
-
-def outcome_of(truth: np.ndarray, pred: np.ndarray, scores: np.ndarray) -> tuple[str, float | None]:
-    """Return (outcome, per-image RSNA score) of one image."""
-    precisions = image_precisions(truth, pred, scores)
-    if precisions is None:
-        return "true negative", None
-    score = float(precisions.mean())
-    if len(truth) == 0:
-        return "false alarm", score
-    return ("hit" if precisions[0] > 0 else "miss"), score
 
 
 def build_items(dataset, raw: dict[str, Candidates], pp: PostProcess) -> list[ReviewItem]:
@@ -75,10 +62,19 @@ def review_detail(item: ReviewItem, cache_shape: tuple[int, ...]) -> dict:
                                                                   item.pred_scores, strict=True)]}
 
 
+def side_markers(view: str | None, row_direction: str | None = None) -> tuple[str, str] | None:
+    """Return the (image left, image right) L/R markers of a radiograph: from PatientOrientation's row direction
+    when the file gives one, else, for a frontal view (PA or AP), the display convention (the patient's right on
+    the image's left); None when neither says."""
+    if row_direction in ("L", "R"):
+        return ("R", "L") if row_direction == "L" else ("L", "R")
+    return ("R", "L") if view in ("PA", "AP") else None
+
+
 def render_png(pixels: np.ndarray, truth_xyxy=None, pred_xyxy=None, pred_scores=None, scale=(1.0, 1.0),
-               size: int = 512) -> bytes:
+               size: int = 512, markers: tuple[str, str] | None = None) -> bytes:
     """Return a PNG of the image with truth (green) and predicted (red, with scores) boxes (``size`` 0: as is,
-    in gray)."""
+    in gray); ``markers``: the letters to print at the image's left and right edges (:func:`side_markers`)."""
     if size == 0:
         buffer = io.BytesIO()
         Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
@@ -87,6 +83,10 @@ def render_png(pixels: np.ndarray, truth_xyxy=None, pred_xyxy=None, pred_scores=
     factor = size / max(image.size)
     image = image.resize((round(image.width * factor), round(image.height * factor)), Image.BILINEAR)
     draw = ImageDraw.Draw(image)
+    if markers:
+        for letter, x in zip(markers, (8, image.width - 24), strict=True):
+            draw.text((x, image.height // 2 - 12), letter, fill=(255, 220, 0), font_size=24, stroke_width=2,
+                      stroke_fill=(0, 0, 0))
     sx, sy = scale[0] * factor, scale[1] * factor
     for boxes, color, scores in ((truth_xyxy, (0, 220, 0), None), (pred_xyxy, (255, 40, 40), pred_scores)):
         if boxes is None:

@@ -97,6 +97,9 @@ def take_screenshots(run: str | Path, dicom: str | Path, out_dir: str | Path) ->
         driver.get(url + "/")
         wait.until(EC.presence_of_element_located((By.ID, "rsna-map")))
         seen["overview_map"] = driver.find_element(By.ID, "rsna-map").text
+        external = driver.find_elements(By.ID, "external-map")
+        seen["overview_external"] = external[0].text if external else None
+        seen["overview_headings"] = [h.text for h in driver.find_elements(By.CSS_SELECTOR, "#metrics h3")]
         wait.until(lambda d: d.execute_script(
             "return [...document.images].length > 0 && [...document.images].every(i => i.complete)"))
         driver.save_screenshot(str(out_dir / "overview.png"))
@@ -115,6 +118,7 @@ def take_screenshots(run: str | Path, dicom: str | Path, out_dir: str | Path) ->
         wait.until(lambda d: d.execute_script("return document.querySelector('img.prediction').naturalWidth > 0"))
         seen["upload_score"] = driver.find_element(By.CSS_SELECTOR, ".image-score").text
         seen["upload_text"] = driver.find_element(By.CSS_SELECTOR, ".result").text
+        seen["upload_call"] = driver.find_element(By.CSS_SELECTOR, ".call").text
         driver.save_screenshot(str(out_dir / "try.png"))
     return seen
 

@@ -36,8 +36,9 @@ async function loadReview() {
     const card = el('div', {class: 'card', 'data-index': it.index},
       el('img', {loading: 'lazy', src: '/api/review/' + it.index + '/image.png', alt: 'val image ' + it.index}),
       el('div', {class: 'meta'}, el('span', {class: OUTCOME_CLASS[it.outcome] || '', text: it.outcome}),
-        ' · ' + it.view + ' · score ' + fmt(it.score, 2) + ' · image ' + fmt(it.image_score, 2) + ' · ' +
-        it.n_truth + ' true, ' + it.n_pred + ' predicted'),
+        ' · ' + it.view + ' · ', el('span', {title: SCORES[0][1], text: 'image RSNA score ' + fmt(it.score, 2)}), ' · ',
+        el('span', {title: SCORES[1][1], text: 'image score ' + fmt(it.image_score, 2)}), ' · ' + it.n_truth + ' true, ' +
+        it.n_pred + ' predicted'),
       el('div', {class: 'badge'}, badge(it.verdict)));
     card.addEventListener('click', () => openItem(pos));
     return card;
