@@ -367,3 +367,24 @@ def test_ema_weights_are_the_ones_a_run_uses_and_survive_a_resume(tiny_cache, tm
         assert torch.equal(tensor, restored["average"][name]), name
         assert torch.equal(first["current_model_state"][name], restored["current"][name]), name
     assert not all(torch.equal(first["state_dict"][k], t) for k, t in first["current_model_state"].items())
+
+
+def test_the_augmentation_gallery_draws_nothing_training_would(tiny_cache, tmp_path, monkeypatch):
+    """Training's random numbers do not depend on how many the gallery drew: the same run with a gallery that
+    draws a thousand more numbers trains the same weights."""
+    from pneumodet.report import plots
+
+    real = plots.plot_augmentations
+
+    def greedy(*args, **kwargs):
+        torch.rand(1000)
+        return real(*args, **kwargs)
+
+    first = train(tiny_config("train.epochs=1", "train.stages=[{'until_epoch': 1}]"), tiny_cache,
+                  run=tmp_path / "a", progress=False)
+    monkeypatch.setattr(plots, "plot_augmentations", greedy)
+    second = train(tiny_config("train.epochs=1", "train.stages=[{'until_epoch': 1}]"), tiny_cache,
+                   run=tmp_path / "b", progress=False)
+    a = read_checkpoint(first.run / "weights" / "last.ckpt")["state_dict"]
+    b = read_checkpoint(second.run / "weights" / "last.ckpt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

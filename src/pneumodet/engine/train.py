@@ -299,5 +299,8 @@ def _draw_augmentations(datamodule: DetectionDataModule, config: RunConfig, path
     index = int(positives[0]) if len(positives) else 0
     image, target = plain[index]
     ops = gallery_ops(config.augment)
-    torch.manual_seed(config.train.seed)
-    plot_augmentations(image, target, ops, paths.plots / "augmentations.png")
+    # on a generator state of its own: what the gallery draws must not change what training draws (it did: a
+    # gallery of other panels trained another model)
+    with torch.random.fork_rng():
+        torch.manual_seed(config.train.seed)
+        plot_augmentations(image, target, ops, paths.plots / "augmentations.png")
