@@ -130,7 +130,7 @@ class ModelService:
         pp, n = self.pp, len(found.scores)
         if n:
             return {"call": "positive", "call_reason": f"{n} box{'es' if n > 1 else ''} kept at box confidence "
-                    f">= {pp.score_threshold:g}" + (f" (gate {found.gate:.2f} >= {pp.gate_threshold:g})"
+                    f">= {pp.score_threshold:g}" + (f"; the gate's probability {found.gate:.2f} >= {pp.gate_threshold:g}"
                                                   if pp.gate_threshold > 0 else "")}
         if pp.gate_threshold > 0 and found.gate == found.gate and found.gate < pp.gate_threshold:
             return {"call": "negative", "call_reason": f"the gate's probability of an opacity, {found.gate:.2f}, is "
