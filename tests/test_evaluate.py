@@ -61,7 +61,10 @@ def test_rescoring_saved_predictions_gives_the_same_number(trained_run, tmp_path
     shutil.copytree(trained_run, copy)
     first = json.loads((copy / "metrics.json").read_text())
     again = evaluate(copy, reuse_predictions=True, progress=False)
-    assert again["rsna_map"] == pytest.approx(first["rsna_map"])
+    # saved with every digit: the same figures, not nearly the same (0.1 px rounding once moved make demo's 0.866
+    # to 0.868)
+    assert again["rsna_map"] == first["rsna_map"] and again["rsna_map_ci"] == first["rsna_map_ci"]
+    assert again["postprocess"] == first["postprocess"] and again["image_level"] == first["image_level"]
 
 
 def test_tuning_finds_the_threshold_and_shrink():

@@ -46,11 +46,14 @@ def _submission_rows(results: dict[str, tuple[np.ndarray, np.ndarray]]):
     return ([pid, format_prediction(b, s)] for pid, (b, s) in results.items())
 
 
-def _box_rows(results: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[list[str]]:
+def _box_rows(results: dict[str, tuple[np.ndarray, np.ndarray]], exact: bool = False) -> list[list[str]]:
+    """Return one row per box: rounded for people (score to 5 decimals, pixels to 0.1), or ``exact`` (every digit
+    a float needs to read back as itself)."""
     rows = []
     for pid, (boxes, scores) in results.items():
         for (x, y, w, h), s in zip(xyxy_to_xywh(boxes), np.asarray(scores).reshape(-1), strict=True):
-            rows.append([pid, f"{s:.5f}", f"{x:.1f}", f"{y:.1f}", f"{w:.1f}", f"{h:.1f}"])
+            rows.append([pid, *((repr(float(v)) for v in (s, x, y, w, h)) if exact else
+                                (f"{s:.5f}", f"{x:.1f}", f"{y:.1f}", f"{w:.1f}", f"{h:.1f}"))])
     return rows
 
 
@@ -61,10 +64,11 @@ def write_submission(path: str | Path, results: dict[str, tuple[np.ndarray, np.n
     return path
 
 
-def write_boxes(path: str | Path, results: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    """Write one row per box: patient_id,score,x,y,width,height (re-score or re-plot without the model)."""
+def write_boxes(path: str | Path, results: dict[str, tuple[np.ndarray, np.ndarray]], exact: bool = False) -> Path:
+    """Write one row per box: patient_id,score,x,y,width,height (re-score or re-plot without the model); ``exact``
+    keeps every digit, so what is read back scores as what was written."""
     path = Path(path)
-    _atomic_csv(path, BOX_COLUMNS, _box_rows(results))
+    _atomic_csv(path, BOX_COLUMNS, _box_rows(results, exact))
     return path
 
 
@@ -82,34 +86,34 @@ def write_submission_and_boxes(path: str | Path, boxes_path: str | Path,
 
 def read_boxes(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Return patient_id -> (boxes_xyxy, scores) from a file written by :func:`write_boxes`."""
-    frame = pd.read_csv(path, dtype={"patient_id": str})
+    frame = pd.read_csv(path, dtype=str)  # numbers parsed below by numpy: exactly, whatever pandas' parser does
     out = {}
     for pid, group in frame.groupby("patient_id", sort=False):
-        xywh = group[["x", "y", "width", "height"]].to_numpy(dtype=np.float64)
+        xywh = group[["x", "y", "width", "height"]].to_numpy().astype(np.float64)
         xyxy = as_boxes(xywh).copy()
         xyxy[:, 2:] += xyxy[:, :2]
-        out[pid] = (xyxy, group["score"].to_numpy(dtype=np.float64))
+        out[pid] = (xyxy, group["score"].to_numpy().astype(np.float64))
     return out
 
 
 def write_gates(path: str | Path, gates: dict[str, float]) -> Path:
-    """Write patient_id,gate: each image's gate probability (the image-level classifier's), atomically."""
+    """Write patient_id,gate: each image's gate probability (the image-level classifier's), every digit kept."""
     path = Path(path)
-    _atomic_csv(path, ["patient_id", "gate"], ([pid, f"{g:.5f}"] for pid, g in gates.items()))
+    _atomic_csv(path, ["patient_id", "gate"], ([pid, repr(float(g))] for pid, g in gates.items()))
     return path
 
 
 def read_gates(path: str | Path) -> dict[str, float]:
     """Return patient_id -> gate probability from a file written by :func:`write_gates`."""
-    frame = pd.read_csv(path, dtype={"patient_id": str})
-    return dict(zip(frame["patient_id"], frame["gate"].astype(float), strict=True))
+    frame = pd.read_csv(path, dtype=str)
+    return dict(zip(frame["patient_id"], frame["gate"].to_numpy().astype(np.float64).tolist(), strict=True))
 
 
 def write_candidates(path: str | Path, raw: dict[str, Candidates]) -> None:
     """Write candidates as ``NAME.csv`` (one row per box) and, for a gated model, ``NAME.gate.csv`` beside it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_boxes(path, {pid: c[:2] for pid, c in raw.items()})
+    write_boxes(path, {pid: c[:2] for pid, c in raw.items()}, exact=True)  # re-scored, they score the same
     if raw and not any(math.isnan(c.gate) for c in raw.values()):
         write_gates(path.with_name(f"{path.stem}.gate.csv"), {pid: c.gate for pid, c in raw.items()})
 
