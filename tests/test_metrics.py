@@ -7,7 +7,6 @@ from pneumodet.metrics import (
     image_precisions,
     roc_auc,
     rsna_map,
-    sensitivity_specificity,
 )
 
 T = np.array([[0, 0, 10, 10]], dtype=float)
@@ -82,12 +81,11 @@ def test_per_threshold_precision_and_mean():
     assert score.rsna_map == pytest.approx(6 / 8)
 
 
-def test_roc_auc_and_sensitivity():
+def test_roc_auc():
     assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
     assert roc_auc([0, 1], [0.5, 0.5]) == 0.5
     assert roc_auc([1, 0, 1, 0], [0.9, 0.8, 0.3, 0.1]) == 0.75
     assert np.isnan(roc_auc([1, 1], [0.2, 0.3]))
-    assert sensitivity_specificity([1, 1, 0, 0], [0.9, 0.2, 0.1, 0.7], 0.5) == (0.5, 0.5)
 
 
 def _reference_image_score(truth_xywh: np.ndarray, pred_xywh: np.ndarray, scores: np.ndarray) -> float | None:

@@ -9,7 +9,6 @@ import pytest
 from pneumodet.metrics import roc_auc
 from pneumodet.stats import (
     interval,
-    paired_difference,
     resample_weights,
     weighted_auc,
     weighted_mean,
@@ -63,13 +62,3 @@ def test_groups_are_drawn_whole():
     assert drawn.by == "group" and drawn.units == 3
     assert np.all(drawn.weights[:, 0] == drawn.weights[:, 1]) and np.all(drawn.weights[:, 4] == drawn.weights[:, 5])
     assert np.all(drawn.weights[:, [0, 3, 4]].sum(axis=1) == 3)  # three groups drawn each time
-
-
-def test_a_paired_difference_of_equal_systems_is_zero_and_of_a_better_one_excludes_zero():
-    rng = np.random.default_rng(9)
-    a = rng.uniform(0, 1, 300)
-    weights = resample_weights(300).weights
-    same = paired_difference(a, a, weights)
-    assert same["difference"] == 0 and same["ci"] == [0.0, 0.0]
-    better = paired_difference(np.clip(a + 0.05, 0, 1), a, weights)
-    assert better["ci"][0] > 0

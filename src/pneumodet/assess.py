@@ -41,31 +41,30 @@ def _with_ci(name: str, value: float, resampled: np.ndarray) -> dict:
     return {name: value if np.isfinite(value) else None, f"{name}_ci": interval(resampled)}
 
 
+def _counts(labels: np.ndarray, called: np.ndarray) -> dict:
+    """Return TP, FP, FN and TN of the calls ``called`` against the truth ``labels``."""
+    return {"tp": int((called & labels).sum()), "fp": int((called & ~labels).sum()),
+            "fn": int((~called & labels).sum()), "tn": int((~called & ~labels).sum())}
+
+
 def _confusion(labels: np.ndarray, called: np.ndarray, weights: np.ndarray) -> dict:
     """Sensitivity, specificity, PPV and NPV of ``called`` against ``labels``, with intervals, and the counts."""
-    tp, fp = int((called & labels).sum()), int((called & ~labels).sum())
-    fn, tn = int((~called & labels).sum()), int((~called & ~labels).sum())
-
-    def share(hits, among):
-        n = among.sum()
-        return (hits & among).sum() / n if n else np.nan, weighted_rate(hits, among, weights)
-
     out = {}
     for name, (hits, among) in {"sensitivity": (called, labels), "specificity": (~called, ~labels),
                                 "ppv": (labels, called), "npv": (~labels, ~called)}.items():
-        value, resampled = share(hits, among)
-        out.update(_with_ci(name, value, resampled))
-    return {**out, "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+        n = among.sum()
+        out.update(_with_ci(name, (hits & among).sum() / n if n else np.nan, weighted_rate(hits, among, weights)))
+    return {**out, **_counts(labels, called)}
 
 
-def _image_level(val: ValSet, pp: PostProcess, called: np.ndarray, weights: np.ndarray) -> dict:
-    labels, scores = val.labels, image_scores(val, pp)
-    max_box = np.array([max_box_score(c.boxes_xyxy, c.scores, pp) for c in val.raw])
+def _image_level(labels: np.ndarray, scores: np.ndarray, max_box: np.ndarray, gated: bool, called: np.ndarray,
+                 weights: np.ndarray) -> dict:
+    """The image-level figures: ROC AUC of the image ``scores`` (the gate's where ``gated``) and of the highest
+    box score ``max_box``, and the call's, each with its interval over ``weights``."""
     out = {"images": int(len(labels)), "positives": int(labels.sum())}
     out.update(_with_ci("roc_auc", roc_auc(labels, scores), weighted_auc(labels, scores, weights)))
-    gate = _with_ci("gate_roc_auc", roc_auc(labels, scores), weighted_auc(labels, scores, weights)) \
-        if val.has_gate else {"gate_roc_auc": None, "gate_roc_auc_ci": None}
-    out.update(gate)
+    # with a gate, the image score is the gate's probability: its AUC is the one just computed
+    out.update({"gate_roc_auc": out["roc_auc"] if gated else None, "gate_roc_auc_ci": out["roc_auc_ci"] if gated else None})
     out.update(_with_ci("max_box_roc_auc", roc_auc(labels, max_box), weighted_auc(labels, max_box, weights)))
     out["call"] = CALL
     out.update(_confusion(labels, called, weights))
@@ -76,12 +75,11 @@ def operating_points(labels: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
     """Return the image-level figures of calling an image positive when its score >= each threshold."""
     rows = []
     for threshold in OPERATING_THRESHOLDS:
-        called = scores >= threshold
-        tp, fp = int((called & labels).sum()), int((called & ~labels).sum())
-        fn, tn = int((~called & labels).sum()), int((~called & ~labels).sum())
+        c = _counts(labels, scores >= threshold)
+        tp, fp, fn, tn = c["tp"], c["fp"], c["fn"], c["tn"]
         rows.append({"threshold": float(threshold), "sensitivity": tp / (tp + fn) if tp + fn else np.nan,
                      "specificity": tn / (tn + fp) if tn + fp else np.nan, "ppv": tp / (tp + fp) if tp + fp else np.nan,
-                     "npv": tn / (tn + fn) if tn + fn else np.nan, "tp": tp, "fp": fp, "fn": fn, "tn": tn})
+                     "npv": tn / (tn + fn) if tn + fn else np.nan, **c})
     return pd.DataFrame(rows)
 
 
@@ -93,10 +91,12 @@ def assess(val: ValSet, pp: PostProcess, resamples: Resamples | None = None) -> 
     weights = resamples.weights
     predictions = apply(val, pp)
     score = rsna_map(val.truths, predictions)
+    labels, scores = val.labels, image_scores(val, pp)
+    max_box = np.array([max_box_score(c.boxes_xyxy, c.scores, pp) for c in val.raw])
     called = np.array([len(p.scores) > 0 for p in predictions], dtype=bool)
     report = {**_with_ci("rsna_map", score.rsna_map, weighted_mean(score.per_image, weights)),
               "per_threshold": score.per_threshold, "n_images": len(val.truths), "n_images_counted": score.n_images,
-              "image_level": _image_level(val, pp, called, weights)}
+              "image_level": _image_level(labels, scores, max_box, val.has_gate, called, weights)}
     # box level: every box the post-processing keeps whatever its score (the curves sweep the score threshold)
     swept = apply(val, replace(pp, score_threshold=0.0))
     curve = froc(val.truths, swept)
@@ -114,15 +114,15 @@ def assess(val: ValSet, pp: PostProcess, resamples: Resamples | None = None) -> 
     report["by_view"] = {}
     for view in sorted(set(val.views)):
         mask = views == view
-        part = val.subset(mask)
-        part_score = rsna_map(part.truths, [p for p, m in zip(predictions, mask, strict=True) if m])
+        counted = score.per_image[mask][np.isfinite(score.per_image[mask])]  # the view's images that count
         report["by_view"][view] = {
-            **_with_ci("rsna_map", part_score.rsna_map, weighted_mean(part_score.per_image, weights[:, mask])),
-            **_image_level(part, pp, called[mask], weights[:, mask])}
+            **_with_ci("rsna_map", counted.mean() if len(counted) else 0.0,
+                       weighted_mean(score.per_image[mask], weights[:, mask])),
+            **_image_level(labels[mask], scores[mask], max_box[mask], val.has_gate, called[mask], weights[:, mask])}
     report["bootstrap"] = resamples.describe()
     tables = {
-        "per_image": _per_image(val, pp, predictions, score.per_image, called),
-        "operating_points": operating_points(val.labels, image_scores(val, pp)),
+        "per_image": _per_image(val, predictions, score.per_image, scores, called),
+        "operating_points": operating_points(labels, scores),
         "froc": pd.DataFrame(curve["curve"]),
         "precision_recall": pd.DataFrame({"recall": pr["recall"], "precision": pr["precision"]}),
         "calibration": pd.DataFrame([{"score": "box", **row} for row in box_calibration["bins"]]
@@ -132,8 +132,8 @@ def assess(val: ValSet, pp: PostProcess, resamples: Resamples | None = None) -> 
     return report, tables
 
 
-def _per_image(val: ValSet, pp: PostProcess, predictions, per_image: np.ndarray, called: np.ndarray) -> pd.DataFrame:
-    scores = image_scores(val, pp)
+def _per_image(val: ValSet, predictions, per_image: np.ndarray, scores: np.ndarray,
+               called: np.ndarray) -> pd.DataFrame:
     rows = []
     for i, (truth, found) in enumerate(zip(val.truths, predictions, strict=True)):
         outcome, _ = outcome_of(truth, found.boxes_xyxy, found.scores)

@@ -542,8 +542,8 @@ def _check_name(name: str) -> None:
     """A run's name becomes a folder under --runs: one plain, visible folder name."""
     if not name.strip() or name != name.strip() or name in (".", "..") or name.startswith(".") \
             or any(c in name for c in '/\\\0') or len(name) > 100:
-        raise ConfigError(f"name must be a plain folder name (letters, digits, - _ .; not hidden, at most 100 "
-                          f"characters), got {name[:40]!r}")
+        raise ConfigError(f"name must be a plain folder name (not empty, no / or \\, not starting with '.', at "
+                          f"most 100 characters), got {name[:40]!r}")
 
 
 BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "mobilenet_v3_fpn", "tiny_fpn")

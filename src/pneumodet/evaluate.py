@@ -37,7 +37,7 @@ from pneumodet.saved import (
     labelled_set,
     recorded_settings,
 )
-from pneumodet.tuning import GRID, ValSet, apply, image_scores, score, tune
+from pneumodet.tuning import GRID, ValSet, apply, score, tune
 
 EXTERNAL = "external"
 REPORT = "report"
@@ -216,7 +216,8 @@ def write_report(folder: Path, result: dict, val: ValSet, pp: PostProcess, table
         thresholds = GRID["score_threshold"]
         plot_threshold(thresholds, [score(val, replace(pp, score_threshold=t)) for t in thresholds], pp,
                        plots / "threshold.png", label)
-    plot_roc(val.labels, image_scores(val, pp), result["image_level"], plots / "roc.png", label)
+    plot_roc(val.labels, tables["per_image"]["image_score"].to_numpy(), result["image_level"], plots / "roc.png",
+             label)
     plot_froc(tables["froc"], result["box_level"]["froc"], plots / "froc.png", label)
     plot_precision_recall(tables["precision_recall"], result["box_level"]["coco"], plots / "precision_recall.png",
                           label)

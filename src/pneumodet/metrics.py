@@ -35,10 +35,6 @@ class Prediction:
     def from_xywh(cls, boxes_xywh, scores) -> Prediction:
         return cls(xywh_to_xyxy(boxes_xywh), np.asarray(scores, dtype=np.float64).reshape(-1))
 
-    def above(self, threshold: float) -> Prediction:
-        keep = self.scores >= threshold
-        return Prediction(as_boxes(self.boxes_xyxy)[keep], self.scores[keep])
-
 
 def image_precisions(truth_xyxy, pred_xyxy, scores) -> np.ndarray | None:
     """Return precision at each of the 8 thresholds for one image, or None if the image does not count."""
@@ -125,11 +121,3 @@ def roc_auc(labels, scores) -> float:
     for s, e in zip(start, ends, strict=True):
         ranks[order[s:e]] = (s + e + 1) / 2
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def sensitivity_specificity(labels, scores, threshold: float) -> tuple[float, float]:
-    """Return (sensitivity, specificity) of calling an image positive when its score >= threshold."""
-    labels, called = np.asarray(labels, dtype=bool), np.asarray(scores) >= threshold
-    sens = float((called & labels).sum() / labels.sum()) if labels.any() else float("nan")
-    spec = float((~called & ~labels).sum() / (~labels).sum()) if (~labels).any() else float("nan")
-    return sens, spec

@@ -100,18 +100,3 @@ def with_ci(value, ci, digits: int = 3) -> str:
     if value is None or value != value:
         return "n/a"
     return f"{value:.{digits}f} ({ci[0]:.{digits}f}–{ci[1]:.{digits}f})" if ci else f"{value:.{digits}f}"
-
-
-def figure(value: float, resampled: np.ndarray) -> dict:
-    """Return {"value", "ci"}: a figure and its percentile interval."""
-    value = float(value)
-    return {"value": value if np.isfinite(value) else None, "ci": interval(resampled)}
-
-
-def paired_difference(a, b, weights: np.ndarray) -> dict:
-    """Return the mean of ``a - b`` per image (two systems' per-image scores, NaN where an image does not count
-    for either) with its interval over the same resamples: the paired bootstrap."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    value = float(np.nanmean(a) - np.nanmean(b))
-    resampled = weighted_mean(a, weights) - weighted_mean(b, weights)
-    return {"difference": value, "ci": interval(resampled)}

@@ -41,9 +41,10 @@ UNCOMPRESSED_SYNTAXES = {
     "1.2.840.10008.1.2",  # implicit VR little endian
     "1.2.840.10008.1.2.1",  # explicit VR little endian
     "1.2.840.10008.1.2.2",  # explicit VR big endian
-    "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian
+    "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian: DEFLATED
 }
 DEFLATED = "1.2.840.10008.1.2.1.99"  # inflated here, within the budget, never by pydicom
+BIG_ENDIAN = "1.2.840.10008.1.2.2"
 MAX_AGE_YEARS = 120
 #: the most pixels one frame may have: real radiographs are up to ~4,300 x 4,300 (18.5 M)
 MAX_PIXELS = 25_000_000
@@ -456,7 +457,7 @@ def _native_frame(ds) -> np.ndarray:
     from pydicom.pixels import pixel_array
 
     bits = int(ds.get("BitsAllocated", 8) or 8)
-    view = bits in (8, 16, 32) and _syntax(ds) != "1.2.840.10008.1.2.2"
+    view = bits in (8, 16, 32) and _syntax(ds) != BIG_ENDIAN
     return pixel_array(ds, index=0, view_only=view)
 
 

@@ -262,7 +262,7 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
             verdicts.clear(review_item(index).patient_id)
         except VerdictSaveError as exc:
             log.error("%s", exc)
-            raise HTTPException(500, str(exc).replace("was not saved", "is still saved")) from None
+            raise HTTPException(500, str(exc)) from None
         return {"verdict": None}
 
     @app.get("/api/review/{index}/image.png")

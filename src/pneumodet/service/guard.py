@@ -167,7 +167,8 @@ class BodyLimit:
 
 
 class Busy(Exception):
-    """Every decode slot is taken and the queue is full (the API answers 503 with Retry-After)."""
+    """No decode slot freed within the admission's wait (the API answers 503 with Retry-After, as it does when the
+    queue is full)."""
 
     retry_after_s = 5
 

@@ -72,23 +72,24 @@ class VerdictStore:
             boxes = []
         entry = {"verdict": verdict, "boxes": boxes, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         with self.lock:
-            self._commit({**self.verdicts, patient_id: entry})
+            self._commit({**self.verdicts, patient_id: entry}, "the verdict was not saved")
         return entry
 
     def clear(self, patient_id: str) -> None:
         """Forget one image's verdict; a VerdictSaveError if the file cannot be written (nothing changes)."""
         with self.lock:
             if patient_id in self.verdicts:
-                self._commit({k: v for k, v in self.verdicts.items() if k != patient_id})
+                self._commit({k: v for k, v in self.verdicts.items() if k != patient_id}, "the verdict is still saved")
 
-    def _commit(self, verdicts: dict[str, dict]) -> None:
-        """Write ``verdicts`` to disk, then make them the store's: a failed write leaves both as they were."""
+    def _commit(self, verdicts: dict[str, dict], unchanged: str) -> None:
+        """Write ``verdicts`` to disk, then make them the store's: a failed write leaves both as they were, and its
+        VerdictSaveError ends with ``unchanged``, what that means for the reviewer."""
         text = json.dumps({"verdicts": verdicts}, indent=1, sort_keys=True) + "\n"
         try:
             write_text_atomic(self.path, text)
         except (OSError, UserError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            raise VerdictSaveError(f"could not write {self.path} ({reason}); the verdict was not saved") from None
+            raise VerdictSaveError(f"could not write {self.path} ({reason}); {unchanged}") from None
         self.verdicts = verdicts
 
 
