@@ -21,10 +21,10 @@ SETTINGS = [
 
 
 def run() -> list[tuple[str, str]]:
-    from pneumodet.config import load_config
+    from pneumodet.config_files import load_config
     from pneumodet.demo import DEMO_CONFIG
-    from pneumodet.engine.train import train
     from pneumodet.runs import read_metrics
+    from pneumodet.training.train import train
 
     cache = Path("demo/cache")
     if not (cache / "split.csv").is_file():

@@ -16,7 +16,7 @@ def run(n_images: int = 400) -> list[tuple[str, str]]:
     from pneumodet.data.prepare import prepare
     from pneumodet.data.synth import synthesize
     from pneumodet.io.dicom import read_dicom
-    from pneumodet.io.layout import TRAIN_IMAGES, dicom_files
+    from pneumodet.io.layout import TRAIN_IMAGES, image_files
 
     cores = os.cpu_count()
     rows = []
@@ -25,7 +25,7 @@ def run(n_images: int = 400) -> list[tuple[str, str]]:
         start = time.perf_counter()
         synthesize(data, n_images, 0, seed=0, progress=False)
         rows.append((f"synth, 1024² JPEG DICOMs, {cores} cores", f"{n_images / (time.perf_counter() - start):.0f} images/s"))
-        files = dicom_files(data / TRAIN_IMAGES)[:50]
+        files = image_files(data / TRAIN_IMAGES)[0][:50]
         for f in files:  # warm the page cache
             f.read_bytes()
         start = time.perf_counter()
@@ -68,7 +68,7 @@ def augmented_rows(data: Path, cache: Path, order) -> list[tuple[str, str]]:
     the step's time (``pneumodet train`` prints the share the steps waited for data)."""
     import torch
 
-    from pneumodet.config import load_config
+    from pneumodet.config_files import load_config
     from pneumodet.data.dataset import PneumoniaDataset
     from pneumodet.data.prepare import prepare
     from pneumodet.data.transforms import train_transforms

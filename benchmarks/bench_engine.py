@@ -23,8 +23,16 @@ import numpy as np
 import torch
 from bench_predict import _run_folder, latency
 
-from pneumodet.io.layout import dicom_files
-from pneumodet.onnx_engine import HEADS_FILE, HEADS_INT8_FILE, INT8_FILE, ONNX_FILE, read_meta, write_meta
+from pneumodet.io.layout import image_files
+from pneumodet.onnx_runtime import (
+    HEADS_FILE,
+    HEADS_INT8_FILE,
+    INT8_FILE,
+    ONNX_FILE,
+    OnnxBackend,
+    read_meta,
+    write_meta,
+)
 
 #: the engine's forms, by what engine.json makes active: (label, dense file, heads file)
 ENGINE_FORMS = (("fp32", ONNX_FILE, HEADS_FILE), ("int8 box head", ONNX_FILE, HEADS_INT8_FILE),
@@ -102,16 +110,15 @@ def agreement(run: Path, images: Path, tmp: Path) -> list[tuple[str, str]]:
     """Share of images whose kept boxes agree (same count, each matched at IoU >= 0.95) with PyTorch fp32."""
     import shutil
 
-    from pneumodet.detector import image_tensor, load_detector
+    from pneumodet.detector import Detector, image_tensor, load_detector
     from pneumodet.export import agreement as share_agreeing
     from pneumodet.export import export_run
-    from pneumodet.onnx_engine import attach
 
     copy = tmp / "agree"
     shutil.copytree(run, copy)
     result = export_run(copy, int8=True)
     reference = load_detector(copy, engine="torch")
-    tensors = [image_tensor(reference.read(f).pixels, reference.image_size) for f in dicom_files(images)]
+    tensors = [image_tensor(reference.read(f).pixels, reference.image_size) for f in image_files(images)[0]]
     rows = []
     q = result.int8
     checks = {"int8": f"; export's own check on {q['images']} val images {q['agreement']:.1%} with the RPN head's "
@@ -122,9 +129,8 @@ def agreement(run: Path, images: Path, tmp: Path) -> list[tuple[str, str]]:
         checks["int8 box head"] = (f"; export's own check on {q['images']} val images {q['heads_agreement']:.1%}, "
                                    f"{'active' if q['heads_active'] else 'not active'}")
     for label, file, heads in ENGINE_FORMS:
-        engine = load_detector(copy, engine="torch")
-        for predictor in engine.predictors:
-            attach(predictor.model, copy, file=file, heads_file=heads)
+        engine = Detector([OnnxBackend(b.model, copy, file=file, heads_file=heads) for b in reference.backends],
+                          reference.config, reference.settings, reference.postprocess, info=reference.info)
         share, n = share_agreeing(reference, engine, tensors)
         extra = checks.get(label, "")
         rows.append((f"{label} engine vs PyTorch boxes at the tuned post-processing, demo model, synthetic test images",
@@ -136,8 +142,8 @@ def engine_latencies(run_dir: Path, size: int, files: list[Path]) -> list[tuple[
     """Time the run with PyTorch, then export it and time each form of the ONNX Runtime engine (int8 scales
     calibrated on random images: speed does not depend on them); return (engine, seconds, parts) each. The
     last form (int8) stays active."""
-    from pneumodet.onnx_engine import export_onnx, quantize_heads_int8, quantize_int8
-    from pneumodet.runs import load_trained
+    from pneumodet.checkpoints import load_trained
+    from pneumodet.onnx_export import export_onnx, quantize_heads_int8, quantize_int8
 
     timed = [("PyTorch fp32", *latency(run_dir, files))]
     model, _, info = load_trained(run_dir)
@@ -168,7 +174,7 @@ def latency_rows(model: str, timed: list[tuple[str, float, dict]], baseline_ms: 
 def no_p2_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tuple[str, str]]:
     """R50-FPN at 256 px without the stride-4 level (``model.fpn_min_level: 3``, P3-P6): latency with PyTorch and
     each engine form, and the CLI's throughput with the int8 engine, against the stock baseline of the same run."""
-    from pneumodet.config import load_config
+    from pneumodet.config_files import load_config
 
     config = load_config(None, ["model.weights='none'", "data.image_size=256", "model.rpn_post_nms_test=100",
                                 "model.fpn_min_level=3", "model.anchor_sizes=[16, 32, 64, 128]"])
@@ -184,7 +190,7 @@ def cpu_recipe_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tu
     """The CPU recipe's model (configs/demo.yaml: tiny FPN at 256 px), random weights: latency with each engine
     against the stock baseline timed in the same run, and the CLI's throughput, as for R50-FPN above. Its
     accuracy is the variants benchmark's."""
-    from pneumodet.config import load_config
+    from pneumodet.config_files import load_config
     from pneumodet.demo import DEMO_CONFIG
 
     rows = []
@@ -210,18 +216,18 @@ def cpu_recipe_rows(tmp: Path, files: list[Path], baseline_ms: float) -> list[tu
 
 
 def run() -> list[tuple[str, str]]:
-    from pneumodet.config import load_config
+    from pneumodet.config_files import load_config
     from pneumodet.data.synth import synthesize
     from pneumodet.io.layout import TEST_IMAGES
-    from pneumodet.onnx_engine import cpu_features
-    from pneumodet.submit import predict_folder
+    from pneumodet.onnx_runtime import cpu_features
+    from pneumodet.predict import predict_folder
 
     rows = [("CPU features read from /proc/cpuinfo", ", ".join(cpu_features()))]
     baselines = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synthesize(tmp / "data", 0, 200, seed=1, progress=False)
-        files = dicom_files(tmp / "data" / TEST_IMAGES)
+        files = image_files(tmp / "data" / TEST_IMAGES)[0]
         for size in (256, 512):
             baseline = stock_torchvision_ms(size)
             baselines[size] = baseline
@@ -240,7 +246,7 @@ def run() -> list[tuple[str, str]]:
                         activate(folder, *files_active)
                     summary = predict_folder(run_dir, tmp / "data" / TEST_IMAGES, tmp / "sub.csv",
                                              workers=1, engine=engine, progress=False)
-                    rows.append((f"predict 200 DICOMs, R50-FPN 256 px, 100 proposals, batch 8, {summary.engine} engine",
+                    rows.append((f"predict 200 DICOMs, R50-FPN 256 px, 100 proposals, batch 8, {summary.backend} engine",
                                  f"{summary.images / summary.seconds:.1f} images/s"))
                 for devices in (1, 2):  # the int8 engine is active now; the CLI, as a user runs it
                     rows.append((f"pneumodet predict 200 DICOMs, int8 engine, --devices {devices} (processes, "

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumodet.io.layout import dicom_files
+from pneumodet.io.layout import image_files
 
 VARIANTS = [  # label, overrides
     ("1000 proposals (seed), fp32", ["model.rpn_post_nms_test=1000", "predict.channels_last=False"]),
@@ -28,8 +28,9 @@ VARIANTS = [  # label, overrides
 
 def _run_folder(root: Path, config) -> Path:
     """Write a run folder holding a random-weight checkpoint, as train would."""
+    from pneumodet.checkpoints import atomic_save
     from pneumodet.model import build_model
-    from pneumodet.runs import RunPaths, atomic_save
+    from pneumodet.runs import RunPaths
 
     torch.manual_seed(0)
     model = build_model(config.model, config.data.image_size)
@@ -69,16 +70,17 @@ def latency(run: Path, files: list[Path], repeats: int = 20) -> tuple[float, dic
 def bf16_agreement(run: Path, images: Path) -> str:
     """Compare fp32 and bf16 predictions of a trained run on a folder of DICOMs."""
     from pneumodet.boxes import iou_xyxy
+    from pneumodet.checkpoints import load_trained
     from pneumodet.detector import image_tensor, load_detector
-    from pneumodet.predict import Predictor
-    from pneumodet.runs import load_trained
+    from pneumodet.forward import TorchBackend
 
     model, config, _ = load_trained(run)
     size = config.data.image_size
     detector = load_detector(run)
-    tensors = [image_tensor(detector.read(f).pixels, size) for f in dicom_files(images)]
-    fp32 = Predictor(model, size)(tensors)
-    bf16 = Predictor(model, size, bf16=True)(tensors)
+    tensors = [image_tensor(detector.read(f).pixels, size) for f in image_files(images)[0]]
+    backend = TorchBackend(model)
+    fp32 = [c[:2] for c in backend.candidates(tensors, size)]
+    bf16 = [c[:2] for c in backend.candidates(tensors, size, bf16=True)]
     ious, score_diffs, count_diffs = [], [], 0
     for (b32, s32), (b16, s16) in zip(fp32, bf16, strict=True):
         keep32, keep16 = s32 >= 0.5, s16 >= 0.5
@@ -92,16 +94,16 @@ def bf16_agreement(run: Path, images: Path) -> str:
 
 
 def run() -> list[tuple[str, str]]:
-    from pneumodet.config import load_config
+    from pneumodet.config_files import load_config
     from pneumodet.data.synth import synthesize
     from pneumodet.io.layout import TEST_IMAGES
-    from pneumodet.submit import predict_folder
+    from pneumodet.predict import predict_folder
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         synthesize(tmp / "data", 0, 200, seed=1, progress=False)
-        files = dicom_files(tmp / "data" / TEST_IMAGES)
+        files = image_files(tmp / "data" / TEST_IMAGES)[0]
         for size in (256, 512):
             for label, overrides in VARIANTS:
                 config = load_config(None, ["model.weights='none'", f"data.image_size={size}", *overrides])

@@ -45,10 +45,10 @@ def _smoothed(val, pp):
 
 
 def check(run: Path, data: Path) -> str:
+    from pneumodet.checkpoints import run_dataset
     from pneumodet.data.dataset import PneumoniaDataset
     from pneumodet.detector import load_detector
     from pneumodet.postprocess import PostProcess
-    from pneumodet.runs import run_dataset
     from pneumodet.saved import labelled_set, predict_dataset
     from pneumodet.tuning import score, tune
 

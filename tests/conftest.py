@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumodet.config import load_config
+from pneumodet.config_files import load_config
 from pneumodet.data.prepare import prepare
 from pneumodet.data.synth import synthesize
-from pneumodet.io.dicom import write_dicom
+from pneumodet.io.dicom_write import write_dicom
 
 
 def gradient(height: int = 64, width: int = 64) -> np.ndarray:
@@ -67,8 +67,8 @@ def tiny_cache(synth_data, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_run(tiny_cache, tmp_path_factory):
     """A tiny run with the image-level gate, trained (2 short epochs) and evaluated; shared read-only."""
-    from pneumodet.engine.train import train
     from pneumodet.evaluate import evaluate
+    from pneumodet.training.train import train
 
     result = train(tiny_config("train.limit_val_batches=0", "model.min_score=0.0", "model.gate=True"), tiny_cache,
                    run=tmp_path_factory.mktemp("runs") / "tiny", progress=False)
@@ -84,5 +84,45 @@ def run_with_boxes(trained_run, tmp_path):
     shutil.copytree(trained_run, run)
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["postprocess"].update(score_threshold=0.0, gate_threshold=0.0, max_boxes=3)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    return run
+
+
+@pytest.fixture
+def run_with_every_outcome(trained_run, tmp_path):
+    """The shared tiny run, copied, with every image of its cache in its val split (its own val has one positive)
+    and val predictions that give every outcome the review shows: its positives in turn not found (miss), found in
+    part (one of their truth boxes) or whole (hits), its negatives in turn given a box (false alarm) or none (true
+    negative). The barely trained run itself yields only misses and true negatives, so the review's order and
+    filters would be checked on two outcomes."""
+    import pandas as pd
+
+    from pneumodet.boxes import xywh_to_xyxy
+    from pneumodet.checkpoints import load_trained, run_dataset
+    from pneumodet.report.submission import write_boxes
+    from pneumodet.runs import RunPaths
+
+    run = tmp_path / "every"
+    shutil.copytree(trained_run, run)
+    split = pd.read_csv(run / "split.csv", dtype=str)
+    split["split"] = "val"
+    split.to_csv(run / "split.csv", index=False)
+    _, config, info = load_trained(run)
+    dataset = run_dataset(RunPaths(run), config, info, "val")
+    found, positives, negatives = {}, 0, 0
+    for i, pid in enumerate(dataset.records["patient_id"]):
+        truth = xywh_to_xyxy(dataset.boxes_orig_xywh(i))
+        if len(truth):
+            kind, positives = positives % 3, positives + 1
+            if kind:  # a miss, then the first truth box only (a partial hit where there are more), then all
+                found[pid] = (truth[:1] if kind == 1 else truth, np.full(1 if kind == 1 else len(truth), 0.9))
+        else:
+            negatives += 1
+            if negatives % 2:
+                found[pid] = (np.array([[100.0, 100.0, 300.0, 300.0]]), np.array([0.8]))
+    write_boxes(run / "predictions" / "val.csv", found, exact=True)
+    (run / "predictions" / "val.gate.csv").unlink(missing_ok=True)
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["postprocess"].update(score_threshold=0.5, gate_threshold=0.0, max_boxes=3, shrink=1.0)
     (run / "metrics.json").write_text(json.dumps(metrics))
     return run

@@ -95,11 +95,15 @@ def test_demo_end_to_end_in_miniature(tmp_path):
         assert (run / name).is_file(), name
     assert (out / "submission.csv").read_text().startswith("patientId,PredictionString")
     assert "val RSNA mAP (tuned on val): untrained" in proc.stdout and str(out / "submission.csv") in proc.stdout
+    from tests.test_readme import FIRST_LINE
+
+    written = (out / "demo_output.txt").read_text()  # what make readme copies into README: what was printed,
+    assert proc.stdout.rstrip().endswith(written.rstrip()) and FIRST_LINE.match(written.splitlines()[0])  # its format
 
 
 def test_a_diverged_run_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
-    from pneumodet.engine import train as train_module
-    from pneumodet.engine.module import TrainingDiverged
+    from pneumodet.training import train as train_module
+    from pneumodet.training.module import TrainingDiverged
 
     def diverge(*args, **kwargs):
         raise TrainingDiverged("5 non-finite losses in a row at epoch 3: training diverged")
@@ -151,3 +155,17 @@ def test_unwritable_outputs_are_one_line_and_exit_2(where, synth_data, trained_r
         code = main(argv)
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (argv, code, err)
+
+
+def test_score_and_help_import_neither_torch_nor_lightning(tmp_path):
+    """Scoring a submission is pandas and numpy: `pneumodet score` (and every --help) must not pay for torch."""
+    (tmp_path / "labels.csv").write_text("patientId,x,y,width,height,Target\na,10,10,50,50,1\nb,,,,,0\n")
+    (tmp_path / "sub.csv").write_text("patientId,PredictionString\na,0.9 10 10 50 50\nb,\n")
+    code = ("import sys\nfrom pneumodet.cli import main\ntry:\n    status = main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    status = e.code\nheavy = sorted({'torch', 'torchvision', 'lightning'} & set(sys.modules))\n"
+            "print('HEAVY', heavy, 'STATUS', status)")
+    for args in (["--help"], ["score", "--help"], ["score", "sub.csv", "--labels", "labels.csv"]):
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=120)
+        assert "HEAVY [] STATUS 0" in proc.stdout, (args, proc.stdout[-500:], proc.stderr[-500:])
+    assert '"rsna_map": 1.0' in proc.stdout  # the score itself ran

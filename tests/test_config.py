@@ -1,6 +1,9 @@
+from pathlib import Path
+
 import pytest
 
-from pneumodet.config import ConfigError, RunConfig, dump_config, load_config
+from pneumodet.config import ConfigError, RunConfig
+from pneumodet.config_files import dump_config, load_config
 
 
 def test_defaults_and_overrides():
@@ -101,19 +104,17 @@ def test_a_bad_value_creates_no_run_folder(tiny_cache, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_moved_keys_say_where_they_went_and_old_checkpoints_still_load():
+def test_moved_keys_say_where_they_went():
     from pneumodet.config import from_dict
 
     with pytest.raises(ConfigError, match="model.box_nms is now predict.nms_iou"):
         load_config(None, ["model.box_nms=0.1"])
     with pytest.raises(ConfigError, match="model.detections_per_image is now predict.max_boxes"):
         from_dict({"model": {"detections_per_image": 3}})
-    old = from_dict({"model": {"box_nms": 0.01, "detections_per_image": 3, "backbone": "tiny_fpn"}}, legacy=True)
-    assert old.model.backbone == "tiny_fpn"
 
 
 def test_a_step_budget_trains_small_and_large_sets_equally_long():
-    from pneumodet.config import schedule_for
+    from pneumodet.training.schedule import schedule_for
 
     config = load_config(None, ["train.steps=1200", "train.batch_size=8", "train.epochs=12",
                                 "train.stages=[{'until_epoch': 9}, {'until_epoch': 12, 'lr_scale': 0.1}]"])
@@ -122,3 +123,16 @@ def test_a_step_budget_trains_small_and_large_sets_equally_long():
     assert (large.train.epochs, [s.until_epoch for s in large.train.stages]) == (12, [9, 12])
     assert schedule_for(small, 240) == small  # a resumed run recomputes the same schedule
     assert schedule_for(load_config(None, ["train.epochs=3", "train.stages=[{'until_epoch': 3}]"]), 240).train.epochs == 3
+
+
+def test_packaged_recipes_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    from pneumodet.config import ConfigError
+    from pneumodet.config_files import load_config
+
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the names resolve inside the package
+    assert load_config("demo").model.backbone == load_config(Path(__file__).parents[1] / "configs/demo.yaml").model.backbone
+    assert load_config("rsna").data.image_size == 512 and load_config("seed").model.backbone == "resnet50_fpn"
+    (tmp_path / "demo").write_text("train:\n  epochs: 7\n")  # a file by that name is a path, as given
+    assert load_config("demo").train.epochs == 7
+    with pytest.raises(ConfigError, match="not found .*packaged recipes: demo, rsna, seed"):
+        load_config("nonexistent")

@@ -1,15 +1,16 @@
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from pneumodet.config import dump_config
+from pneumodet.candidates import Candidates
+from pneumodet.config_files import dump_config
 from pneumodet.evaluate import evaluate
 from pneumodet.metrics import Prediction, rsna_map
-from pneumodet.postprocess import Candidates, PostProcess
+from pneumodet.postprocess import PostProcess
 from pneumodet.runs import RunPaths
+from pneumodet.settings import InferenceSettings
 from pneumodet.tuning import GRID, ValSet, tune
 from tests.conftest import tiny_config
 
@@ -93,7 +94,7 @@ def test_gate_and_box_thresholds_are_tuned_jointly():
     assert without.gate_threshold == 0.0 and without_score == pytest.approx(0.5)
     assert score == 1.0 and 0.3 < tuned.gate_threshold <= 0.8
     # a model without a gate (NaN) is never gated, whatever the threshold
-    no_gate = ValSet(val.patient_ids, val.views, truths, [Candidates(c.boxes_xyxy, c.scores) for c in raw])
+    no_gate = ValSet(val.patient_ids, val.views, truths, [Candidates(c.boxes_orig_xyxy, c.scores) for c in raw])
     assert not no_gate.has_gate and tune(no_gate, start)[0].gate_threshold == 0.0
 
 
@@ -114,10 +115,10 @@ def test_out_of_fold_tuning_uses_every_fold(tmp_path, monkeypatch):
     class FakeDetector:
         def __init__(self, run, hflip_tta=None, tta_scales=None, box_refine=None, box_vote=None, use_tuning=True):
             assert not use_tuning  # evaluate starts from the config, never from a metrics.json it may be repairing
-            self.name, self.tta_scales, self.box_refine, self.box_vote = run.name, tta_scales or (1.0,), box_refine, box_vote
-            self.config = tiny_config()
+            self.name, self.config = run.name, tiny_config()
+            self.settings = InferenceSettings.from_config(self.config.predict).but(
+                hflip_tta=hflip_tta, tta_scales=tta_scales, box_refine=box_refine, box_vote=box_vote)
             self.info = {"path": str(run / "weights" / "best.ckpt"), "epoch": 1}
-            self.predictors = [SimpleNamespace(hflip_tta=hflip_tta)]
             self.paths = RunPaths(run)
 
     monkeypatch.setattr(ev, "load_detector", FakeDetector)
@@ -145,13 +146,13 @@ def test_evaluate_records_flip_tta_and_predict_follows_it(trained_run, tmp_path)
 
     copy = tmp_path / "run"
     shutil.copytree(trained_run, copy)
-    assert load_detector(copy).predictors[0].hflip_tta is False
+    assert load_detector(copy).settings.hflip_tta is False
     with pytest.warns(UserWarning, match="trained without flips"):  # the tiny run trains without flips
         result = evaluate(copy, progress=False, hflip_tta=True)
     assert result["hflip_tta"] is True and json.loads((copy / "metrics.json").read_text())["hflip_tta"] is True
     with pytest.warns(UserWarning, match="trained without flips"):
-        assert load_detector(copy).predictors[0].hflip_tta is True  # thresholds tuned with TTA are used with TTA
-    assert load_detector(copy, hflip_tta=False).predictors[0].hflip_tta is False  # unless told otherwise
+        assert load_detector(copy).settings.hflip_tta is True  # thresholds tuned with TTA are used with TTA
+    assert load_detector(copy, hflip_tta=False).settings.hflip_tta is False  # unless told otherwise
     assert evaluate(copy, progress=False)["hflip_tta"] is False  # evaluate starts from the config again
 
 
@@ -163,11 +164,11 @@ def test_evaluate_records_tta_sizes_and_predict_follows_them(trained_run, tmp_pa
 
     copy = tmp_path / "run"
     shutil.copytree(trained_run, copy)
-    assert load_detector(copy, hflip_tta=True).predictors[0].scales == (1.0,)  # the config's: one size
+    assert load_detector(copy, hflip_tta=True).settings.scales == (1.0,)  # the config's: one size
     result = evaluate(copy, progress=False, hflip_tta=True, tta_scales=(1.0, 1.5))
     assert result["tta_scales"] == [1.0, 1.5] == json.loads((copy / "metrics.json").read_text())["tta_scales"]
-    assert load_detector(copy).predictors[0].scales == (1.0, 1.5)  # tuned with both sizes, predicted with both
-    assert load_detector(copy, hflip_tta=False).predictors[0].scales == (1.0,)  # no TTA: one size
+    assert load_detector(copy).settings.scales == (1.0, 1.5)  # tuned with both sizes, predicted with both
+    assert load_detector(copy, hflip_tta=False).settings.scales == (1.0,)  # no TTA: one size
 
 
 def test_evaluate_records_box_refinement_and_predict_follows_it(trained_run, tmp_path, synth_data):
@@ -178,16 +179,16 @@ def test_evaluate_records_box_refinement_and_predict_follows_it(trained_run, tmp
 
     copy = tmp_path / "run"
     shutil.copytree(trained_run, copy)
-    assert load_detector(copy).box_refine == 0  # the config's
+    assert load_detector(copy).settings.box_refine == 0  # the config's
     result = evaluate(copy, progress=False, box_refine=2)
     assert result["box_refine"] == 2 == json.loads((copy / "metrics.json").read_text())["box_refine"]
     refined, plain = load_detector(copy), load_detector(copy, box_refine=0)  # tuned with 2 passes, predicted so
-    assert [refined.predictors[0].box_refine, plain.predictors[0].box_refine] == [2, 0]
+    assert [refined.settings.box_refine, plain.settings.box_refine] == [2, 0]
     image = plain.read(sorted((synth_data / TEST_IMAGES).glob("*.dcm"))[0])
     tensor = image_tensor(image.pixels, plain.image_size)
     (moved,), (still,) = (d.candidates([tensor], [image.original_size]) for d in (refined, plain))
     assert len(moved.scores) == len(still.scores) > 0
-    assert np.abs(moved.boxes_xyxy - still.boxes_xyxy).max() > 0.01  # the passes did run
+    assert np.abs(moved.boxes_orig_xyxy - still.boxes_orig_xyxy).max() > 0.01  # the passes did run
     assert evaluate(copy, progress=False)["box_refine"] == 0  # evaluate starts from the config again
 
 
@@ -199,17 +200,17 @@ def test_evaluate_records_box_voting_and_predict_follows_it(trained_run, tmp_pat
 
     copy = tmp_path / "run"
     shutil.copytree(trained_run, copy)
-    assert load_detector(copy).box_vote is True  # the config's default
+    assert load_detector(copy).settings.box_vote is True  # the config's default
     result = evaluate(copy, progress=False, box_vote=False)
     assert result["box_vote"] is False is json.loads((copy / "metrics.json").read_text())["box_vote"]
     plain, voted = load_detector(copy), load_detector(copy, box_vote=True)  # tuned without voting, predicted so
-    assert [plain.predictors[0].box_vote, voted.predictors[0].box_vote] == [False, True]
+    assert [plain.settings.box_vote, voted.settings.box_vote] == [False, True]
     moved = 0.0
     for path in sorted((synth_data / TEST_IMAGES).glob("*.dcm")):
         image = plain.read(path)
         tensor = image_tensor(image.pixels, plain.image_size)
         (a,), (b,) = (d.candidates([tensor], [image.original_size]) for d in (plain, voted))
         assert np.allclose(a.scores, b.scores)  # voting moves boxes, never scores
-        moved = max(moved, float(np.abs(a.boxes_xyxy - b.boxes_xyxy).max(initial=0)))
+        moved = max(moved, float(np.abs(a.boxes_orig_xyxy - b.boxes_orig_xyxy).max(initial=0)))
     assert moved > 0.01  # the votes did run
     assert evaluate(copy, progress=False)["box_vote"] is True  # evaluate starts from the config again

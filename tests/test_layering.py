@@ -1,6 +1,6 @@
 """Layers only look down: each module imports modules on lower floors (or its own package's), never up.
 
-The floors are the README's package map; Lightning stays inside engine/.
+The floors are the README's package map; Lightning stays inside training/.
 """
 
 import ast
@@ -9,19 +9,22 @@ from pathlib import Path
 SRC = Path(__file__).parents[1] / "src"
 FLOORS = {  # the foundations first: modules every layer may use
     0: ["pneumodet", "pneumodet.errors", "pneumodet.boxes", "pneumodet.network", "pneumodet.io.layout",
-        "pneumodet.memory", "pneumodet.roi_ops"],
-    1: ["pneumodet.files", "pneumodet.metrics", "pneumodet.stats", "pneumodet.boxmetrics"],
-    2: ["pneumodet.config"],
-    3: ["pneumodet.postprocess"],
-    4: ["pneumodet.io", "pneumodet.tuning"],
-    5: ["pneumodet.data", "pneumodet.report.submission", "pneumodet.assess", "pneumodet.compare"],
-    6: ["pneumodet.model"],
-    7: ["pneumodet.runs", "pneumodet.predict", "pneumodet.onnx_engine"],
+        "pneumodet.memory", "pneumodet.roi_ops", "pneumodet.folding"],
+    1: ["pneumodet.files", "pneumodet.metrics", "pneumodet.stats", "pneumodet.boxmetrics", "pneumodet.candidates"],
+    2: ["pneumodet.config", "pneumodet.runs"],
+    3: ["pneumodet.postprocess", "pneumodet.weights", "pneumodet.config_checks"],
+    4: ["pneumodet.config_files", "pneumodet.io", "pneumodet.tuning", "pneumodet.settings", "pneumodet.gates", "pneumodet.forward"],
+    5: ["pneumodet.data", "pneumodet.report.submission", "pneumodet.assess", "pneumodet.compare",
+        "pneumodet.inference"],
+    6: ["pneumodet.model", "pneumodet.onnx_runtime"],
+    7: ["pneumodet.checkpoints", "pneumodet.onnx_export"],
     8: ["pneumodet.detector", "pneumodet.report"],
-    9: ["pneumodet.engine", "pneumodet.saved"],
-    10: ["pneumodet.evaluate", "pneumodet.submit", "pneumodet.export", "pneumodet.service.review", "pneumodet.service.guard"],
+    9: ["pneumodet.training", "pneumodet.saved"],
+    10: ["pneumodet.evaluate", "pneumodet.predict", "pneumodet.export", "pneumodet.service.review",
+         "pneumodet.service.guard"],
     11: ["pneumodet.service", "pneumodet.demo"],
-    12: ["pneumodet.cli"],
+    12: ["pneumodet.commands"],
+    13: ["pneumodet.cli"],
 }
 
 
@@ -63,10 +66,10 @@ def test_every_import_looks_down():
     assert not wrong, wrong
 
 
-def test_lightning_only_in_engine_and_metrics_only_on_boxes():
+def test_lightning_only_in_training_and_metrics_only_on_boxes():
     imports = _imports()
     users = sorted(m for m, names in imports.items() if any(n.startswith("lightning") for n in names))
-    assert users and all(m.startswith("pneumodet.engine.") for m in users), users
+    assert users and all(m.startswith("pneumodet.training.") for m in users), users
     assert imports["pneumodet.metrics"] == {"pneumodet.boxes"}
     assert "pneumodet.io.kaggle" not in imports["pneumodet.model"]
-    assert not {"pneumodet.submit", "pneumodet.cli"} & imports["pneumodet.service.app"]
+    assert not {"pneumodet.predict", "pneumodet.cli"} & imports["pneumodet.service.app"]

@@ -7,13 +7,7 @@ import torch
 
 from pneumodet.config import ModelConfig
 from pneumodet.errors import UserError
-from pneumodet.model import (
-    CANDIDATE_NMS_IOU,
-    CANDIDATES_PER_IMAGE,
-    boxes_only,
-    build_model,
-    head_parameters,
-)
+from pneumodet.model import CANDIDATE_NMS_IOU, CANDIDATES_PER_IMAGE, build_model, head_parameters
 
 SIZE = 64
 
@@ -191,15 +185,6 @@ def test_coco_weights_fill_an_fpn_from_p3_level_by_level(tmp_path, monkeypatch):
     assert torch.equal(ours["rpn.head.conv.0.0.weight"], theirs["rpn.head.conv.0.0.weight"])
 
 
-def test_boxes_only_skips_and_restores_the_mask_branch():
-    model = build_model(ModelConfig(backbone="resnet18_fpn", weights="none", min_score=0.0), SIZE).eval()
-    with boxes_only(model), torch.no_grad():
-        assert not model.roi_heads.has_mask()
-        detections = model([torch.rand(1, SIZE, SIZE)])
-    assert "masks" not in detections[0]
-    assert model.roi_heads.has_mask()
-
-
 def test_heads_are_everything_but_the_backbone_body():
     model = build_model(ModelConfig(backbone="resnet18_fpn", weights="none"), SIZE)
     heads = {id(p) for p in head_parameters(model)}
@@ -296,41 +281,11 @@ def test_xrv_gate_weights_fail_in_one_line_without_the_extra_or_offline(monkeypa
         build_model(cfg, SIZE)
 
 
-def test_box_refinement_reruns_the_box_head_on_its_own_detections():
-    """One refining pass: each detection moves halfway to the box head's regression from it, its score to the mean
-    of the two; the weights are torchvision's, and training never refines."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(backbone="tiny_fpn", weights="none", frozen_bn=False, min_score=0.0)
-    plain, refined = build_model(cfg, SIZE).eval(), build_model(cfg, SIZE).eval()
-    refined.load_state_dict(plain.state_dict())  # the same weight names as torchvision's RoIHeads
-    refined.roi_heads.refine_passes = 1
-    images = _batch()[0]
-    with torch.no_grad():
-        before, after = plain(images), refined(images)
-        batch = plain.transform(images)[0]
-        features = plain.backbone(batch.tensors)
-        heads = plain.roi_heads
-        boxes = [d["boxes"] for d in before]
-        logits, deltas = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, boxes, batch.image_sizes)))
-    moved = heads.box_coder.decode(deltas, boxes)[:, 1].clamp(0, SIZE)
-    score = torch.softmax(logits, -1)[:, 1]
-    assert sum(len(b) for b in boxes) > 0
-    expected_boxes = (torch.cat(boxes) + moved) / 2
-    assert (expected_boxes - torch.cat(boxes)).abs().max() > 1e-3  # the head's second look does move them
-    torch.testing.assert_close(torch.cat([d["boxes"] for d in after]), expected_boxes)
-    torch.testing.assert_close(torch.cat([d["scores"] for d in after]), (torch.cat([d["scores"] for d in before]) + score) / 2)
-    plain.train(), refined.train()
-    torch.manual_seed(1)
-    losses = plain(*_batch())
-    torch.manual_seed(1)
-    assert refined(*_batch()) == losses  # training never refines
-
-
 @pytest.mark.parametrize("backbone", ["resnet50_fpn", "resnet18_fpn", "mobilenet_v3_fpn"])
 def test_frozen_batchnorm_folded_into_its_convolution_computes_the_same(backbone):
     from torchvision.ops.misc import FrozenBatchNorm2d
 
-    from pneumodet.model import FoldedConv2d, FoldedFrozenBatchNorm2d
+    from pneumodet.folding import FoldedConv2d, FoldedFrozenBatchNorm2d
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(backbone=backbone, weights="none", trainable_layers=5), SIZE)
@@ -358,38 +313,3 @@ def test_frozen_batchnorm_folded_into_its_convolution_computes_the_same(backbone
     for mine, theirs in convs:  # to float rounding, against the largest element of each gradient
         scale = theirs.weight.grad.abs().max()
         torch.testing.assert_close(mine.weight.grad / scale, theirs.weight.grad / scale, atol=1e-4, rtol=0)
-
-
-def _voted_detections(vote: bool, scores: list[float], per_image: int = CANDIDATES_PER_IMAGE):
-    """Return (boxes, scores, proposals): what the RoI heads of a tiny model keep from four proposals scored
-    ``scores`` (the box head's output given directly: zero regression, so each proposal is its own box)."""
-    heads = build_model(ModelConfig(backbone="tiny_fpn", weights="none"), SIZE).roi_heads
-    heads.box_vote, heads.detections_per_img = vote, per_image
-    proposals = torch.tensor([[10.0, 10.0, 30.0, 40.0],  # A
-                              [12.0, 10.0, 30.0, 44.0],  # B: IoU 0.80 with A, NMS merges them
-                              [22.0, 30.0, 40.0, 60.0],  # overlaps A, IoU 0.08: a box of its own
-                              [45.0, 5.0, 60.0, 20.0]])  # far from all
-    p = torch.tensor(scores)
-    logits = torch.stack([torch.zeros_like(p), torch.log(p / (1 - p))], 1)  # softmax gives p for the opacity
-    boxes, kept, labels = heads.postprocess_detections(logits, torch.zeros(len(p), 8), [proposals], [(SIZE, SIZE)])
-    assert (labels[0] == 1).all()
-    assert (heads.nms_thresh, heads.detections_per_img) == (CANDIDATE_NMS_IOU, per_image)  # restored
-    return boxes[0], kept[0], proposals
-
-
-def test_box_voting_averages_the_boxes_nms_merged_so_a_near_tie_does_not_flip_the_box():
-    """With box voting each kept box is the score-weighted mean of the boxes its NMS suppressed (itself included);
-    scores, the boxes kept and their number are NMS's. Without it, a score change in the fourth digit swaps
-    which of two near-equal boxes comes out: the change int8 or another CPU makes."""
-    plain, plain_scores, proposals = _voted_detections(False, [0.9000, 0.8999, 0.7, 0.6])
-    voted, voted_scores, _ = _voted_detections(True, [0.9000, 0.8999, 0.7, 0.6])
-    torch.testing.assert_close(voted_scores, plain_scores)
-    torch.testing.assert_close(plain, proposals[[0, 2, 3]])
-    merged = (0.9 * proposals[0] + 0.8999 * proposals[1]) / (0.9 + 0.8999)
-    torch.testing.assert_close(voted, torch.stack([merged, proposals[2], proposals[3]]))  # the others alone
-    flipped, _, _ = _voted_detections(False, [0.8999, 0.9000, 0.7, 0.6])
-    assert (flipped[0] - plain[0]).abs().max() >= 2  # NMS now keeps B: the box jumps
-    voted_flipped, _, _ = _voted_detections(True, [0.8999, 0.9000, 0.7, 0.6])
-    assert (voted_flipped[0] - voted[0]).abs().max() < 1e-3  # the vote barely moves
-    few, _, _ = _voted_detections(True, [0.9000, 0.8999, 0.7, 0.6], per_image=2)
-    torch.testing.assert_close(few, voted[:2])  # detections_per_img still caps them

@@ -1,127 +1,141 @@
+import shutil
+import subprocess
+import sys
+
 import numpy as np
+import pandas as pd
 import pytest
-import torch
 
-from pneumodet.predict import Predictor, fuse_boxes, to_original
-
-
-def test_fusion_averages_agreeing_boxes_and_discounts_lonely_ones():
-    a = (np.array([[0, 0, 10, 10], [50, 50, 60, 60]], float), np.array([0.8, 0.6]))
-    b = (np.array([[2, 0, 12, 10]], float), np.array([0.4]))
-    boxes, scores = fuse_boxes([a, b])
-    assert np.allclose(boxes[0], [(0 * 0.8 + 2 * 0.4) / 1.2, 0, (10 * 0.8 + 12 * 0.4) / 1.2, 10])
-    assert np.allclose(scores, [0.6, 0.3])  # (0.8 + 0.4) / 2, and 0.6 / 2 for the box one pass missed
+from pneumodet.data.synth import TEST_TRUTH
+from pneumodet.io.dicom import read_dicom
+from pneumodet.io.layout import TEST_IMAGES
+from pneumodet.predict import predict_folder
+from tests.conftest import gradient
 
 
-def test_mapping_back_to_original_pixels():
-    # a 1024 x 512 (width x height) image cached at 256: scale x 1/4, y 1/2
-    boxes = to_original([[10, 20, 100, 300]], 0.25, 0.5, 512, 1024)
-    assert boxes.tolist() == [[40, 40, 400, 512]]  # clipped to the image height
+def test_predict_a_folder_of_odd_files(trained_run, synth_data, tmp_path, make_dicom, capsys):
+    """Unreadable, non-square, upper-case suffix; hidden copies, reports and folders named .dcm are no images."""
+    images = tmp_path / "images"
+    shutil.copytree(synth_data / TEST_IMAGES, images)
+    (images / "broken.dcm").write_text("not a dicom at all\n" * 10)
+    make_dicom("wide", gradient(256, 512), folder=images)
+    expected = sorted(p.stem for p in images.glob("*.dcm"))
+    first = images / f"{expected[0]}.dcm"
+    first.rename(first.with_suffix(".DCM"))  # an upper-case suffix is still an image
+    # none of these is an image: a macOS resource copy, a report predict --dicom-sr wrote, a folder
+    shutil.copy(images / f"{expected[1]}.dcm", images / f"._{expected[1]}.dcm")
+    shutil.copy(images / f"{expected[1]}.dcm", images / f"{expected[1]}.sr.dcm")
+    (images / "folder.dcm").mkdir()
+    shutil.copy(images / f"{expected[2]}.dcm", images / f"{expected[2]}.DCM")  # the same patientId twice: one row
+    summary = predict_folder(trained_run, images, tmp_path / "out" / "submission.csv", workers=0,
+                             overrides={"score_threshold": 0.0, "max_boxes": 4}, progress=False)
+    assert summary.images == 8 and summary.unreadable == 1
+    said = capsys.readouterr().err
+    assert "broken.dcm" in said and f"{expected[2]}.dcm: the same patientId as {expected[2]}.DCM; left out" in said
+    sub = pd.read_csv(tmp_path / "out" / "submission.csv", keep_default_na=False)
+    assert list(sub.columns) == ["patientId", "PredictionString"]
+    assert sorted(sub["patientId"]) == expected  # each patientId once
+    assert sub.set_index("patientId").at["broken", "PredictionString"] == ""
+    boxes = pd.read_csv(tmp_path / "out" / "submission.boxes.csv")
+    assert list(boxes.columns) == ["patient_id", "score", "x", "y", "width", "height"]
+    # every box lies in its own image's pixels; the 512 x 256 image maps back to its size
+    for pid, group in boxes.groupby("patient_id"):
+        path = images / f"{pid}.dcm"
+        height, width = read_dicom(path if path.exists() else path.with_suffix(".DCM")).original_size
+        assert (group["x"] >= 0).all() and (group["x"] + group["width"] <= width + 0.1).all()
+        assert (group["y"] >= 0).all() and (group["y"] + group["height"] <= height + 0.1).all()
+    for text in sub["PredictionString"]:
+        values = np.array(text.split(), dtype=float).reshape(-1, 5) if text else np.zeros((0, 5))
+        assert (np.diff(values[:, 0]) <= 0).all()  # highest confidence first
 
 
-class Fixed(torch.nn.Module):
-    """A stand-in detector: one box near the left edge, whatever the image."""
+def test_cli_predict_then_score(trained_run, synth_data, tmp_path):
+    out = tmp_path / "sub.csv"
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "predict", str(trained_run),
+                           str(synth_data / TEST_IMAGES), "--out", str(out), "--workers", "0", "--tta"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "score", str(out), "--labels",
+                           str(synth_data / TEST_TRUTH)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    import json
 
-    def __init__(self):
-        super().__init__()
-        from types import SimpleNamespace
-
-        self.roi_heads = SimpleNamespace(nms_thresh=0.1, detections_per_img=3, mask_roi_pool=None, mask_head=None,
-                                         mask_predictor=None)
-
-    def forward(self, images):
-        out = []
-        for image in images:
-            left = float(image[0, 0, 0] > 0.5)  # the flipped image has its bright corner on the right
-            box = [0, 0, 10, 10] if left else [54, 0, 64, 10]
-            out.append({"boxes": torch.tensor([box], dtype=torch.float32), "scores": torch.tensor([0.8])})
-        return out
+    result = json.loads(proc.stdout)
+    assert 0 <= result["rsna_map"] <= 1 and result["images_in_labels"] == 6
 
 
-def test_flip_tta_unflips_and_fuses():
-    image = torch.zeros(1, 64, 64)
-    image[0, 0, 0] = 1.0
-    model = Fixed()
-    (boxes, scores, gate), = Predictor(model, 64, hflip_tta=True)([image])
-    # plain: [0,0,10,10]; flipped sees the corner on the right -> [54,..] -> unflipped [0,0,10,10]
-    assert np.allclose(boxes, [[0, 0, 10, 10]]) and np.allclose(scores, [0.8])
-    assert model.roi_heads.nms_thresh == 0.1 and model.roi_heads.detections_per_img == 3  # restored
+def test_cli_score_reports_a_malformed_row(tmp_path):
+    (tmp_path / "sub.csv").write_text("patientId,PredictionString\na,0.5 1 2 3\n")
+    (tmp_path / "labels.csv").write_text("patientId,x,y,width,height,Target\na,,,,,0\n")
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "score", str(tmp_path / "sub.csv"), "--labels",
+                           str(tmp_path / "labels.csv")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "sub.csv:2 (a)" in proc.stderr and "Traceback" not in proc.stderr
 
 
-class Sized(torch.nn.Module):
-    """A stand-in detector whose transform resizes: its box grows with the size it runs at (as a real model's
-    boxes differ between sizes), given in the input's pixels (as torchvision's transform maps them back)."""
-
-    def __init__(self):
-        super().__init__()
-        from types import SimpleNamespace
-
-        self.transform = SimpleNamespace(min_size=(64,), max_size=64)
-        self.roi_heads = Fixed().roi_heads
-        self.sizes = []
-
-    def forward(self, images):
-        size = self.transform.min_size[0]
-        self.sizes.append(size)
-        side = 32 + size / 16  # 36 px at 64, 38 px at 96: IoU 0.9, one finding
-        return [{"boxes": torch.tensor([[0.0, 0.0, side, side]]), "scores": torch.tensor([size / 100])}
-                for _ in images]
-
-
-def test_scale_tta_runs_each_size_and_fuses_them():
-    model, image = Sized(), torch.zeros(1, 64, 64)
-    found = Predictor(model, 64, scales=(1.0, 1.5))([image])[0]
-    assert model.sizes == [64, 96] and model.transform.min_size == (64,) and model.transform.max_size == 64
-    side = (36 * 0.64 + 38 * 0.96) / (0.64 + 0.96)  # the score-weighted mean of the two sizes' boxes
-    assert np.allclose(found.boxes_xyxy, [[0, 0, side, side]]) and np.allclose(found.scores, [0.8])
-    model.sizes.clear()
-    found = Predictor(model, 64, hflip_tta=True, scales=(1.0, 1.5))([image])[0]
-    assert model.sizes == [64, 64, 96, 96]  # each size, plain and flipped
-    # this stand-in ignores the image, so its flipped passes give a mirrored box: two findings, each in 2 of 4 passes
-    assert np.allclose(found.boxes_xyxy, [[0, 0, side, side], [64 - side, 0, 64, side]])
-    assert np.allclose(found.scores, [(0.64 + 0.96) / 4] * 2)
-    assert np.allclose(Predictor(model, 64)([image])[0].boxes_xyxy, [[0, 0, 36, 36]])  # one size: one plain pass
+def test_corrupt_files_cost_only_their_own_rows(trained_run, synth_data, tmp_path):
+    clean = tmp_path / "clean"
+    shutil.copytree(synth_data / TEST_IMAGES, clean)
+    options = {"workers": 0, "overrides": {"score_threshold": 0.0}, "progress": False}
+    predict_folder(trained_run, clean, tmp_path / "clean.csv", **options)
+    messy = tmp_path / "messy"
+    shutil.copytree(clean, messy)
+    blob = sorted(clean.glob("*.dcm"))[0].read_bytes()
+    (messy / "cut.dcm").write_bytes(blob[: len(blob) // 2])
+    header = bytearray(blob)
+    at = header.index(b"\x10\x00\x10\x10AS")  # PatientAge's VR made unknown: pydicom fails when it is read
+    header[at + 5] = 0xAC
+    (messy / "badheader.dcm").write_bytes(bytes(header))
+    (messy / "empty.dcm").write_bytes(b"")
+    liar = bytearray(blob)  # Rows/Columns claim another size than the JPEG stream holds
+    at = liar.index(b"\x28\x00\x10\x00US\x02\x00")
+    liar[at + 8: at + 10] = (2048).to_bytes(2, "little")
+    (messy / "liar.dcm").write_bytes(bytes(liar))
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "predict", str(trained_run), str(messy), "--out",
+                           str(tmp_path / "messy.csv"), "--workers", "1", "--threshold", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    for name in ("cut", "badheader", "empty", "liar"):
+        assert f"{name}.dcm" in proc.stderr
+    got = pd.read_csv(tmp_path / "messy.csv", keep_default_na=False).set_index("patientId")["PredictionString"]
+    want = pd.read_csv(tmp_path / "clean.csv", keep_default_na=False).set_index("patientId")["PredictionString"]
+    assert set(got.index) == set(want.index) | {"cut", "badheader", "empty", "liar"}
+    assert (got[["cut", "badheader", "empty", "liar"]] == "").all()
+    assert got[want.index].tolist() == want.tolist() and (want != "").any()
 
 
-def test_fusion_never_merges_two_boxes_of_one_pass_and_stays_within_0_1():
-    # two plain boxes at IoU 0.49 and one flipped box between them: before, all three merged into 1.275
-    plain = (np.array([[0, 0, 100, 100], [34.2, 0, 134.2, 100]], float), np.array([0.9, 0.85]))
-    flipped = (np.array([[17, 0, 117, 100]], float), np.array([0.8]))
-    boxes, scores = fuse_boxes([plain, flipped])
-    assert len(boxes) == 2 and (scores <= 1).all() and (scores >= 0).all()
-    assert np.isclose(scores[0], (0.9 + 0.8) / 2) and np.isclose(scores[1], 0.85 / 2)
-    # many overlapping boxes from one pass stay separate findings
-    one_pass = (np.array([[0, 0, 10, 10]] * 5, float), np.array([0.99, 0.98, 0.97, 0.96, 0.95]))
-    boxes, scores = fuse_boxes([one_pass, (np.zeros((0, 4)), np.zeros(0))])
-    assert len(boxes) == 5 and scores.max() <= 0.5
+def test_nothing_readable_is_exit_2_with_every_row_written(trained_run, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b"):
+        (images / f"{name}.dcm").write_text("junk")
+    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "predict", str(trained_run), str(images), "--out",
+                           str(tmp_path / "sub.csv"), "--workers", "0"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "none of the 2 .dcm files could be read" in proc.stderr
+    assert pd.read_csv(tmp_path / "sub.csv")["patientId"].tolist() == ["a", "b"]
 
 
-def test_found_scoring_keeps_a_box_on_one_sets_scale():
-    a = (np.array([[0, 0, 10, 10], [50, 50, 60, 60]], float), np.array([0.8, 0.6]))
-    b = (np.array([[2, 0, 12, 10]], float), np.array([0.4]))
-    c = (np.zeros((0, 4)), np.zeros(0))
-    boxes, scores = fuse_boxes([a, b, c], score="found")
-    assert np.allclose(scores, [0.6, 0.6])  # (0.8 + 0.4) / 2 models that found it; 0.6 / 1
-    assert np.allclose(fuse_boxes([a, b, c])[1], [0.4, 0.2])  # the average over all three sets
-    assert np.allclose(boxes[0], fuse_boxes([a, b, c])[0][0])  # the same fused box either way
-    with pytest.raises(ValueError):
-        fuse_boxes([a], score="max")
+@pytest.mark.slow
+def test_cli_predict_over_two_processes_writes_one_submission_like_one_process(trained_run, synth_data, tmp_path):
+    from pneumodet.report.submission import read_submission
 
-
-def test_the_predictor_votes_boxes_only_while_it_runs_and_only_where_the_model_can():
-    """predict.box_vote reaches the model's RoI heads for the call, and is theirs again after it; a model with
-    other RoI heads (a stand-in, another library's) predicts with its own NMS instead of failing."""
-    from pneumodet.config import ModelConfig
-    from pneumodet.model import build_model, swapped
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(backbone="tiny_fpn", weights="none", min_score=0.0), 64).eval()
-    image = torch.rand(1, 64, 64)
-    voted, plain = Predictor(model, 64, box_vote=True)([image])[0], Predictor(model, 64)([image])[0]
-    assert model.roi_heads.box_vote is False
-    with torch.no_grad(), swapped(model.roi_heads, box_vote=True):
-        expected = model([image])[0]
-    assert np.allclose(voted.boxes_xyxy, expected["boxes"].numpy()) and len(voted.scores) > 1
-    assert not np.allclose(voted.boxes_xyxy, plain.boxes_xyxy)  # an untrained model's boxes overlap: votes move them
-    assert np.allclose(voted.scores, plain.scores)
-    assert Predictor(Fixed(), 64, box_vote=True).box_vote is False
+    images = tmp_path / "images"
+    shutil.copytree(synth_data / TEST_IMAGES, images)
+    first = sorted(images.glob("*.dcm"))[0]
+    shutil.copy(first, first.with_suffix(".DCM"))  # one patientId twice: left out once, said once
+    outputs = {}
+    for devices in (1, 2):
+        out = tmp_path / "out" / f"sub{devices}.csv"
+        proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", "predict", str(trained_run),
+                               str(images), "--out", str(out), "--workers", "0", "--threshold", "0.0",
+                               "--devices", str(devices)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("images/s") == 1  # rank 0 reports, the other process does not
+        assert proc.stderr.count("the same patientId as") == 1
+        outputs[devices] = read_submission(out)
+    assert list(outputs[2]) == list(outputs[1])  # every image, in the same order
+    for pid, want in outputs[1].items():
+        np.testing.assert_allclose(outputs[2][pid].boxes_xyxy, want.boxes_xyxy, atol=0.15)
+        np.testing.assert_allclose(outputs[2][pid].scores, want.scores, atol=1e-3)
+    assert sum(len(p.scores) for p in outputs[2].values()) > 0
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # nothing half-written left

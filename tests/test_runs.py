@@ -5,15 +5,13 @@ import sys
 import pytest
 import torch
 
+from pneumodet.checkpoints import atomic_save, chosen_checkpoint, read_checkpoint
 from pneumodet.errors import UserError
 from pneumodet.runs import (
     METRIC_COLUMNS,
     RunPaths,
-    atomic_save,
-    chosen_checkpoint,
     find_run,
     new_run_dir,
-    read_checkpoint,
     read_metrics,
     run_split,
     write_env,
@@ -44,7 +42,7 @@ def test_checkpoints_are_plain_and_checked(tmp_path):
         find_run(tmp_path / "nope")
 
 
-def test_the_config_chooses_last_or_best_and_older_runs_keep_best(tmp_path):
+def test_the_config_chooses_last_or_best(tmp_path):
     paths = RunPaths(tmp_path)
     paths.weights.mkdir()
 
@@ -55,9 +53,6 @@ def test_the_config_chooses_last_or_best_and_older_runs_keep_best(tmp_path):
         save(paths.best, 7, {"checkpoint": wanted})
         save(paths.last, 9, {"checkpoint": wanted})
         assert chosen_checkpoint(paths)["path"] == chosen
-    save(paths.best, 7, {})  # trained before train.checkpoint existed: best, as it was evaluated
-    save(paths.last, 9, {})
-    assert chosen_checkpoint(paths)["pneumodet"]["epoch"] == 7
     paths.best.unlink()  # stopped before a best was saved: the one there is
     assert chosen_checkpoint(paths)["path"] == paths.last
 
@@ -84,3 +79,28 @@ def test_env_names_versions_without_importing_lightning(tmp_path):
 def test_a_run_without_its_split_is_refused(tmp_path):
     with pytest.raises(UserError, match="does not record the split it trained on"):
         run_split(RunPaths(tmp_path))
+
+
+def test_a_checkpoint_an_older_pneumodet_wrote_is_refused_in_one_line(trained_run, tmp_path):
+    """No compatibility branches for the project's own older files: a run whose checkpoint holds a setting this
+    pneumodet does not read, or lacks one it needs, is refused, naming the version that wrote it."""
+    import shutil
+
+    from pneumodet.checkpoints import load_trained
+    from pneumodet.detector import load_detector
+
+    for change, says in ((lambda c: c["model"].update(box_nms=0.01), "model.box_nms is now predict.nms_iou"),
+                         (lambda c: c["train"].pop("checkpoint"), "train.checkpoint missing")):
+        run = tmp_path / f"old-{len(says)}"
+        shutil.copytree(trained_run, run)
+        for name in ("best.ckpt", "last.ckpt"):
+            path = run / "weights" / name
+            if path.is_file():
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+                checkpoint["pneumodet"]["version"] = "0.0.9"
+                change(checkpoint["pneumodet"]["config"])
+                atomic_save(checkpoint, path)
+        for load in (load_trained, load_detector):
+            with pytest.raises(UserError, match=f"written by pneumodet 0.0.9, which this pneumodet .* cannot read "
+                                                f"\\({says}.*train the run again"):
+                load(run)

@@ -92,7 +92,7 @@ def assess(val: ValSet, pp: PostProcess, resamples: Resamples | None = None) -> 
     predictions = apply(val, pp)
     score = rsna_map(val.truths, predictions)
     labels, scores = val.labels, image_scores(val, pp)
-    max_box = np.array([max_box_score(c.boxes_xyxy, c.scores, pp) for c in val.raw])
+    max_box = np.array([max_box_score(c.boxes_orig_xyxy, c.scores, pp) for c in val.raw])
     called = np.array([len(p.scores) > 0 for p in predictions], dtype=bool)
     report = {**_with_ci("rsna_map", score.rsna_map, weighted_mean(score.per_image, weights)),
               "per_threshold": score.per_threshold, "n_images": len(val.truths), "n_images_counted": score.n_images,

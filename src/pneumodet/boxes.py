@@ -41,6 +41,20 @@ def clip_xyxy(boxes_xyxy, height: int, width: int) -> np.ndarray:
     return b
 
 
+def cache_to_original_xyxy(boxes_cache_xyxy, cache_px: int, original_size: tuple[int, int]) -> np.ndarray:
+    """Return boxes_orig_xyxy: boxes in the cache's square ``cache_px`` image mapped to the image's own
+    ``original_size`` (height, width) pixels and clipped to it. x scales by width / cache_px, y by height / cache_px."""
+    height, width = original_size
+    return clip_xyxy(scale_boxes(boxes_cache_xyxy, width / cache_px, height / cache_px), height, width)
+
+
+def original_to_cache_xyxy(boxes_orig_xyxy, cache_px: int, original_size: tuple[int, int]) -> np.ndarray:
+    """Return boxes in the image's own ``original_size`` (height, width) pixels mapped into the cache's square
+    ``cache_px`` image (not clipped)."""
+    height, width = original_size
+    return scale_boxes(boxes_orig_xyxy, cache_px / width, cache_px / height)
+
+
 def scale_boxes(boxes, scale_x: float, scale_y: float) -> np.ndarray:
     """Return boxes (xywh or xyxy: both scale the same way) multiplied by per-axis factors."""
     return as_boxes(boxes) * np.array([scale_x, scale_y, scale_x, scale_y])

@@ -1,23 +1,20 @@
-"""Typed, frozen run configuration: YAML in, ``--set a.b=value`` overrides, YAML out.
+"""Typed, frozen run configuration: the settings, their types and defaults, built from nested dicts.
 
 Every setting lives in one of five sections (data, augment, model, train, predict). An unknown
-key or a value of the wrong type is a one-line :class:`ConfigError` with a suggestion.
+key or a value of the wrong type is a one-line :class:`ConfigError` with a suggestion. Ranges and choices:
+:mod:`pneumodet.config_checks`; YAML in and out, ``--set a.b=value``, the packaged recipes:
+:mod:`pneumodet.config_files`.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import yaml
 
 from pneumodet.errors import UserError
-from pneumodet.files import write_text_atomic
 
 
 class ConfigError(UserError):
@@ -124,7 +121,7 @@ class TrainConfig:
     # > 0: evaluate, predict, export and serve use an exponential moving average of the weights, updated after
     # every optimizer step with this decay (its memory is about 1 / (1 - decay) steps); validation scores the
     # average too, and the checkpoints keep the trained weights beside it (current_model_state) for --resume.
-    # Off in demo.yaml: 0.99-0.995 gained 0.01 on one set and lost 0.004 on another (BENCHMARKS.md)
+    # Off in demo.yaml: it did not measure better on the unseen variants (docs/benchmarks-history.md: EMA)
     ema_decay: float = 0.0
     precision: str = "32-true"  # 32-true, bf16-mixed, 16-mixed
     accelerator: str = "auto"
@@ -165,9 +162,8 @@ class PredictConfig:
     box_refine: int = 0
     # box voting: each box the model keeps becomes the score-weighted mean of the boxes its NMS (IoU 0.5) merged
     # into it, its score unchanged. Without it, which of two near-equal boxes survives is a coin toss that a
-    # change in the last digits turns: make demo's int8 engine kept PyTorch's boxes on 97.3 % of its test images
-    # without it, 99.7 % with it. Test RSNA mAP on the same weights: make demo 0.711 -> 0.754; five folds on
-    # `shifted` -0.037 to +0.023 (mean -0.002), their ensemble 0.679 -> 0.680, `wide` 0.517 -> 0.518 (BENCHMARKS.md)
+    # change in the last digits turns (int8 against fp32, one CPU against another); what it costs and gives in
+    # accuracy: docs/benchmarks-history.md, "Box voting"
     box_vote: bool = True
     batch_size: int = 8
     bf16: bool = False  # bf16 autocast at inference (CPU with AVX-512 BF16, or GPU): check boxes on val first
@@ -211,7 +207,7 @@ def all_keys(cls=RunConfig, prefix: str = "") -> list[str]:
     return keys
 
 
-#: keys that moved: a config that still uses one is told where it went; a checkpoint's is dropped
+#: keys that moved: a config that still uses one is told where it went
 MOVED = {"model.box_nms": "predict.nms_iou", "model.detections_per_image": "predict.max_boxes"}
 
 
@@ -280,270 +276,6 @@ def _build(cls, values: dict, prefix: str = ""):
     return cls(**kwargs)
 
 
-def from_dict(values: dict, legacy: bool = False) -> RunConfig:
-    """Return a RunConfig from nested dicts (missing keys keep their defaults).
-
-    ``legacy``: drop the keys in MOVED (a checkpoint written before they moved) instead of refusing them.
-    """
-    values = values or {}
-    if legacy:
-        values = {section: ({k: v for k, v in body.items() if f"{section}.{k}" not in MOVED}
-                            if isinstance(body, dict) else body) for section, body in values.items()}
-    return _build(RunConfig, values)
-
-
-def parse_override(text: str) -> tuple[list[str], object]:
-    """Return (key path, value) from ``a.b=value``; the value is a Python/YAML literal or a string."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.epochs=4")
-    key, raw = text.split("=", 1)
-    key = key.strip()
-    try:
-        value = ast.literal_eval(raw.strip())
-    except (ValueError, SyntaxError):
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    if key not in all_keys():
-        raise _unknown(key)
-    return key.split("."), value
-
-
-def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """Return a copy of nested ``values`` with each ``key=value`` override applied."""
-    import copy
-
-    values = copy.deepcopy(values or {})
-    for text in overrides:
-        path, value = parse_override(text)
-        node = values
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {text!r}: {part} is not a section")
-        node[path[-1]] = value
-    return values
-
-
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Return the RunConfig in YAML file ``path`` (None: defaults) with ``overrides`` applied."""
-    values = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: configuration file not found")
-        values = _read_yaml(path)
-    try:
-        return validate(from_dict(apply_overrides(values, list(overrides))))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}" if path and "--set" not in str(exc) else str(exc)) from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{path or 'configuration'}: {exc}") from None
-
-
-def _read_yaml(path: Path) -> dict:
-    """Return the mapping in a YAML file; a one-line ConfigError if it is not text, not YAML or not a mapping."""
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file (expected YAML)") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read it ({exc.strerror or type(exc).__name__})") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, ...)")
-    return values
-
-
-def _leaves(values: dict, prefix: str = "") -> set[str]:
-    """Return the dotted keys of the settings (not the sections) in nested ``values``."""
-    keys = set()
-    for key, value in values.items():
-        keys |= _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}"}
-    return keys
-
-
-def load_run_config(path: str | Path, like: dict | None = None) -> RunConfig:
-    """Return the configuration a run recorded in its config.yaml, which :func:`dump_config` writes whole: a
-    ConfigError, never defaults, if the file does not parse or lacks a setting it should hold (``like``: the
-    configuration the run's checkpoint holds, as a dict; without one, every setting there is)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: the run's configuration is missing")
-    missing = sorted(_leaves(RunConfig().to_dict() if like is None else like) - _leaves(_read_yaml(path)))
-    if missing:
-        raise ConfigError(f"{path}: {len(missing)} setting(s) missing ({', '.join(missing[:3])}"
-                          f"{', ...' if len(missing) > 3 else ''}): the file was cut short or edited; restore it "
-                          "(the run's checkpoint holds the settings it trained with) or train a new run")
-    return load_config(path)
-
-
-def steps_per_epoch(cfg: TrainConfig, n_train: int) -> int:
-    """Return the optimizer steps one epoch over ``n_train`` images takes (every process its share of a batch)."""
-    per_epoch = max(1, -(-n_train // (cfg.batch_size * cfg.devices * cfg.num_nodes)))
-    return min(per_epoch, cfg.limit_train_batches) if cfg.limit_train_batches else per_epoch
-
-
-def val_every_epochs(cfg: TrainConfig, n_train: int) -> int:
-    """Return how many epochs ``train.val_every_steps`` puts between two validations (at least 1)."""
-    return max(1, round(cfg.val_every_steps / steps_per_epoch(cfg, n_train)))
-
-
-def schedule_for(config: RunConfig, n_train: int) -> RunConfig:
-    """Return ``config`` with epochs and stages that give ``train.steps`` optimizer steps over ``n_train`` images.
-
-    With ``train.steps`` = 0 the config is returned as it is (a schedule in epochs). Otherwise the epochs
-    become ceil(steps / steps per epoch) and each stage keeps its share of the run: 240 images train as
-    long as 800 do. Applying it twice gives the same schedule (a resumed run recomputes it).
-    """
-    cfg = config.train
-    if not cfg.steps:
-        return config
-    per_epoch = steps_per_epoch(cfg, n_train)
-    epochs = max(1, -(-cfg.steps // per_epoch))
-    bounds, previous = [], 0
-    for stage in cfg.stages:
-        until = max(previous + 1, round(stage.until_epoch / cfg.epochs * epochs))
-        bounds.append(until)
-        previous = until
-    bounds[-1] = max(bounds[-1], epochs)
-    stages = tuple(dataclasses.replace(s, until_epoch=b) for s, b in zip(cfg.stages, bounds, strict=True))
-    return dataclasses.replace(config, train=dataclasses.replace(cfg, epochs=epochs, stages=stages))
-
-
-def dump_config(config: RunConfig, path: str | Path) -> None:
-    """Write the resolved configuration as YAML, atomically."""
-    write_text_atomic(path, yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-INF = float("inf")
-#: accepted ranges, inclusive, by key; a tuple value is checked element by element; "open" excludes the low end
-RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
-    "data.image_size": (32, 4096), "data.max_boxes": (1, 100), "data.num_workers": (0, 256),
-    "data.train_limit": (0, INF), "data.val_limit": (0, INF),
-    "data.positive_share": (0, 1),
-    "augment.scale": (0, 10, "open"), "augment.translate_x": (0, 0.5), "augment.translate_y": (0, 0.5),
-    "augment.rotate_deg": (0, 180), "augment.shear_deg": (0, 60), "augment.brightness": (0, 10, "open"),
-    "augment.contrast": (0, 10, "open"), "augment.gamma": (0, 10, "open"),
-    "augment.blur_sigma": (0, 50, "open"), "augment.sharpen": (0, 50),
-    "augment.blur_or_sharpen_p": (0, 1), "augment.hflip_p": (0, 1),
-    "model.trainable_layers": (0, 5), "model.fpn_min_level": (2, 3), "model.anchor_sizes": (1, 4096), "model.anchor_ratios": (0, 100, "open"),
-    "model.rpn_pre_nms_train": (1, 100000), "model.rpn_post_nms_train": (1, 100000),
-    "model.rpn_pre_nms_test": (1, 100000), "model.rpn_post_nms_test": (1, 100000),
-    "model.rpn_batch_size_per_image": (1, 100000), "model.rois_per_image": (1, 100000),
-    "model.roi_positive_fraction": (0, 1, "open"),
-    "model.min_score": (0, 1), "model.mask_head_channels": (1, 4096),
-    "model.mask_head_convs": (1, 16), "model.tiny_depth": (1, 8), "model.gate_loss_weight": (0, 100),
-    "predict.box_refine": (0, 8),
-    "train.steps": (0, 10_000_000), "train.epochs": (1, 100000), "train.batch_size": (1, 4096), "train.lr": (0, 10, "open"),
-    "train.momentum": (0, 0.999), "train.weight_decay": (0, 1), "train.grad_clip": (0, INF),
-    "train.warmup_steps": (0, INF), "train.val_every_steps": (0, INF),
-    "train.ema_decay": (0, 0.99999), "train.devices": (1, 4096), "train.num_nodes": (1, 4096),
-    "train.max_nonfinite": (1, INF), "train.limit_train_batches": (0, INF), "train.limit_val_batches": (0, INF),
-    "train.threads": (0, 4096), "train.seed": (0, 2**32 - 1),
-    "predict.score_threshold": (0, 1), "predict.nms_iou": (0, 1), "predict.max_boxes": (1, 100),
-    "predict.shrink": (0, 1.5, "open"), "predict.batch_size": (1, 4096), "predict.gate_threshold": (0, 1),
-    "predict.tta_scales": (0.25, 4),
-}
-#: the values a setting may take, by key
-CHOICES = {
-    "data.mask_shape": ("rectangle", "ellipse"),
-    "model.gate_backbone": ("shared", "densenet121"),
-    "model.gate_weights": ("none", "imagenet", "xrv"),
-    "model.normalize": ("fixed", "image"),
-    "train.optimizer": ("sgd", "adamw"),
-    "train.checkpoint": ("last", "best"),
-    "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),
-    "predict.engine": ("auto", "torch", "onnx"),  # ENGINES
-    "train.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"),
-}
-#: where predict runs the convolutions (onnx_engine.py): predict.engine, predict --engine, load_detector(engine=)
-ENGINES = CHOICES["predict.engine"]
-#: train.loggers may name these (engine/loggers.py)
-LOGGERS = ("csv", "tensorboard", "mlflow")
-#: (low, high) pairs whose low must not exceed high
-PAIRS = ("augment.scale", "augment.brightness", "augment.contrast", "augment.gamma", "augment.blur_sigma", "augment.sharpen")
-
-
-def _value(config: RunConfig, key: str):
-    value = config
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def _check_range(key: str, value, bounds) -> None:
-    low, high, *mode = bounds
-    values = value if isinstance(value, tuple) else (value,)
-    if isinstance(value, tuple) and not values:
-        raise ConfigError(f"{key} needs at least one value")
-    for v in values:
-        above = v > low if mode else v >= low
-        if not (above and v <= high):
-            bracket = "(" if mode else "["
-            shown = "inf" if high == INF else f"{high:g}"
-            raise ConfigError(f"{key} must be in {bracket}{low:g}, {shown}], got {_show(value)}")
-
-
-def _show(value) -> str:
-    return f"[{', '.join(f'{v:g}' for v in value)}]" if isinstance(value, tuple) else f"{value:g}"
-
-
-def _check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.4)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}{hint}")
-
-
-def validate(config: RunConfig) -> RunConfig:
-    """Return ``config`` after checking ranges and choices that types alone cannot (one-line errors)."""
-    for key, bounds in RANGES.items():
-        _check_range(key, _value(config, key), bounds)
-    for key, choices in {**CHOICES, "model.backbone": BACKBONES}.items():
-        _check_choice(key, _value(config, key), choices)
-    for logger in config.train.loggers:
-        _check_choice("train.loggers[]", logger, LOGGERS)
-    for key in PAIRS:
-        low, high = _value(config, key)
-        if low > high:
-            raise ConfigError(f"{key} is a (low, high) range, got {_show((low, high))}; write [{high:g}, {low:g}]")
-    _check_name(config.name)
-    weights = config.model.weights
-    if weights not in ("coco", "imagenet", "none") and not Path(weights).is_file():
-        close = difflib.get_close_matches(weights, ("coco", "imagenet", "none"), n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"model.weights must be coco, imagenet, none or an existing weights file, got "
-                          f"{weights[:80]!r} (no such file){hint}")
-    stages = config.train.stages
-    checks = [
-        (len(config.model.anchor_sizes) == 7 - config.model.fpn_min_level,
-         f"model.anchor_sizes needs {7 - config.model.fpn_min_level} sizes, one per FPN level "
-         f"(P{config.model.fpn_min_level}-P6), got {len(config.model.anchor_sizes)}"),
-        (config.model.fpn_min_level == 2 or config.model.backbone != "mobilenet_v3_fpn",
-         "model.fpn_min_level 3 applies to ResNet and tiny_fpn backbones, not mobilenet_v3_fpn (its FPN starts "
-         "at stride 16)"),
-        (config.model.tiny_depth == 1 or config.model.backbone == "tiny_fpn",
-         f"model.tiny_depth applies to model.backbone tiny_fpn only, not {config.model.backbone}"),
-        (len(stages) >= 1, "train.stages needs at least one stage"),
-        (all(s.layers in ("heads", "all") for s in stages), "train.stages[].layers: heads or all"),
-        (all(s.lr_scale > 0 for s in stages), "train.stages[].lr_scale must be > 0"),
-        (all(a.until_epoch < b.until_epoch for a, b in zip(stages, stages[1:], strict=False)) and
-         all(s.until_epoch >= 1 for s in stages), "train.stages[].until_epoch must be >= 1 and increasing"),
-        (stages[-1].until_epoch >= config.train.epochs if stages else False,
-         "the last of train.stages must reach train.epochs (until_epoch >= epochs)"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-    return config
-
-
-def _check_name(name: str) -> None:
-    """A run's name becomes a folder under --runs: one plain, visible folder name."""
-    if not name.strip() or name != name.strip() or name in (".", "..") or name.startswith(".") \
-            or any(c in name for c in '/\\\0') or len(name) > 100:
-        raise ConfigError(f"name must be a plain folder name (not empty, no / or \\, not starting with '.', at "
-                          f"most 100 characters), got {name[:40]!r}")
-
-
-BACKBONES = ("resnet50_fpn", "resnet50_fpn_v2", "resnet18_fpn", "mobilenet_v3_fpn", "tiny_fpn")
+def from_dict(values: dict) -> RunConfig:
+    """Return a RunConfig from nested dicts (missing keys keep their defaults)."""
+    return _build(RunConfig, values or {})

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import torch
 
-from pneumodet.config import load_config
+from pneumodet.config_files import load_config
 
+#: the demo's closing lines, as printed
+OUTPUT_FILE = "demo_output.txt"
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 #: the demo trains demo.yaml's recipe for fewer steps than its 3,000, so that make demo stays within 15 minutes
 #: on 2 cores; --set train.steps=... overrides it
@@ -40,11 +42,11 @@ def run_demo(out: str | Path, n_train: int, n_test: int, overrides: list[str] = 
     """Run synth -> prepare -> train -> evaluate -> predict -> score under ``out``; return the summary."""
     from pneumodet.data.prepare import prepare
     from pneumodet.data.synth import TEST_TRUTH, synthesize
-    from pneumodet.engine.train import train
     from pneumodet.evaluate import evaluate
     from pneumodet.files import check_output_dir, write_text_atomic
     from pneumodet.io.layout import TEST_IMAGES
-    from pneumodet.submit import predict_folder
+    from pneumodet.predict import predict_folder
+    from pneumodet.training.train import train
 
     out = check_output_dir(out)  # run again: same data (deterministic), a new run folder (runs/demo-2, ...)
     config = load_config(DEMO_CONFIG, [f"train.steps={DEMO_STEPS}", *overrides])
@@ -96,9 +98,9 @@ def run_demo(out: str | Path, n_train: int, n_test: int, overrides: list[str] = 
             if "rsna_map_without_gate" in metrics else "")
     trained = with_ci(metrics["rsna_map"], metrics["rsna_map_ci"])
     tested = with_ci(test_score["rsna_map"], test_score["rsna_map_ci"])
-    print(f"\nval RSNA mAP (tuned on val): untrained {before:.3f} -> trained {trained}{gate}; synthetic test RSNA mAP "
-          f"(never tuned on) {tested}; {summary['wall_time_s']:.0f} s in all (intervals: 95 %, bootstrap over images)")
-    print("results:")
+    lines = [f"val RSNA mAP (tuned on val): untrained {before:.3f} -> trained {trained}{gate}; synthetic test RSNA "
+             f"mAP (never tuned on) {tested}; {summary['wall_time_s']:.0f} s in all (intervals: 95 %, bootstrap over "
+             "images)", "results:"]
     for what, where in [("data (Kaggle layout)", data), ("QC report", cache / "qc.csv"), ("run folder", run),
                         ("metrics per epoch", run / "metrics.csv"), ("evaluation", run / "metrics.json"),
                         ("loss curves", run / "plots" / "loss_curves.png"),
@@ -106,6 +108,9 @@ def run_demo(out: str | Path, n_train: int, n_test: int, overrides: list[str] = 
                         ("predicted vs true boxes", run / "plots" / "val_examples"),
                         ("FROC, PR, calibration", run / "plots"), ("report tables", run / "report"),
                         ("submission", out / "submission.csv"), ("summary", out / "demo_summary.json")]:
-        print(f"  {what:<26} {where}")
-    print(f"review them in a browser: pneumodet serve {run}")
+        lines.append(f"  {what:<26} {where}")
+    lines.append(f"review them in a browser: pneumodet serve {run}")
+    print("\n" + "\n".join(lines))
+    # what README's quick start shows: make readme copies it there, so the two never disagree
+    write_text_atomic(out / OUTPUT_FILE, "\n".join(lines) + "\n")
     return summary

@@ -22,13 +22,14 @@ from pathlib import Path
 import pandas as pd
 
 from pneumodet.assess import assess
+from pneumodet.checkpoints import fold_runs, run_dataset
 from pneumodet.data.dataset import PneumoniaDataset, read_split
 from pneumodet.detector import Detector, load_detector
 from pneumodet.errors import UserError
 from pneumodet.files import write_text_atomic
 from pneumodet.postprocess import PostProcess
 from pneumodet.report.submission import write_candidates
-from pneumodet.runs import RunPaths, find_run, fold_runs, is_folds, run_dataset, run_split, write_split
+from pneumodet.runs import RunPaths, find_run, is_folds, run_split, write_split
 from pneumodet.saved import (
     candidates_of,
     finite,

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pneumodet import onnx_engine
+from pneumodet import onnx_export, onnx_runtime
 from pneumodet.boxes import iou_xyxy
+from pneumodet.checkpoints import load_trained, run_dataset
 from pneumodet.detector import Detector, load_detector
 from pneumodet.errors import UserError
-from pneumodet.runs import RunPaths, load_trained, run_dataset
+from pneumodet.onnx_runtime import HEADS_FILE, HEADS_INT8_FILE, INT8_FILE, ONNX_FILE, OnnxBackend
+from pneumodet.runs import RunPaths
 
 MIN_AGREEMENT = 0.98
 MATCH_IOU = 0.95
@@ -47,7 +49,7 @@ def _images(run: Path, config, info: dict, split: str, limit: int) -> list[torch
 
 def _backbone_inputs(detector: Detector, tensors: list[torch.Tensor]) -> list[np.ndarray]:
     """Return what the model's backbone receives for each image (after its own normalisation)."""
-    model = detector.predictors[0].model
+    model = detector.backends[0].model
     seen = []
     hook = model.backbone.register_forward_pre_hook(lambda _m, args: seen.append(args[0].float().contiguous().numpy()))
     try:
@@ -74,11 +76,11 @@ def agreement(reference: Detector, candidate: Detector, tensors: list[torch.Tens
 def export_run(run: str | Path, *, int8: bool = False, calibration: int = 64, checked: int = 200) -> ExportResult:
     """Export ``run``'s engine (and, with ``int8``, its checked int8 form); return what was written and measured."""
     run = Path(run)
-    onnx_engine.require_onnx("pneumodet export")
+    onnx_runtime.require_onnx("pneumodet export")
     model, config, info = load_trained(run)
-    folder = run / onnx_engine.ENGINE_DIR
-    path = onnx_engine.export_onnx(model, config.data.image_size, Path(info["path"]), folder)
-    check = onnx_engine.check_export(model, run, config.data.image_size)
+    folder = run / onnx_runtime.ENGINE_DIR
+    path = onnx_export.export_onnx(model, config.data.image_size, Path(info["path"]), folder)
+    check = onnx_export.check_export(model, run, config.data.image_size)
     if not int8:
         return ExportResult(path, check)
     reference = load_detector(run, engine="torch")
@@ -87,31 +89,30 @@ def export_run(run: str | Path, *, int8: bool = False, calibration: int = 64, ch
     if not calibrate_on or not check_on:
         raise UserError(f"{run}: --int8 needs training images to calibrate on and val images to check on")
     calibration_inputs = _backbone_inputs(reference, calibrate_on)
-    onnx_engine.quantize_heads_int8(folder)
-    meta = onnx_engine.read_meta(folder)
+    onnx_export.quantize_heads_int8(folder)
+    meta = onnx_runtime.read_meta(folder)
     # the candidates, fastest first: (how much of the RPN head stays fp32 in the int8 dense part, or None for the
     # fp32 dense part; where its agreement goes in engine.json)
     candidates = [("outputs", "agreement"), ("head", "rpn_head_agreement"), (None, "heads_agreement")]
-    chosen = (onnx_engine.ONNX_FILE, onnx_engine.HEADS_FILE)
+    chosen = (ONNX_FILE, HEADS_FILE)
     checked_shares, written = {}, None
     for rpn_fp32, key in candidates:
-        dense_file = onnx_engine.ONNX_FILE if rpn_fp32 is None else onnx_engine.INT8_FILE
+        dense_file = ONNX_FILE if rpn_fp32 is None else INT8_FILE
         if rpn_fp32 is not None:
-            onnx_engine.quantize_int8(folder, calibration_inputs, rpn_fp32=rpn_fp32)
+            onnx_export.quantize_int8(folder, calibration_inputs, rpn_fp32=rpn_fp32)
             written = rpn_fp32  # what dense.int8.onnx keeps in fp32: the last one written
-        quantized = load_detector(run, engine="torch")
-        for predictor in quantized.predictors:
-            onnx_engine.attach(predictor.model, run, file=dense_file, heads_file=onnx_engine.HEADS_INT8_FILE)
+        quantized = Detector([OnnxBackend(b.model, run, file=dense_file, heads_file=HEADS_INT8_FILE)
+                              for b in reference.backends], reference.config, reference.settings,
+                             reference.postprocess, paths=reference.paths, info=reference.info)
         checked_shares[key], compared = agreement(reference, quantized, check_on)
         if checked_shares[key] >= MIN_AGREEMENT:
-            chosen = (dense_file, onnx_engine.HEADS_INT8_FILE)
+            chosen = (dense_file, HEADS_INT8_FILE)
             break
-    int8_ms = onnx_engine.check_export(model, run, config.data.image_size, file=onnx_engine.INT8_FILE)["onnx_ms"]
-    active = chosen[0] == onnx_engine.INT8_FILE
+    int8_ms = onnx_export.check_export(model, run, config.data.image_size, file=INT8_FILE)["onnx_ms"]
+    active = chosen[0] == INT8_FILE
     meta["int8"] = {**checked_shares, "images": compared, "match_iou": MATCH_IOU, "min_agreement": MIN_AGREEMENT,
                     "calibration_images": len(calibrate_on), "dense_ms": int8_ms, "rpn_fp32": written}
     meta["active"], meta["active_heads"] = chosen
-    onnx_engine.write_meta(folder, meta)
-    return ExportResult(path, check, {**meta["int8"], "active": active,
-                                      "heads_active": chosen[1] == onnx_engine.HEADS_INT8_FILE,
-                                      "engine": onnx_engine.engine_label(*chosen)})
+    onnx_runtime.write_meta(folder, meta)
+    return ExportResult(path, check, {**meta["int8"], "active": active, "heads_active": chosen[1] == HEADS_INT8_FILE,
+                                      "engine": onnx_runtime.backend_label(*chosen)})

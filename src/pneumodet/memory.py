@@ -5,10 +5,8 @@ fresh ``mmap`` and returns them with ``munmap`` when freed, so every step touche
 fault per 4 KiB before it can write them. Raising the mmap threshold and the heap's trim threshold keeps those
 blocks in the heap, where the next step reuses pages that are already mapped.
 
-``pneumodet train`` calls it: on the 2-core Intel Xeon an R50-FPN training step at 256 px took 2-7 % less time
-with it in each of four alternating pairs of processes (two settings, two rounds; BENCHMARKS.md: training
-step). Inference is left as it is: ``pneumodet predict`` with the int8 engine measured the same with and
-without it (23.6 and 23.2 images/s, three runs each).
+``pneumodet train`` calls it: training steps measured faster with it (docs/benchmarks-history.md: training
+step). Inference is left as it is: ``pneumodet predict`` measured the same with and without it.
 
 The cost is memory that stays reserved between steps (at most ``trim_mb`` of free heap per process). Set
 ``PNEUMODET_KEEP_FREED_MEMORY=0`` to leave malloc as it is. Elsewhere than glibc (macOS, musl) nothing changes.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ class PostProcess:
     image-level gate's threshold.
 
     PredictConfig gives the defaults (``PostProcess.from_config(PredictConfig())``); ``gate_threshold`` defaults
-    to off so that metrics.json files written before the gate existed still load.
+    to off.
     """
 
     score_threshold: float
@@ -44,18 +43,6 @@ class PostProcess:
         gate = "gate off" if self.gate_threshold <= 0 else f"gate threshold {self.gate_threshold:g}"
         return (f"score threshold {self.score_threshold:g}, NMS IoU {self.nms_iou:g}, at most {self.max_boxes} "
                 f"box{'es' if self.max_boxes != 1 else ''}, {shrink}, {gate}")
-
-
-class Candidates(NamedTuple):
-    """One image's raw output: every candidate box before post-processing, and the gate's probability."""
-
-    boxes_xyxy: np.ndarray  # (N, 4)
-    scores: np.ndarray  # (N,)
-    gate: float = math.nan  # the image-level gate's probability of any opacity; NaN: the model has no gate
-
-    @classmethod
-    def empty(cls) -> Candidates:
-        return cls(np.zeros((0, 4)), np.zeros(0))
 
 
 def gated(gate: float, pp: PostProcess) -> bool:

@@ -1,152 +1,178 @@
-"""Inference: raw detections, optional flip TTA with weighted box fusion, post-processing, and
-mapping back to each image's original pixels. Works without Lightning (the web service uses it).
-"""
+"""``pneumodet predict``: every DICOM in a folder -> a Kaggle submission and a per-box CSV (``NAME.boxes.csv``)."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-from pneumodet.boxes import as_boxes, iou_xyxy
-from pneumodet.config import RunConfig
-from pneumodet.model import RefiningRoIHeads, boxes_only, swapped
-from pneumodet.postprocess import Candidates
+from pneumodet.data.cache import read_for_cache
+from pneumodet.detector import Detection, Detector, image_tensor, load_detector
+from pneumodet.errors import UserError
+from pneumodet.files import OutputError, check_output_dir, check_output_file
+from pneumodet.io.dicom import DicomError, folder_images
+from pneumodet.postprocess import PostProcess
+from pneumodet.report.submission import write_submission_and_boxes
 
-FUSED_SCORES = ("average", "found")
+
+class DicomFolder(Dataset):
+    """Decoded, resized DICOMs; an unreadable file yields its error instead of an image."""
+
+    def __init__(self, files: list[Path], size_px: int):
+        self.files, self.size_px = files, size_px
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        path = self.files[index]
+        try:
+            image = read_for_cache(path, self.size_px)
+            return path.stem, image_tensor(image.pixels, self.size_px), image.original_size, None
+        except DicomError as exc:
+            return path.stem, None, None, exc.reason
+        except Exception as exc:  # one bad file must never cost the submission: an empty row, named on stderr
+            return path.stem, None, None, f"cannot read ({type(exc).__name__}: {exc})"[:200]
 
 
-def fuse_boxes(sets: list[tuple[np.ndarray, np.ndarray]], iou: float = 0.55, score: str = "average"
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Return weighted box fusion of several predictions of one image (e.g. an image and its flip).
+@dataclass(frozen=True)
+class PredictSummary:
+    submission: Path
+    boxes_csv: Path
+    images: int
+    unreadable: int
+    with_boxes: int
+    postprocess: PostProcess
+    dicom_sr: Path | None = None  # the folder of SRs, when asked for
+    reports: int = 0
+    seconds: float = 0.0  # decoding and predicting every file (not loading the model, not writing)
+    backend: str = "torch"  # what ran the model: torch, onnx, onnx int8...
 
-    Boxes are clustered greedily by descending score at ``iou``; a cluster takes at most one box from
-    each set (two boxes of one pass are two findings, never one). A cluster's box is the score-weighted
-    mean. Its score (within [0, 1] either way) is, with ``score="average"``, the sum of its scores divided
-    by the number of sets, so a box only some sets found is down-weighted; with ``"found"``, the mean over
-    the sets that found it, which keeps each box on the scale of a single set's scores.
+
+def predict_folder(run: str | Path | list, images_dir: str | Path, out: str | Path, *, overrides: dict | None = None,
+                   hflip_tta: bool | None = None, workers: int = 2, batch_size: int | None = None,
+                   dicom_sr: str | Path | None = None, engine: str | None = None,
+                   progress: bool = True) -> PredictSummary:
+    """Predict every .dcm in ``images_dir``; write ``out`` (submission) and the per-box table beside it.
+
+    ``run``: a run folder, a folds folder or a list of run folders (an ensemble; see :func:`load_detector`).
+    ``dicom_sr``: a folder that receives one DICOM Structured Report per readable image (``ID.sr.dcm``).
+    ``engine``: auto, torch or onnx (see :func:`pneumodet.detector.load_detector`).
     """
-    if score not in FUSED_SCORES:
-        raise ValueError(f"score must be one of {FUSED_SCORES}, got {score!r}")
-    if not sets:
-        return np.zeros((0, 4)), np.zeros(0)
-    boxes = np.concatenate([as_boxes(b) for b, _ in sets])
-    scores = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1) for _, s in sets])
-    origin = np.concatenate([np.full(len(as_boxes(b)), n) for n, (b, _) in enumerate(sets)])
-    clusters: list[list[int]] = []
-    fused: list[np.ndarray] = []
-    for i in np.argsort(-scores, kind="stable"):
-        if fused:
-            overlaps = iou_xyxy(boxes[i : i + 1], np.asarray(fused))[0]
-            overlaps[[origin[i] in origin[c] for c in clusters]] = -1.0  # this pass is in that cluster already
-            j = int(np.argmax(overlaps))
-            if overlaps[j] > iou:
-                clusters[j].append(i)
-                w = scores[clusters[j]]
-                fused[j] = (boxes[clusters[j]] * w[:, None]).sum(0) / w.sum()
-                continue
-        clusters.append([i])
-        fused.append(boxes[i].copy())
-    out_scores = np.array([scores[c].sum() / (len(sets) if score == "average" else len(c)) for c in clusters])
-    out_boxes = np.asarray(fused).reshape(-1, 4)
-    order = np.argsort(-out_scores, kind="stable")
-    return out_boxes[order], out_scores[order]
+    images_dir, out = Path(images_dir), Path(out)
+    files = folder_images(images_dir, say="predict")[0]
+    check_output_file(out)
+    found_by_id, seconds, reports, detector = _predict_share(
+        run, files, overrides=overrides, hflip_tta=hflip_tta, workers=workers, batch_size=batch_size,
+        dicom_sr=dicom_sr, engine=engine, progress=progress)
+    return write_outputs(files, found_by_id, out, images_dir, seconds, reports, detector, dicom_sr)
 
 
-def fuse_candidates(passes: list[Candidates], score: str = "average") -> Candidates:
-    """Return one image's candidates from several passes (flip TTA, or the models of an ensemble): boxes by
-    :func:`fuse_boxes` (``score``: how a fused box is scored), the gate the passes' mean."""
-    boxes, scores = fuse_boxes([c[:2] for c in passes], score=score)
-    return Candidates(boxes, scores, float(np.mean([c.gate for c in passes])))
+def _predict_share(run, files: list[Path], *, overrides=None, hflip_tta=None, workers=2, batch_size=None,
+                   dicom_sr=None, engine=None, progress=True):
+    """Predict ``files`` (and write their SRs); return (patient_id -> Detection, seconds, SRs written, detector)."""
+    if dicom_sr is not None:
+        check_output_dir(dicom_sr)
+    detector = load_detector(run, overrides=overrides, hflip_tta=hflip_tta, engine=engine)
+    found_by_id, seconds = predict_files(detector, files, workers, batch_size, progress)
+    reports = 0 if dicom_sr is None else write_reports(files, found_by_id, dicom_sr, run_name(run), progress)
+    return found_by_id, seconds, reports, detector
 
 
-def predictor_for(model, config: RunConfig, hflip_tta: bool | None = None,
-                  tta_scales: tuple[float, ...] | None = None, box_refine: int | None = None,
-                  box_vote: bool | None = None) -> Predictor:
-    """Return a Predictor with the run's inference settings (TTA, box refinement, bf16, channels-last), on a GPU
-    if there is one. ``hflip_tta`` turns TTA on or off: on, it flips each image and predicts it at each of
-    ``tta_scales`` (default: ``predict.tta_scales``); ``box_refine`` and ``box_vote``: default ``predict``'s."""
-    p = config.predict
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tta = p.hflip_tta if hflip_tta is None else hflip_tta
-    scales = tuple(p.tta_scales if tta_scales is None else tta_scales) if tta else (1.0,)
-    return Predictor(model, config.data.image_size, hflip_tta=tta, device=device, bf16=p.bf16,
-                     channels_last=p.channels_last, scales=scales,
-                     box_refine=p.box_refine if box_refine is None else box_refine,
-                     box_vote=p.box_vote if box_vote is None else box_vote)
+def predict_files(detector: Detector, files: list[Path], workers: int = 2, batch_size: int | None = None,
+                  progress: bool = True):
+    """Return (patient_id -> Detection of every readable file, seconds); an unreadable file gets one stderr line."""
+    loader = DataLoader(DicomFolder(files, detector.image_size), num_workers=workers, collate_fn=lambda b: b,
+                        batch_size=batch_size or detector.config.predict.batch_size)
+    found_by_id: dict[str, Detection] = {}
+    start = time.perf_counter()
+    for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+        for pid, _, _, reason in batch:
+            if reason is not None:
+                print(f"pneumodet predict: {pid}.dcm: {reason}; empty prediction written", file=sys.stderr)
+        good = [item for item in batch if item[1] is not None]
+        if good:
+            pids, tensors, sizes, _ = zip(*good, strict=True)
+            for found in detector.detect_tensors(list(pids), list(tensors), list(sizes)):
+                found_by_id[found.patient_id] = found
+    return found_by_id, time.perf_counter() - start
 
 
-class Predictor:
-    """Run a trained model on cache-sized images; return raw boxes in those images' pixels."""
+def predict_distributed(run, images_dir: str | Path, out: str | Path, *, devices: int, num_nodes: int = 1,
+                        **kwargs) -> PredictSummary | None:
+    """:func:`predict_folder` over ``devices`` processes per node (and ``num_nodes`` nodes), through Lightning's
+    launcher: each process predicts every world-size-th file, rank 0 gathers the shares and writes one
+    submission (and returns its summary; the other processes return None). SRs are written by each process."""
+    from pneumodet.training.distributed import is_follower, launch
 
-    def __init__(self, model, image_size: int, hflip_tta: bool = False, device: str | torch.device = "cpu",
-                 bf16: bool = False, channels_last: bool = False, scales: tuple[float, ...] = (1.0,),
-                 box_refine: int = 0, box_vote: bool = False):
-        refines = isinstance(getattr(model, "roi_heads", None), RefiningRoIHeads)
-        if box_refine and not refines:
-            raise ValueError("box_refine needs a model from pneumodet.model.build_model (RefiningRoIHeads)")
-        box_vote = box_vote and refines  # another model's RoI heads keep their own NMS
-        self.model = model.to(device).eval()
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.image_size, self.hflip_tta, self.device, self.bf16 = image_size, hflip_tta, torch.device(device), bf16
-        self.scales, self.box_refine, self.box_vote = tuple(scales), box_refine, box_vote
-
-    def _forward(self, images: list[torch.Tensor]) -> list[Candidates]:
-        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
-        with torch.inference_mode(), autocast:
-            outputs = self.model([im.to(self.device) for im in images])
-        return [Candidates(o["boxes"].float().cpu().numpy().astype(np.float64), o["scores"].float().cpu().numpy(),
-                           float(o["gate"]) if "gate" in o else np.nan) for o in outputs]
-
-    def _size(self, scale: float):
-        """Return a context within which the model resizes its inputs to ``scale`` x the cache size (its transform
-        maps the boxes back to the input's pixels); scale 1 leaves the model as it is."""
-        if scale == 1.0:
-            return nullcontext()
-        size = round(self.image_size * scale)
-        return swapped(self.model.transform, min_size=(size,), max_size=size)
-
-    def _passes(self, images: list[torch.Tensor]) -> list[list[Candidates]]:
-        """Return per image one Candidates per pass (each size, plain then flipped), boxes in the images' pixels."""
-        width = images[0].shape[-1]
-        passes: list[list[Candidates]] = [[] for _ in images]
-        for scale in self.scales:
-            with self._size(scale):
-                found = [self._forward(images)]
-                if self.hflip_tta:
-                    flipped = self._forward([im.flip(-1) for im in images])
-                    found.append([c._replace(boxes_xyxy=hflip_boxes(c.boxes_xyxy, width)) for c in flipped])
-            for per_image, *more in zip(passes, *found, strict=True):
-                per_image.extend(more)
-        return passes
-
-    def __call__(self, images: list[torch.Tensor]) -> list[Candidates]:
-        """Return per image the model's candidates (boxes_cache_xyxy (N, 4), scores (N,), gate), in the pixels of
-        the float [C, H, W] images in [0, 1] it was given (cache pixels), before post-processing. With TTA (flips,
-        and each size of ``scales``) the boxes of every pass are fused and the gate is their mean."""
-        roi_settings = (swapped(self.model.roi_heads, refine_passes=self.box_refine, box_vote=self.box_vote)
-                        if self.box_refine or self.box_vote else nullcontext())
-        with boxes_only(self.model), roi_settings:
-            if not self.hflip_tta and self.scales == (1.0,):
-                return self._forward(images)
-            return [fuse_candidates(p) for p in self._passes(images)]
+    images_dir, out = Path(images_dir), Path(out)
+    # every process lists; rank 0 says what it left out
+    files = folder_images(images_dir, say=None if is_follower() else "predict")[0]
+    check_output_file(out)
+    processes = launch(devices, num_nodes)
+    rank, world = processes.rank, processes.world
+    progress = kwargs.pop("progress", True) and rank == 0
+    found_by_id, seconds, reports, detector = _predict_share(run, files[rank::world], progress=progress, **kwargs)
+    try:
+        shares = processes.gather((found_by_id, seconds, reports))
+    finally:
+        processes.close()
+    if shares is None:
+        return None
+    merged = {pid: found for share in shares for pid, found in share[0].items()}
+    return write_outputs(files, merged, out, images_dir, max(s[1] for s in shares), sum(s[2] for s in shares),
+                         detector, kwargs.get("dicom_sr"))
 
 
-def hflip_boxes(boxes_xyxy, width: float) -> np.ndarray:
-    """Return boxes mirrored left-right in an image ``width`` pixels wide."""
-    out = as_boxes(boxes_xyxy).copy()
-    out[:, [0, 2]] = width - out[:, [2, 0]]
-    return out
+def write_outputs(files: list[Path], found_by_id: dict[str, Detection], out: Path, images_dir: Path, seconds: float,
+                  reports: int, detector: Detector, dicom_sr) -> PredictSummary:
+    """Write the submission and the per-box table of every file (no Detection: unreadable, an empty row); return
+    the summary."""
+    nothing = (np.zeros((0, 4)), np.zeros(0))
+    ordered = {f.stem: (found_by_id[f.stem].boxes_orig_xyxy, found_by_id[f.stem].scores) if f.stem in found_by_id
+               else nothing for f in files}
+    unreadable = len(files) - len(found_by_id)
+    _, boxes_csv = write_submission_and_boxes(out, boxes_csv_for(out), ordered)
+    if unreadable == len(files):
+        raise UserError(f"{images_dir}: none of the {len(files)} .dcm files could be read (reasons above); "
+                        f"{out} has only empty rows")
+    return PredictSummary(out, boxes_csv, len(files), unreadable, sum(len(s) > 0 for _, s in ordered.values()),
+                          detector.postprocess, None if dicom_sr is None else Path(dicom_sr), reports, seconds,
+                          detector.backend)
 
 
-def to_original(boxes_cache_xyxy, scale_x: float, scale_y: float, height: int, width: int) -> np.ndarray:
-    """Return boxes_orig_xyxy: cache-pixel boxes in the image's own pixels, clipped to its ``height`` x ``width``.
+def write_reports(files: list[Path], found_by_id: dict[str, Detection], out_dir: str | Path, name: str,
+                  progress: bool = True) -> int:
+    """Write a DICOM SR per predicted image (an unreadable one has none: it was not read); return how many."""
+    from pneumodet.report.dicom_sr import sr_path, write_sr
 
-    ``scale_x`` = cache size / width and ``scale_y`` = cache size / height, as the cache records them.
-    """
-    b = as_boxes(boxes_cache_xyxy) / np.array([scale_x, scale_y, scale_x, scale_y])
-    b[:, [0, 2]] = b[:, [0, 2]].clip(0, width)
-    b[:, [1, 3]] = b[:, [1, 3]].clip(0, height)
-    return b
+    written = 0
+    for path in tqdm([f for f in files if f.stem in found_by_id], desc="DICOM SR", unit="file", disable=not progress):
+        found = found_by_id[path.stem]
+        try:
+            write_sr(path, sr_path(out_dir, path.stem), found.boxes_orig_xyxy, found.scores, found.image_score,
+                     run_name=name)
+            written += 1
+        except OutputError:  # the folder is full or read-only: every report after this one would fail too
+            raise
+        except UserError as exc:  # one bad header must not cost the other reports
+            print(f"pneumodet predict: {exc}; no SR written", file=sys.stderr)
+        except Exception as exc:  # a header highdicom refuses in a way not foreseen: that file only
+            print(f"pneumodet predict: {path.name}: no SR written ({type(exc).__name__}: {exc})"[:300], file=sys.stderr)
+    return written
+
+
+def run_name(run) -> str:
+    """Return a short name of what predicted: the run folder's name, or the names of an ensemble's runs."""
+    runs = run if isinstance(run, list | tuple) else [run]
+    return "+".join(Path(r).name for r in runs)[:64]
+
+
+def boxes_csv_for(submission: Path) -> Path:
+    """Return the per-box table written beside a submission: ``sub.csv`` -> ``sub.boxes.csv``."""
+    return submission.with_name(f"{submission.stem}.boxes.csv")

@@ -1,14 +1,14 @@
 """Faster CPU forms of the two torchvision ops that dominate inference after the backbone, same results.
 
-A profile of the R50-FPN int8 engine at 256 px (100 proposals, one thread) put about 30 ms of each image in
-torch, of which ``torchvision::roi_align`` took half and ``torchvision::nms`` a third (BENCHMARKS.md):
+In a profile of the R50-FPN int8 engine, ``torchvision::roi_align`` and ``torchvision::nms`` took most of the
+time left in torch (docs/benchmarks-history.md):
 
 - :func:`roi_align_gather` is RoIAlign (``aligned=False``, a fixed ``sampling_ratio``, as Mask R-CNN's poolers
   call it) written as one weighted gather: each output bin is the mean of ``sampling_ratio²`` bilinear samples,
   each the weighted sum of four feature-map pixels, so the bin is a weighted sum of at most 16 pixel vectors,
   which ``embedding_bag`` computes over contiguous channels (torchvision's kernel walks every channel for every
-  sample). Its gradient is embedding_bag's: in training, torchvision's ``_roi_align_backward`` took 8 % of an
-  R50-FPN step at 256 px. :class:`GatherRoIAlign` uses it in training and inference.
+  sample). Its gradient is embedding_bag's, faster than torchvision's ``_roi_align_backward`` in training.
+  :class:`GatherRoIAlign` uses it in training and inference.
 - :func:`top_kept_nms` is ``batched_nms(...)[:top]`` without suppressing boxes that cannot reach the top:
   greedy NMS decides a box from the boxes of its level scored above it only, and every one of those is in any
   prefix of the boxes sorted by score (all levels together) that holds the box. So NMS over such a prefix keeps
@@ -58,7 +58,7 @@ def _pool(table: torch.Tensor, rois: torch.Tensor, first_row: torch.Tensor, heig
     ``height[i]`` × ``width[i]`` pixels at ``scale[i]`` of the image; rois (R, 5) as (batch index unused here,
     x1, y1, x2, y2). Returns (R, C, out_h, out_w) float32 in channels-last memory (each bin's channels
     contiguous, as the gather writes them): a box head that flattens it copies it to (C, out_h, out_w) order,
-    and the exported box head takes it as it is (``onnx_engine.HeadsExport``)."""
+    and the exported box head takes it as it is (``onnx_export.HeadsExport``)."""
     out_h, out_w = output_size
     count, channels, s = len(rois), table.shape[1], sampling_ratio
     boxes = rois[:, 1:].float() * scale[:, None]
@@ -101,7 +101,7 @@ def roi_align_gather(features: torch.Tensor, rois: torch.Tensor, output_size: tu
 
 
 class GatherRoIAlign(MultiScaleRoIAlign):
-    """torchvision's ``MultiScaleRoIAlign`` (same attributes, no weights: a model's class is swapped in place),
+    """torchvision's ``MultiScaleRoIAlign`` (same arguments, no weights),
     pooling every level's RoIs in one gather from one table of the levels they use, on the CPU; on another
     device, when tracing, or with an adaptive ``sampling_ratio`` (0) it is torchvision's."""
 

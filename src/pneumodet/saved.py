@@ -17,20 +17,21 @@ import torch
 from tqdm import tqdm
 
 from pneumodet.boxes import xywh_to_xyxy
+from pneumodet.candidates import Candidates
 from pneumodet.data.dataset import PneumoniaDataset, collate
 from pneumodet.detector import Detector
 from pneumodet.errors import UserError
 from pneumodet.files import checkpoint_identity, sha256_of, write_text_atomic
-from pneumodet.postprocess import Candidates
 from pneumodet.report.submission import read_candidates, write_candidates
+from pneumodet.settings import TUNED_KEYS
 from pneumodet.tuning import ValSet
 
 
 def inference_settings(detector: Detector) -> dict:
     """Return the settings that change the candidates (and so what thresholds are tuned on): TTA on or off, its
     sizes, the box refinement passes and box voting."""
-    return {"hflip_tta": detector.predictors[0].hflip_tta, "tta_scales": list(detector.tta_scales),
-            "box_refine": detector.box_refine, "box_vote": detector.box_vote}
+    settings = detector.settings
+    return {k: list(settings.tta_scales) if k == "tta_scales" else getattr(settings, k) for k in TUNED_KEYS}
 
 
 def predict_dataset(detector: Detector, dataset: PneumoniaDataset, batch_size: int = 8, progress: bool = True,
@@ -51,7 +52,7 @@ def labelled_set(dataset: PneumoniaDataset, raw: list[Candidates], groups: dict[
     for a grouped bootstrap; an image without one is its own)."""
     ids = [str(pid) for pid in dataset.records["patient_id"]]
     return ValSet(ids, list(dataset.records["view"].fillna("unknown")),
-                  [xywh_to_xyxy(dataset.boxes_xywh(i)) for i in range(len(dataset))], raw,
+                  [xywh_to_xyxy(dataset.boxes_orig_xywh(i)) for i in range(len(dataset))], raw,
                   None if groups is None else [groups.get(pid, f"image:{pid}") for pid in ids])
 
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from pneumodet.candidates import Candidates
 from pneumodet.metrics import Prediction, rsna_map
-from pneumodet.postprocess import Candidates, PostProcess, image_score, postprocess
+from pneumodet.postprocess import PostProcess, image_score, postprocess
 
 GRID = {
     "score_threshold": [round(t, 2) for t in np.arange(0.05, 0.951, 0.05)],
@@ -79,7 +80,7 @@ class ValSet:
 
 def apply(val: ValSet, pp: PostProcess) -> list[Prediction]:
     """Return every image's boxes and scores after ``pp``."""
-    return [Prediction(*postprocess(c.boxes_xyxy, c.scores, pp, c.gate)) for c in val.raw]
+    return [Prediction(*postprocess(c.boxes_orig_xyxy, c.scores, pp, c.gate)) for c in val.raw]
 
 
 def score(val: ValSet, pp: PostProcess) -> float:
@@ -120,4 +121,4 @@ def tune(val: ValSet, start: PostProcess, search: Search = FULL, gate: bool = Tr
 
 def image_scores(val: ValSet, pp: PostProcess) -> np.ndarray:
     """Return every image's score: the gate's probability where there is a gate, else its highest box score."""
-    return np.array([image_score(c.boxes_xyxy, c.scores, pp, c.gate) for c in val.raw])
+    return np.array([image_score(c.boxes_orig_xyxy, c.scores, pp, c.gate) for c in val.raw])

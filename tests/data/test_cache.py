@@ -46,10 +46,19 @@ def test_find_cache_matches_parameters_and_sources(synth_data, tmp_path):
         open_cache(out, 96)
 
 
+def test_a_cache_from_before_versioned_folders_is_refused_in_one_line(tmp_path):
+    final = tmp_path / "train-64px"
+    final.mkdir()  # an older pneumodet wrote the cache as a folder, not a link to a version
+    (final / "stale").write_text("old")
+    tmp = tmp_path / ".tmp-train-64px-0"
+    tmp.mkdir()
+    with pytest.raises(UserError, match="written by an older pneumodet.*remove it and run pneumodet prepare again"):
+        cache_module.commit(tmp, final, {"params": {}})
+    assert (final / "stale").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["train-64px"]
+
+
 def test_commit_replaces_an_old_cache_atomically(tmp_path):
     final = tmp_path / "train-64px"
-    final.mkdir()  # a cache from before versioned folders
-    (final / "stale").write_text("old")
     versions = []
     for n in range(2):
         tmp = tmp_path / f".tmp-train-64px-{n}"

@@ -93,11 +93,11 @@ def test_boxes_scale_with_the_image(messy, tmp_path):
     # the 1024x512 image: x scale 1/16, y scale 1/8; 900+300 clipped to 1024; the box at x=1100 dropped
     assert target["boxes"].tolist() == [[900 / 16, 100 / 8, 1024 / 16, 300 / 8], [100 / 16, 100 / 8, 300 / 16, 200 / 8]]
     assert target["masks"].shape == (2, 64, 64)
-    assert dataset.boxes_xywh(index).tolist() == [[900, 100, 124, 200], [100, 100, 200, 100]]
+    assert dataset.boxes_orig_xywh(index).tolist() == [[900, 100, 124, 200], [100, 100, 200, 100]]
     # a synthetic positive: cached box = original * 64/1024
     labels = read_labels(messy / TRAIN_LABELS)
     pid = next(p for p, a in labels.annotations.items() if a.positive and p in set(dataset.records["patient_id"])
-               and len(a.boxes_xywh) == len(dataset.boxes_xywh(int(np.flatnonzero(dataset.records["patient_id"] == p)[0]))))
+               and len(a.boxes_xywh) == len(dataset.boxes_orig_xywh(int(np.flatnonzero(dataset.records["patient_id"] == p)[0]))))
     i = int(np.flatnonzero(dataset.records["patient_id"] == pid)[0])
     x, y, w, h = labels.annotations[pid].boxes_xywh[0]
     assert np.allclose(dataset[i][1]["boxes"][0].numpy(), np.array([x, y, x + w, y + h]) / 16, atol=1e-4)

@@ -70,3 +70,17 @@ def test_folds_are_stratified_grouped_balanced_and_seeded():
     assert set(one.loc[one["split"] == "val", "patient_id"]) == set(frame.loc[frame["fold"] == 2, "patient_id"])
     with pytest.raises(UserError):
         assign_folds(images, 1)
+
+
+def test_a_groups_class_is_its_most_positive_images_whatever_the_order():
+    """A person with a normal film and one with an opacity is an opacity case for stratification, however their
+    images are listed (by id, by class, reversed)."""
+    from pneumodet.data.split import _groups_by_stratum
+
+    images = pd.DataFrame({"patient_id": ["a", "b", "c", "d"], "view": ["PA", "PA", "AP", "AP"],
+                           "label_class": ["Normal", "Lung Opacity", "No Lung Opacity / Not Normal", "Normal"]})
+    groups = {"a": "p1", "b": "p1", "c": "p2", "d": "p2"}
+    for order in (images, images.iloc[::-1], images.sort_values("label_class", ascending=False)):
+        _, per_group = _groups_by_stratum(order.reset_index(drop=True), groups)
+        assert per_group.at["p1", "label_class"] == "Lung Opacity" and per_group.at["p1", "size"] == 2
+        assert per_group.at["p2", "label_class"] == "No Lung Opacity / Not Normal"

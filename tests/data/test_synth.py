@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from pneumodet.data import synth
-from pneumodet.io.dicom import JPEG_BASELINE, read_dicom
+from pneumodet.io.dicom import read_dicom
+from pneumodet.io.dicom_parse import JPEG_BASELINE
 from pneumodet.io.labels import CLASSES, read_labels
 
 

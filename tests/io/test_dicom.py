@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from pneumodet.io.dicom import JPEG_BASELINE, DicomError, parse_age, read_dicom
+from pneumodet.io.dicom import DicomError, parse_age, read_dicom
+from pneumodet.io.dicom_parse import JPEG_BASELINE
 from tests.conftest import gradient
 
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -41,6 +42,16 @@ def test_twelve_bit_applies_rescale_then_window(make_dicom):
     pixels = read_dicom(path).pixels[0]
     assert pixels[0] == 0 and pixels[2] == 255 and pixels[3] == 255
     assert abs(int(pixels[1]) - 128) <= 1
+
+
+def test_a_narrow_window_follows_dicoms_linear_function_with_its_half_pixel_terms(make_dicom):
+    """PS3.3 C.11.2.1.2: below c - 0.5 - (w - 1) / 2 is black, above c - 0.5 + (w - 1) / 2 white, between
+    ((x - (c - 0.5)) / (w - 1) + 0.5). At width 4 the half-pixel terms move every step by a third of the range:
+    (x - c) / w + 0.5 would give 64 and 128 for 99 and 100, not 85 and 170."""
+    raw = np.array([[98, 99, 100, 101, 102]], dtype=np.uint16).repeat(3, axis=0)
+    path = make_dicom("narrow", raw, transfer_syntax=EXPLICIT_LE, tags={
+        "BitsStored": 12, "HighBit": 11, "WindowCenter": 100, "WindowWidth": 4})
+    assert read_dicom(path).pixels[0].tolist() == [0, 85, 170, 255, 255]
 
 
 def test_twelve_bit_without_window_uses_min_max(make_dicom):

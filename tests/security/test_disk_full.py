@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pneumodet.cli import main
-from pneumodet.config import dump_config
+from pneumodet.config_files import dump_config
 from pneumodet.io.layout import TEST_IMAGES
 from tests.conftest import tiny_config
 from tests.security.mounts import fill, tmpfs

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pneumodet.cli import main
-from pneumodet.config import dump_config
+from pneumodet.config_files import dump_config
 from pneumodet.io.layout import TEST_IMAGES
 from tests.conftest import tiny_config
 
@@ -66,9 +66,10 @@ def test_a_damaged_checkpoint_is_refused_by_every_command(run_copy, synth_data, 
 
 
 def test_a_damaged_or_unlisted_engine_graph_is_not_run(trained_run, tmp_path, synth_data, capsys):
+    from pneumodet.checkpoints import load_trained
     from pneumodet.detector import load_detector
-    from pneumodet.onnx_engine import META_FILE, export_onnx
-    from pneumodet.runs import load_trained
+    from pneumodet.onnx_export import export_onnx
+    from pneumodet.onnx_runtime import META_FILE
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -76,7 +77,7 @@ def test_a_damaged_or_unlisted_engine_graph_is_not_run(trained_run, tmp_path, sy
     export_onnx(model, config.data.image_size, info["path"], run / "engine")
     meta = json.loads((run / "engine" / META_FILE).read_text())
     assert set(meta["sha256"]) == {"dense.onnx", "heads.onnx"}
-    assert load_detector(run).engine == "onnx"
+    assert load_detector(run).backend == "onnx"
     graph = run / "engine" / "dense.onnx"
     blob = bytearray(graph.read_bytes())
     blob[len(blob) // 2] ^= 0x01
@@ -86,8 +87,8 @@ def test_a_damaged_or_unlisted_engine_graph_is_not_run(trained_run, tmp_path, sy
     assert "dense.onnx: does not match the SHA-256 in engine.json" in err and "pneumodet export" in err
     del meta["sha256"]  # an export that vouches for nothing: not used
     (run / "engine" / META_FILE).write_text(json.dumps(meta))
-    with pytest.warns(UserWarning, match="without its checksums"):
-        assert load_detector(run).engine == "torch"
+    with pytest.warns(UserWarning, match="or by another pneumodet"):
+        assert load_detector(run).backend == "torch"
 
 
 def test_reuse_refuses_predictions_made_under_other_settings(run_copy, monkeypatch, capsys):

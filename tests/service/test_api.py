@@ -78,16 +78,21 @@ def test_concurrent_requests_queue_one_inference_at_a_time(trained_run, synth_da
     assert app.state.service.served == 12 and app.state.service.max_active == 1
 
 
-def test_review_lists_worst_first_and_filters(client):
+def test_review_lists_worst_first_and_filters(run_with_every_outcome):
+    client = TestClient(create_app(run_with_every_outcome))
     everything = client.get("/api/review").json()
     items = everything["items"]
     assert items and everything["note"] == ""
     scores = [it["score"] for it in items if it["score"] is not None]
-    assert scores == sorted(scores)
+    assert scores == sorted(scores) and scores[0] == 0.0 and scores[-1] > 0  # misses and false alarms first
     assert all(it["score"] is None for it in items[len(scores):])  # true negatives last
+    assert [it["index"] for it in items] == list(range(len(items)))
+    counts = {}
     for outcome in ("miss", "false alarm", "hit", "true negative"):
         subset = client.get("/api/review", params={"outcome": outcome}).json()["items"]
-        assert all(it["outcome"] == outcome for it in subset)
+        assert subset and all(it["outcome"] == outcome for it in subset)  # every outcome is there to filter
+        counts[outcome] = len(subset)
+    assert sum(counts.values()) == len(items)
     view = everything["views"][0]
     assert all(it["view"] == view for it in client.get("/api/review", params={"view": view}).json()["items"])
     assert client.get("/api/review", params={"outcome": "maybe"}).status_code == 400

@@ -15,7 +15,6 @@ def test_outcomes():
     assert outcome_of(none, truth, np.array([0.9])) == ("false alarm", 0.0)
     assert outcome_of(truth, none, np.zeros(0)) == ("miss", 0.0)
     assert outcome_of(truth, truth, np.array([0.9])) == ("hit", 1.0)
-    assert PostProcess(0.5, 0.1, 3, 1.0)  # review applies the run's post-processing (see test_api)
 
 
 def test_boxes_are_drawn_where_they_are_in_the_image():
@@ -34,7 +33,7 @@ def test_boxes_are_drawn_where_they_are_in_the_image():
 def test_review_applies_the_gate_and_shows_the_image_score(tmp_path):
     import pandas as pd
 
-    from pneumodet.postprocess import Candidates
+    from pneumodet.candidates import Candidates
     from pneumodet.report.submission import write_boxes, write_gates
     from pneumodet.service.review import build_items, load_val_predictions
 
@@ -48,7 +47,7 @@ def test_review_applies_the_gate_and_shows_the_image_score(tmp_path):
         records = pd.DataFrame({"patient_id": ["a", "b"], "view": ["PA", "AP"], "row": [0, 1],
                                 "scale_x": [1.0, 1.0], "scale_y": [1.0, 1.0]})
 
-        def boxes_xywh(self, i):
+        def boxes_orig_xywh(self, i):
             return np.array([[10, 10, 40, 40]], float) if i == 0 else np.zeros((0, 4))
 
     items = {it.patient_id: it for it in build_items(Val(), raw, PostProcess(0.5, 0.1, 3, 1.0, gate_threshold=0.5))}
@@ -56,3 +55,50 @@ def test_review_applies_the_gate_and_shows_the_image_score(tmp_path):
     assert items["b"].outcome == "true negative" and len(items["b"].pred_scores) == 0  # the gate removed its box
     ungated = build_items(Val(), raw, PostProcess(0.5, 0.1, 3, 1.0))
     assert {it.patient_id: it.outcome for it in ungated}["b"] == "false alarm"
+
+
+class EveryOutcome:
+    """A val set of six non-square images (200 rows x 800 columns, cached at 64 px): a hit, a partial hit, two
+    misses, a false alarm and a true negative; what build_items reads from a PneumoniaDataset."""
+
+    truth = {"hit": [[100, 50, 200, 50]], "partial": [[100, 50, 200, 50]], "miss": [[300, 20, 100, 100]],
+             "miss2": [[500, 20, 100, 100]], "alarm": [], "negative": []}
+
+    def __init__(self):
+        import pandas as pd
+
+        ids = list(self.truth)
+        self.records = pd.DataFrame({"patient_id": ids, "view": ["PA"] * 6, "row": range(6),
+                                     "scale_x": [64 / 800] * 6, "scale_y": [64 / 200] * 6})
+
+    def boxes_orig_xywh(self, i):
+        return np.array(self.truth[self.records.at[i, "patient_id"]], float).reshape(-1, 4)
+
+    @staticmethod
+    def candidates():
+        from pneumodet.candidates import Candidates
+
+        box = np.array([[100, 50, 300, 100]], float)  # the truth's, xyxy
+        return {"hit": Candidates(box, np.array([0.9])),
+                "partial": Candidates(box + [60, 0, 60, 0], np.array([0.8])),  # IoU 0.54 with its truth
+                "alarm": Candidates(box, np.array([0.7])), "negative": Candidates(box, np.array([0.1]))}
+
+
+def test_review_items_run_worst_first_with_every_outcome():
+    from pneumodet.service.review import build_items
+
+    items = build_items(EveryOutcome(), EveryOutcome.candidates(), PostProcess(0.5, 0.1, 3, 1.0))
+    assert [it.patient_id for it in items] == ["alarm", "miss", "miss2", "partial", "hit", "negative"]
+    assert [it.outcome for it in items] == ["false alarm", "miss", "miss", "hit", "hit", "true negative"]
+    assert 0 < items[3].score < 1 and items[4].score == 1.0 and items[5].score is None
+    assert [it.index for it in items] == list(range(6))
+
+
+def test_review_detail_gives_boxes_and_size_in_a_non_square_images_own_pixels():
+    from pneumodet.service.review import build_items, review_detail
+
+    items = build_items(EveryOutcome(), EveryOutcome.candidates(), PostProcess(0.5, 0.1, 3, 1.0))
+    hit = next(it for it in items if it.patient_id == "hit")
+    detail = review_detail(hit, (64, 64))
+    assert detail["original_size"] == [200, 800]  # rows, columns: a swapped scale gives [800, 200]
+    assert detail["truth"] == [[100, 50, 200, 50]] and detail["pred"] == [[100, 50, 200, 50, 0.9]]

@@ -30,7 +30,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from pneumodet.errors import RunFailure
+from pneumodet.errors import RunFailure, UserError
 from pneumodet.files import FULL_ERRNOS, free_space, fsync_path, output_error, pid_alive, remove_stale
 from pneumodet.io.dicom import DicomError, DicomImage, read_dicom, read_dicom_bytes
 
@@ -211,10 +211,11 @@ def commit(tmp_dir: Path, final: Path, meta: dict) -> Path:
     version = final.with_name(f"{final.name}@{os.getpid()}-{time.time_ns()}")
     tmp_dir.rename(version)
     fsync_path(final.parent)
+    if final.exists() and not final.is_symlink():  # written by a pneumodet before versioned caches
+        shutil.rmtree(version, ignore_errors=True)
+        raise UserError(f"{final}: a cache written by an older pneumodet (a folder, not a link to a version); remove "
+                        "it and run pneumodet prepare again")
     previous = final.resolve() if final.is_symlink() else None
-    if final.exists() and not final.is_symlink():  # a cache from before versioned folders
-        previous = final.with_name(f".old-{final.name}-{os.getpid()}")
-        final.rename(previous)
     link = final.with_name(f".tmp-{final.name}-link-{os.getpid()}")
     link.unlink(missing_ok=True)
     link.symlink_to(version.name)

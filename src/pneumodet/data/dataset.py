@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from pneumodet.boxes import boxes_to_masks, scale_boxes, xywh_to_xyxy
+from pneumodet.boxes import boxes_to_masks, original_to_cache_xyxy, xywh_to_xyxy
 from pneumodet.data.cache import Cache, open_cache
 from pneumodet.errors import UserError
 
@@ -20,6 +20,11 @@ SPLITS = ("train", "val", "all")
 def collate(batch):
     """Return (images, targets) tuples: detection models take lists, not stacked tensors."""
     return tuple(zip(*batch, strict=True))
+
+
+def to_model_input(pixels_uint8) -> torch.Tensor:
+    """Return (H, W) uint8 pixels as the model takes them: a float [1, H, W] tensor in [0, 1] (a copy)."""
+    return torch.from_numpy(np.array(pixels_uint8, dtype=np.uint8)).unsqueeze(0).float().div_(255.0)
 
 
 def read_split(path: str | Path) -> pd.DataFrame:
@@ -61,20 +66,20 @@ class PneumoniaDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def boxes_xywh(self, index: int) -> np.ndarray:
-        """Return the (N, 4) xywh truth boxes of item ``index`` in original pixels."""
+    def boxes_orig_xywh(self, index: int) -> np.ndarray:
+        """Return the (N, 4) xywh truth boxes of item ``index`` in the image's own pixels."""
         return self._boxes_xywh.get(self.records.at[index, "patient_id"], np.zeros((0, 4)))
 
     def __getitem__(self, index: int):
         record = self.records.iloc[index]
         size = self.cache.size_px
-        pixels = np.array(self.cache.pixels[int(record["row"])])  # copy out of the memmap
-        image = torch.from_numpy(pixels).unsqueeze(0).float().div_(255.0)
-        boxes_xyxy = scale_boxes(xywh_to_xyxy(self.boxes_xywh(index)), record["scale_x"], record["scale_y"])
+        image = to_model_input(self.cache.pixels[int(record["row"])])
+        original_size = (int(record["original_height"]), int(record["original_width"]))
+        boxes_cache_xyxy = original_to_cache_xyxy(xywh_to_xyxy(self.boxes_orig_xywh(index)), size, original_size)
         target = {
-            "boxes": torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.ones(len(boxes_xyxy), dtype=torch.int64),
-            "masks": torch.from_numpy(boxes_to_masks(boxes_xyxy, size, size, self.mask_shape)),
+            "boxes": torch.as_tensor(boxes_cache_xyxy, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.ones(len(boxes_cache_xyxy), dtype=torch.int64),
+            "masks": torch.from_numpy(boxes_to_masks(boxes_cache_xyxy, size, size, self.mask_shape)),
             "image_id": int(record["row"]),
         }
         if self.transforms is not None:

@@ -28,7 +28,7 @@ from pneumodet.errors import UserError
 from pneumodet.files import atomic_path, check_output_dir
 from pneumodet.io.dicom import folder_images
 from pneumodet.io.labels import Annotation, Problem, read_labels
-from pneumodet.io.layout import CLASS_INFO, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS, dicom_files
+from pneumodet.io.layout import CLASS_INFO, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS, image_files
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def find_images(data: Path, subset: str) -> Path:
     folder = data / (TRAIN_IMAGES if subset == "train" else TEST_IMAGES)
     if folder.is_dir():
         return folder
-    if subset == "test" and dicom_files(data):
+    if subset == "test" and image_files(data)[0]:
         return data
     raise UserError(f"{data}: no {folder.name}/ folder; expected the Kaggle layout "
                     f"(pneumodet download or pneumodet synth makes one)")

@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pneumodet.files import atomic_path, write_text_atomic
-from pneumodet.io.dicom import write_dicom
+from pneumodet.io.dicom_write import write_dicom
 from pneumodet.io.labels import CLASSES, Annotation, write_labels
 from pneumodet.io.layout import CLASS_INFO, SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_IMAGES, TRAIN_LABELS
 

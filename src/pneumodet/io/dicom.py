@@ -17,9 +17,8 @@ from __future__ import annotations
 import io
 import os
 import re
-import struct
+import sys
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,44 +26,26 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.encaps import generate_frames
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 
 from pneumodet.errors import UserError
-from pneumodet.files import atomic_path
+from pneumodet.io.dicom_parse import (
+    BIG_ENDIAN,
+    MAX_FILE_BYTES,
+    PILLOW_SYNTAXES,
+    UNCOMPRESSED_SYNTAXES,
+    DicomError,
+    check_budget,
+    describe_error,
+    dimensions,
+    parse_dataset,
+    syntax_of,
+    truncated,
+)
 from pneumodet.io.layout import image_files
 
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-#: Compressed syntaxes that Pillow's JPEG decoder reads (8-bit lossy JPEG).
-PILLOW_SYNTAXES = {JPEG_BASELINE}
-UNCOMPRESSED_SYNTAXES = {
-    "1.2.840.10008.1.2",  # implicit VR little endian
-    "1.2.840.10008.1.2.1",  # explicit VR little endian
-    "1.2.840.10008.1.2.2",  # explicit VR big endian
-    "1.2.840.10008.1.2.1.99",  # deflated explicit VR little endian: DEFLATED
-}
-DEFLATED = "1.2.840.10008.1.2.1.99"  # inflated here, within the budget, never by pydicom
-BIG_ENDIAN = "1.2.840.10008.1.2.2"
 MAX_AGE_YEARS = 120
-#: the most pixels one frame may have: real radiographs are up to ~4,300 x 4,300 (18.5 M)
-MAX_PIXELS = 25_000_000
-#: the most bytes the pixel data may need once decoded or inflated (25 M 16-bit pixels are 50 MB)
-MAX_DECODED_BYTES = 128 * 2**20
-#: room for the header and trailing elements around the pixel data
-HEADER_BYTES = 16 * 2**20
-#: the largest file read at all: the largest uncompressed image and its header
-MAX_FILE_BYTES = MAX_DECODED_BYTES + HEADER_BYTES
 #: rows converted to uint8 at a time (each block's float32 copy is about this many pixels)
 BLOCK_PIXELS = 1 << 20
-
-
-class DicomError(UserError):
-    """A DICOM file that cannot be used; the message names the file and the reason."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -232,10 +213,11 @@ def _voi_table(ds) -> tuple[float, float] | None:
         return None
 
 
-def folder_images(folder: str | Path) -> tuple[list[Path], list[tuple[Path, Path]]]:
+def folder_images(folder: str | Path, say: str | None = None) -> tuple[list[Path], list[tuple[Path, Path]]]:
     """Return :func:`~pneumodet.io.layout.image_files` of ``folder``: (image files, (file left out, file kept)).
 
-    A UserError when the folder is missing or holds no image file.
+    A UserError when the folder is missing or holds no image file. ``say``: the command that reports each file
+    left out for repeating another's patientId, one stderr line each (None: silent).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -243,6 +225,8 @@ def folder_images(folder: str | Path) -> tuple[list[Path], list[tuple[Path, Path
     files, repeats = image_files(folder)
     if not files:
         raise UserError(f"{folder}: no .dcm files")
+    for path, kept in repeats if say else []:
+        print(f"pneumodet {say}: {path.name}: the same patientId as {kept.name}; left out", file=sys.stderr)
     return files, repeats
 
 
@@ -268,7 +252,7 @@ def read_dicom(path: str | Path, max_decode_size: int | None = None) -> DicomIma
             raise DicomError(path, "a folder, not a file") from None
         except OSError as exc:
             raise DicomError(path, f"cannot read the file ({exc.strerror or type(exc).__name__})") from None
-        ds, cut = _parse(data, Path(path))
+        ds, cut = parse_dataset(data, Path(path))
         del data  # the dataset holds the pixel data now: one copy of the file in memory, not two
         return _image(ds, Path(path), max_decode_size, cut)
 
@@ -280,7 +264,7 @@ def read_dicom_bytes(data: bytes, name: str, max_decode_size: int | None = None)
         if len(data) > MAX_FILE_BYTES:
             raise DicomError(name, f"{len(data) / 2**20:.0f} MB: larger than the {MAX_FILE_BYTES / 2**20:.0f} MB the "
                              "largest radiograph needs; not read")
-        ds, cut = _parse(data, Path(name))
+        ds, cut = parse_dataset(data, Path(name))
         return _image(ds, Path(name), max_decode_size, cut)
 
 
@@ -292,10 +276,10 @@ def _image(ds, path: Path, max_decode_size: int | None, cut: bool) -> DicomImage
     try:
         if "PixelData" not in ds:
             raise DicomError(path, "truncated file: it ends inside the pixel data" if cut else "no pixel data")
-        syntax = _syntax(ds)
+        syntax = syntax_of(ds)
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "").strip().upper()
-        rows, columns = _dimensions(ds, path)
-        _check_budget(ds, rows, columns, path)  # before any decoder runs
+        rows, columns = dimensions(ds, path)
+        check_budget(ds, rows, columns, path)  # before any decoder runs
         meta = {"view_position": _view_position(ds), "sex": _sex(ds), "age": parse_age(ds.get("PatientAge")),
                 "pixel_spacing": _pixel_spacing(ds), "bits_stored": int(ds.get("BitsStored", 8) or 8),
                 "row_direction": _row_direction(ds)}
@@ -303,7 +287,7 @@ def _image(ds, path: Path, max_decode_size: int | None, cut: bool) -> DicomImage
         if syntax in PILLOW_SYNTAXES:
             raw = _decode_pillow(ds, rows, columns, max_decode_size, path)
         elif syntax in UNCOMPRESSED_SYNTAXES or not syntax:
-            if _truncated(ds, rows, columns):
+            if truncated(ds, rows, columns):
                 raise DicomError(path, "truncated file: pixel data shorter than Rows x Columns")
             raw = _native_frame(ds)
         else:
@@ -323,7 +307,7 @@ def _image(ds, path: Path, max_decode_size: int | None, cut: bool) -> DicomImage
     except MemoryError:
         raise DicomError(path, f"{stage} asks for more memory than there is (corrupt sizes?)") from None
     except Exception as exc:
-        raise DicomError(path, f"corrupt {stage} ({_describe(exc)})") from None
+        raise DicomError(path, f"corrupt {stage} ({describe_error(exc)})") from None
     if photometric == "MONOCHROME1":
         np.subtract(255, pixels, out=pixels)
     elif photometric not in ("MONOCHROME2", ""):
@@ -338,250 +322,13 @@ def _image(ds, path: Path, max_decode_size: int | None, cut: bool) -> DicomImage
     )
 
 
-def _syntax(ds) -> str:
-    return str(ds.file_meta.get("TransferSyntaxUID", "")) if hasattr(ds, "file_meta") else ""
-
-
-def _parse(data: bytes, path: Path):
-    """Return (the dataset in ``data``, whether the file ends inside its pixel data): a deflated one inflated
-    within its budget, a bare one (no preamble) read as such; a DicomError for anything else that does not
-    parse."""
-    try:
-        ds = _read_deflated(data, path) if _is_deflated(data) else pydicom.dcmread(io.BytesIO(data))
-    except InvalidDicomError:
-        ds = _read_bare_dataset(data, path)
-    except DicomError:
-        raise
-    except Exception as exc:  # pydicom raises many kinds on damaged files
-        raise DicomError(path, f"cannot parse DICOM ({_describe(exc)})") from None
-    ds.buffer = None  # pydicom keeps the buffer read from, which would keep the whole file in memory
-    # pydicom drops an element the file ends inside of, with only a warning
-    cut = "PixelData" not in ds and _syntax(ds) != DEFLATED and data.find(PIXEL_DATA_TAG, 132) >= 0
-    return ds, cut
-
-
-def _is_deflated(data: bytes) -> bool:
-    """Return whether the file meta of ``data`` names the deflated transfer syntax (pydicom would inflate the
-    whole dataset at once, whatever it expands to)."""
-    if data[128:132] != b"DICM":
-        return False
-    fp = io.BytesIO(data)
-    read_preamble(fp, False)
-    return str(_read_file_meta_info(fp).get("TransferSyntaxUID", "")) == DEFLATED
-
-
-def _read_deflated(data: bytes, path: Path):
-    """Return the deflated dataset in ``data``, inflated in steps: first until its header is whole (a megabyte,
-    doubled up to HEADER_BYTES), whose Rows, Columns and pixel data length are checked against the budget before
-    the rest is inflated, and never more than that length (plus room for trailing elements)."""
-    fp = io.BytesIO(data)
-    preamble = read_preamble(fp, False)
-    file_meta = _read_file_meta_info(fp)
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    pending, body = memoryview(data)[fp.tell():], io.BytesIO()
-
-    def inflate(upto: int) -> bool:
-        """Inflate until ``body`` holds ``upto`` bytes; return False if the stream ended first."""
-        nonlocal pending
-        while body.tell() < upto:
-            chunk = inflater.decompress(pending, min(8 * 2**20, upto - body.tell()))
-            pending = inflater.unconsumed_tail
-            if not chunk:
-                return False
-            body.write(chunk)
-        return True
-
-    look, limit = 2**20, None
-    while limit is None:
-        more = inflate(look)
-        limit = _inflated_limit(body.getvalue(), path)
-        if limit is None and not more:
-            limit = body.tell()  # all of it is here: read as it is (its checks follow)
-        elif limit is None and look >= HEADER_BYTES:
-            raise DicomError(path, f"no pixel data in the first {HEADER_BYTES / 2**20:.0f} MB of the inflated "
-                             "dataset; not read")
-        look *= 2
-    if inflate(limit + 1):
-        raise DicomError(path, f"deflated data expands beyond the {limit / 2**20:.0f} MB its header allows; "
-                         "not read")
-    body.seek(0)
-    dataset = read_dataset(body, False, True)
-    ds = pydicom.dataset.FileDataset(None, dataset, preamble, file_meta, False, True)
-    ds.set_original_encoding(False, True, dataset._character_set)
-    return ds
-
-
-def _inflated_limit(head: bytes, path: Path) -> int | None:
-    """Return how many bytes the deflated dataset that starts with ``head`` may inflate to: its header, its pixel
-    data and room for trailing elements; None if ``head`` does not reach the pixel data. A DicomError if the
-    header asks for more than the budget."""
-    fp = io.BytesIO(head)
-    try:
-        header = read_dataset(fp, False, True, stop_when=lambda tag, vr, length: tag == 0x7FE00010)
-    except Exception:  # cut inside an element: not whole yet (or damaged, which the full read will say)
-        return None
-    element = head[fp.tell():fp.tell() + 12]
-    if len(element) < 12 or element[:4] != PIXEL_DATA_TAG:
-        return None
-    rows, columns = _dimensions(header, path)
-    _check_budget(header, rows, columns, path)
-    length = struct.unpack("<I", element[8:12])[0]
-    if length > MAX_DECODED_BYTES:
-        raise DicomError(path, f"pixel data of {length / 2**20:.0f} MB: more than the {MAX_DECODED_BYTES / 2**20:.0f} "
-                         "MB a radiograph may need; not read")
-    return fp.tell() + 12 + length + HEADER_BYTES
-
-
-def _check_budget(ds, rows: int, columns: int, path: Path) -> None:
-    """Raise a DicomError when one frame of ``rows`` x ``columns`` exceeds MAX_PIXELS, or the pixel data the
-    header describes (every frame and sample) exceeds MAX_DECODED_BYTES: before anything is decoded."""
-    if rows * columns > MAX_PIXELS:
-        raise DicomError(path, f"{rows} x {columns} pixels: more than the {MAX_PIXELS / 1e6:.0f} M a radiograph may "
-                         "have; not decoded")
-    try:
-        bits = max(int(ds.get("BitsAllocated", 8) or 8), 1)
-        frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
-        samples = max(int(ds.get("SamplesPerPixel", 1) or 1), 1)
-    except (TypeError, ValueError):
-        raise DicomError(path, "corrupt header (BitsAllocated, NumberOfFrames or SamplesPerPixel)") from None
-    needed = rows * columns * frames * samples * -(-bits // 8)
-    if needed > MAX_DECODED_BYTES:
-        raise DicomError(path, f"pixel data of {needed / 2**20:.0f} MB ({frames} frame(s) of {rows} x {columns}, "
-                         f"{bits} bits): more than the {MAX_DECODED_BYTES / 2**20:.0f} MB a radiograph may need; "
-                         "not decoded")
-
-
 def _native_frame(ds) -> np.ndarray:
     """Return the first frame of native pixel data: a read-only view on the element where pydicom can give one
     (8-, 16- and 32-bit little-endian data), else its own array."""
     from pydicom.pixels import pixel_array
 
     bits = int(ds.get("BitsAllocated", 8) or 8)
-    view = bits in (8, 16, 32) and _syntax(ds) != BIG_ENDIAN
+    view = bits in (8, 16, 32) and syntax_of(ds) != BIG_ENDIAN
     return pixel_array(ds, index=0, view_only=view)
 
 
-def _read_bare_dataset(data: bytes, path: Path):
-    """Read a DICOM written without the 128-byte preamble, "DICM" and file meta (older systems and some archives
-    write bare datasets); its encoding gives the transfer syntax. Anything that does not read as an image with
-    Rows, Columns and pixel data is "not a DICOM file"."""
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        implicit, little = ds.original_encoding
-        if implicit is None or "PixelData" not in ds or "Rows" not in ds or "Columns" not in ds:
-            raise ValueError("not an image dataset")
-    except Exception:  # text, another format, or bytes pydicom could only guess at
-        raise DicomError(path, "not a DICOM file (no DICM preamble)") from None
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = (pydicom.uid.ImplicitVRLittleEndian if implicit
-                                      else pydicom.uid.ExplicitVRLittleEndian if little
-                                      else pydicom.uid.ExplicitVRBigEndian)
-    return ds
-
-
-PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
-#: the largest side a radiograph may claim: real detectors are under 4,300 px
-MAX_SIDE_PX = 16384
-
-
-def _dimensions(ds, path: Path) -> tuple[int, int]:
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-    except (AttributeError, TypeError, ValueError):
-        raise DicomError(path, "missing Rows/Columns") from None
-    if not (1 <= rows <= MAX_SIDE_PX and 1 <= columns <= MAX_SIDE_PX):
-        raise DicomError(path, f"implausible Rows x Columns {rows} x {columns}")
-    return rows, columns
-
-
-def _truncated(ds, rows: int, columns: int) -> bool:
-    """Return whether native (uncompressed) pixel data is shorter than its dimensions need."""
-    value = ds.PixelData
-    bits = int(ds.get("BitsAllocated", 8) or 8)
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    return len(value) < rows * columns * frames * samples * max(bits, 8) // 8
-
-
-_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-f]+>")
-
-
-def _describe(exc: BaseException) -> str:
-    """Return '<Type>: <message>' for an exception, one line, without object reprs or long dumps."""
-    message = _OBJECT_REPR.sub("the file", str(exc)).replace("\n", " ").strip()
-    if len(message) > 160:
-        message = message[:157] + "..."
-    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-
-
-CR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1"
-
-
-def write_dicom(
-    path: str | Path,
-    pixels: np.ndarray,
-    *,
-    patient_id: str,
-    transfer_syntax: str = JPEG_BASELINE,
-    photometric: str = "MONOCHROME2",
-    tags: dict | None = None,
-    jpeg_quality: int = 90,
-    durable: bool = True,
-) -> None:
-    """Write a single-frame grayscale DICOM like the RSNA files (CR, chest), atomically.
-
-    ``pixels`` (H, W) uint8 for JPEG Baseline, uint8 or uint16 for uncompressed syntaxes; ``tags``
-    (keyword -> value) are added last and may override the defaults (e.g. BitsStored). ``durable=False``
-    skips the fsync, for bulk writes of files that can be made again (synthetic data).
-    """
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.uid import generate_uid
-
-    path = Path(path)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[patient_id, "sop"])
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = CR_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyDate = ds.StudyTime = ""
-    ds.AccessionNumber = ""
-    ds.Modality = "CR"
-    ds.ConversionType = "WSD"
-    ds.ReferringPhysicianName = ""
-    ds.SeriesDescription = "view: PA"
-    ds.PatientName = ds.PatientID = patient_id
-    ds.PatientBirthDate = ""
-    ds.BodyPartExamined = "CHEST"
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[patient_id, "study"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[patient_id, "series"])
-    ds.StudyID = ""
-    ds.SeriesNumber = ds.InstanceNumber = 1
-    ds.PatientOrientation = ""
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
-    bits = 8 if pixels.dtype == np.uint8 else 16
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = bits, bits, bits - 1
-    ds.PixelRepresentation = 0
-    if transfer_syntax == JPEG_BASELINE:
-        if pixels.dtype != np.uint8:
-            raise ValueError("JPEG Baseline needs uint8 pixels")
-        buffer = io.BytesIO()
-        Image.fromarray(pixels, mode="L").save(buffer, format="JPEG", quality=jpeg_quality)
-        ds.LossyImageCompression = "01"
-        ds.LossyImageCompressionMethod = "ISO_10918_1"
-        ds.PixelData = encapsulate([buffer.getvalue()])
-        ds["PixelData"].VR = "OB"
-        ds["PixelData"].is_undefined_length = True
-    else:
-        ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-        ds["PixelData"].VR = "OB" if bits == 8 else "OW"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # PatientAge "51" (as in the real files) is not a valid AS
-        for keyword, value in (tags or {}).items():
-            setattr(ds, keyword, value)
-        with atomic_path(path, durable=durable) as tmp:
-            ds.save_as(tmp, enforce_file_format=True)

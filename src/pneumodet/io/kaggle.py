@@ -20,7 +20,7 @@ from pneumodet.io.layout import (
     TEST_IMAGES,
     TRAIN_IMAGES,
     TRAIN_LABELS,
-    dicom_files,
+    image_files,
 )
 from pneumodet.network import can_reach
 
@@ -66,7 +66,7 @@ def check_complete(dest: str | Path) -> list[str]:
             if not path.is_file() or path.stat().st_size == 0:
                 missing.append(name)
         else:
-            found = len(dicom_files(path)) if path.is_dir() else 0
+            found = len(image_files(path)[0]) if path.is_dir() else 0
             if found < count:
                 missing.append(f"{name} ({found}/{count} .dcm files)")
     return missing

@@ -32,7 +32,3 @@ def image_files(folder: str | Path) -> tuple[list[Path], list[tuple[Path, Path]]
             kept[path.stem] = path
     return list(kept.values()), repeats
 
-
-def dicom_files(folder: str | Path) -> list[Path]:
-    """Return ``folder``'s image files in name order (:func:`image_files`, without the repeats)."""
-    return image_files(folder)[0]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumodet.boxes import iou_xyxy
+from pneumodet.boxes import iou_xyxy, original_to_cache_xyxy
 from pneumodet.report.plots import _save, draw_boxes, plt
 from pneumodet.stats import with_ci
 
@@ -132,15 +132,16 @@ def plot_examples(dataset, val, predictions, per_image: pd.DataFrame, out_dir: P
     for rank, (outcome, i) in enumerate(choose_examples(per_image)):
         image, _ = dataset[i]
         record = dataset.records.iloc[i]
-        to_cache = np.array([record["scale_x"], record["scale_y"], record["scale_x"], record["scale_y"]])
-        truth, found = val.truths[i], predictions[i]
+        size = (int(record["original_height"]), int(record["original_width"]))
+        truth, found = val.truths[i], predictions[i]  # boxes in the image's own pixels; drawn in the cache's
+        truth_cache, found_cache = (original_to_cache_xyxy(b, image.shape[-1], size) for b in (truth, found.boxes_xyxy))
         overlaps = iou_xyxy(found.boxes_xyxy, truth).max(axis=1) if len(truth) else np.zeros(len(found.scores))
         fig, ax = plt.subplots(figsize=(5, 5.3))
         ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
         ax.axis("off")
-        draw_boxes(ax, truth * to_cache, "lime", width=2)
-        draw_boxes(ax, found.boxes_xyxy * to_cache, "red", width=2)
-        for box, s, overlap in zip(found.boxes_xyxy * to_cache, found.scores, overlaps, strict=True):
+        draw_boxes(ax, truth_cache, "lime", width=2)
+        draw_boxes(ax, found_cache, "red", width=2)
+        for box, s, overlap in zip(found_cache, found.scores, overlaps, strict=True):
             ax.text(box[0], box[1] - 2, f"{s:.2f}, IoU {overlap:.2f}", color="red", fontsize=7, va="bottom")
         score = per_image.at[i, "rsna_score"]
         ax.set_title(f"{outcome}: {len(truth)} true (green), {len(found.scores)} predicted (red); image RSNA score "

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumodet.boxes import as_boxes, xywh_to_xyxy, xyxy_to_xywh
+from pneumodet.boxes import xywh_to_xyxy, xyxy_to_xywh
+from pneumodet.candidates import Candidates
 from pneumodet.errors import UserError
 from pneumodet.files import atomic_path
 from pneumodet.metrics import Prediction
-from pneumodet.postprocess import Candidates
 
 SUBMISSION_COLUMNS = ["patientId", "PredictionString"]
 BOX_COLUMNS = ["patient_id", "score", "x", "y", "width", "height"]
@@ -89,10 +89,8 @@ def read_boxes(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     frame = pd.read_csv(path, dtype=str)  # numbers parsed below by numpy: exactly, whatever pandas' parser does
     out = {}
     for pid, group in frame.groupby("patient_id", sort=False):
-        xywh = group[["x", "y", "width", "height"]].to_numpy().astype(np.float64)
-        xyxy = as_boxes(xywh).copy()
-        xyxy[:, 2:] += xyxy[:, :2]
-        out[pid] = (xyxy, group["score"].to_numpy().astype(np.float64))
+        boxes_xywh = group[["x", "y", "width", "height"]].to_numpy().astype(np.float64)
+        out[pid] = (xywh_to_xyxy(boxes_xywh), group["score"].to_numpy().astype(np.float64))
     return out
 
 

@@ -12,130 +12,28 @@ few hundred characters of what was sent.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
-import threading
-import time
 from pathlib import Path
-from typing import Annotated
 
-import numpy as np
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 
-from pneumodet.detector import load_detector
+from pneumodet.checkpoints import run_dataset
 from pneumodet.errors import UserError
-from pneumodet.evaluate import EXTERNAL, external_reports
-from pneumodet.io.dicom import DicomError, read_dicom_bytes
-from pneumodet.metrics import OUTCOMES
-from pneumodet.postprocess import PostProcess
-from pneumodet.runs import run_dataset
-from pneumodet.service.guard import (
-    Admission,
-    Busy,
-    allowed_hosts,
-    install_guard,
-    is_loopback,
-    read_upload,
-    resolve_token,
-)
-from pneumodet.service.review import (
-    build_items,
-    load_val_predictions,
-    render_png,
-    review_detail,
-    side_markers,
-)
-from pneumodet.service.verdicts import (
-    MAX_BOXES,
-    VERDICTS_FILE,
-    VerdictError,
-    VerdictSaveError,
-    VerdictStore,
-    export_labels,
-    short,
-)
+from pneumodet.service.guard import Admission, allowed_hosts, install_guard, is_loopback, resolve_token
+from pneumodet.service.model_service import ModelService
+from pneumodet.service.pages import router as pages_router
+from pneumodet.service.predict_routes import router as predict_router
+from pneumodet.service.review import build_items, load_val_predictions
+from pneumodet.service.review_routes import router as review_router
+from pneumodet.service.verdicts import VERDICTS_FILE, VerdictStore
 
-STATIC = Path(__file__).parent / "static"
 DEFAULT_MAX_UPLOAD_MB = 64
 #: uploads decoded and predicted at once, and how many more may wait (each decode is bounded: io.dicom)
 DEFAULT_MAX_DECODES = 2
 DEFAULT_MAX_QUEUE = 8
-DISPLAY_PX = 512
 log = logging.getLogger("pneumodet.service")
-
-
-class VerdictBody(BaseModel):
-    verdict: str = Field(max_length=20)  # correct, wrong or corrected
-    # corrected: x, y, width, height in the image's own pixels
-    boxes: list[list[float]] = Field(default=[], max_length=MAX_BOXES)
-
-
-class ModelService:
-    """The run's Detector; ``predict`` runs one request at a time."""
-
-    def __init__(self, run: Path):
-        self.detector = load_detector(run)
-        self.paths = self.detector.paths
-        self.config = self.detector.config
-        self.info = self.detector.info
-        self.pp: PostProcess = self.detector.postprocess
-        self.lock = threading.Lock()
-        self.active = 0
-        self.max_active = 0  # the most inferences ever running at once (tests check it stays 1)
-        self.served = 0
-
-    def predict(self, data: bytes, filename: str) -> tuple[dict, tuple]:
-        """Return (the API's JSON body, (pixels, boxes_orig_xyxy, scores, scale) for drawing it)."""
-        image = self.detector.read(data, filename)  # decoded as prepare and predict decode it
-        with self.lock:
-            self.active += 1
-            self.max_active = max(self.max_active, self.active)
-            try:
-                found = self.detector.detect(image)
-            finally:
-                self.active -= 1
-                self.served += 1
-        height, width = image.original_size
-        # decoded again, larger, only to draw it
-        shown = read_dicom_bytes(data, filename, max_decode_size=max(DISPLAY_PX, self.config.data.image_size))
-        spacing = image.pixel_spacing  # (between rows, between columns) in mm
-        boxes = []
-        for (x, y, w, h), s in zip(found.boxes_orig_xywh, found.scores, strict=True):
-            box = {"x": round(float(x), 1), "y": round(float(y), 1), "width": round(float(w), 1),
-                   "height": round(float(h), 1), "score": round(float(s), 4)}
-            if spacing:
-                box.update(width_mm=round(float(w) * spacing[1], 1), height_mm=round(float(h) * spacing[0], 1))
-            boxes.append(box)
-        markers = side_markers(image.view_position, image.row_direction)
-        return {
-            "patient_id": found.patient_id,
-            **self.call(found),
-            "boxes": boxes,
-            "image_score": round(found.image_score, 4),
-            "gate": None if found.gate != found.gate else round(found.gate, 4),  # NaN: the model has no gate
-            "view": image.view_position, "age": image.age, "sex": image.sex,
-            "original_size": {"height": height, "width": width},
-            "pixel_spacing_mm": list(spacing) if spacing else None,
-            "sides": None if markers is None else {"image_left": markers[0], "image_right": markers[1]},
-        }, (shown.pixels, found.boxes_orig_xyxy, found.scores, (shown.pixels.shape[1] / width,
-                                                                 shown.pixels.shape[0] / height), markers)
-
-    def call(self, found) -> dict:
-        """Return the detector's positive/negative call on one image and, in words, why."""
-        pp, n = self.pp, len(found.scores)
-        if n:
-            return {"call": "positive", "call_reason": f"{n} box{'es' if n > 1 else ''} kept at box confidence "
-                    f">= {pp.score_threshold:g}" + (f"; the gate's probability {found.gate:.2f} >= {pp.gate_threshold:g}"
-                                                  if pp.gate_threshold > 0 else "")}
-        if pp.gate_threshold > 0 and found.gate == found.gate and found.gate < pp.gate_threshold:
-            return {"call": "negative", "call_reason": f"the gate's probability of an opacity, {found.gate:.2f}, is "
-                    f"below its threshold {pp.gate_threshold:g}"}
-        return {"call": "negative", "call_reason": f"no box reached the box confidence threshold {pp.score_threshold:g}"}
 
 
 def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *, hosts: set[str] | None = None,
@@ -151,179 +49,18 @@ def create_app(run: str | Path, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, *,
     if max_decodes < 1 or max_queue < 0:
         raise UserError(f"--max-decodes must be >= 1 and --max-queue >= 0, got {max_decodes} and {max_queue}")
     service = ModelService(Path(run))
-    max_bytes = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="pneumodet", docs_url="/api/docs", openapi_url="/api/openapi.json")
     install_guard(app, hosts, token, upload_path="/api/predict")
-    admission = Admission(max_decodes, max_queue)
-    app.state.service, app.state.admission = service, admission
-    review = _load_review(service)
-    app.state.review = review
-    verdicts = VerdictStore(service.paths.root / VERDICTS_FILE)
-    app.state.verdicts = verdicts
+    # what the routes share: the model, the upload limits, the review set and the verdicts saved on it
+    app.state.service, app.state.admission = service, Admission(max_decodes, max_queue)
+    app.state.max_upload_mb, app.state.max_upload_bytes = max_upload_mb, int(max_upload_mb * 1024 * 1024)
+    app.state.review = _load_review(service)
+    app.state.verdicts = VerdictStore(service.paths.root / VERDICTS_FILE)
 
-    def review_item(index: int):
-        if not 0 <= index < len(review["items"]):
-            raise HTTPException(404, "no such review item")
-        return review["items"][index]
-
-    def with_verdict(item) -> dict:
-        entry = verdicts.get(item.patient_id)
-        return {**item.to_json(), "verdict": entry["verdict"] if entry else None}
-
-    @app.get("/", response_class=HTMLResponse)
-    def overview():
-        return (STATIC / "index.html").read_text()
-
-    @app.get("/review", response_class=HTMLResponse)
-    def review_page():
-        return (STATIC / "review.html").read_text()
-
-    @app.get("/try", response_class=HTMLResponse)
-    def try_page():
-        return (STATIC / "try.html").read_text()
-
-    @app.get("/favicon.ico")
-    def favicon():
-        return Response(status_code=204)
-
-    @app.get("/static/{name}")
-    def static(name: str):
-        path = (STATIC / name).resolve()
-        if path.parent != STATIC.resolve() or not path.is_file():
-            raise HTTPException(404, "not found")
-        return FileResponse(path)
-
-    @app.get("/api/health")
-    def health():
-        return {"status": "ok", "run": service.paths.root.name, "backbone": service.config.model.backbone,
-                "image_size": service.config.data.image_size, "engine": service.detector.engine,
-                "served": service.served}
-
-    @app.get("/api/summary")
-    def summary():
-        metrics = json.loads(service.paths.metrics_json.read_text()) if service.paths.metrics_json.is_file() else None
-        plots = sorted(p.name for p in service.paths.plots.glob("*.png"))
-        external = [{key: report.get(key) for key in EXTERNAL_KEYS} | {
-                     "plots": sorted(p.name for p in (service.paths.root / EXTERNAL / report["name"] / "plots")
-                                     .glob("*.png"))} for report in external_reports(service.paths.root)]
-        outcomes = {name: sum(it.outcome == name for it in review["items"]) for name in OUTCOMES}
-        return {"run": service.paths.root.name, "metrics": metrics, "plots": plots, "external": external,
-                "postprocess": service.pp.__dict__, "postprocess_words": service.pp.describe(),
-                "review_items": len(review["items"]), "outcomes": outcomes, "review_note": review["note"]}
-
-    @app.get("/plots/{name}")
-    def plot(name: str):
-        return _png(service.paths.plots, name)
-
-    @app.get("/external/{report}/plots/{name}")
-    def external_plot(report: str, name: str):
-        reports = (service.paths.root / EXTERNAL).resolve()
-        if (reports / report).resolve().parent != reports:  # one report folder, by its name, never a path
-            raise HTTPException(404, "no such report")
-        return _png(reports / report / "plots", name)
-
-    @app.get("/api/review")
-    def review_list(outcome: Annotated[str | None, Query()] = None, view: Annotated[str | None, Query()] = None):
-        if outcome and outcome not in OUTCOMES:
-            raise HTTPException(400, f"unknown outcome {short(outcome)}; use one of {', '.join(OUTCOMES)}")
-        items = [it for it in review["items"] if (not outcome or it.outcome == outcome)
-                 and (not view or it.view == view)]
-        return {"items": [with_verdict(it) for it in items], "total": len(review["items"]), "note": review["note"],
-                "views": sorted({it.view for it in review["items"]}),
-                "reviewed": sum(verdicts.get(it.patient_id) is not None for it in review["items"])}
-
-    @app.get("/api/review/labels.csv")
-    def review_labels():
-        """The reviewed images as a Kaggle-format labels CSV (pneumodet prepare DATA --labels FILE reads it)."""
-        return PlainTextResponse(export_labels(review["items"], verdicts), media_type="text/csv",
-                                 headers={"Content-Disposition": 'attachment; filename="reviewed_labels.csv"'})
-
-    @app.get("/api/review/{index}")
-    def review_one(index: int):
-        item = review_item(index)
-        return {**review_detail(item, review["cache"].pixels[item.row].shape), "verdict": verdicts.get(item.patient_id)}
-
-    @app.put("/api/review/{index}/verdict")
-    def put_verdict(index: int, body: VerdictBody):
-        item = review_item(index)
-        detail = review_detail(item, review["cache"].pixels[item.row].shape)
-        try:
-            return verdicts.set(item.patient_id, body.verdict, body.boxes, tuple(detail["original_size"]),
-                                predicted_xywh=[box[:4] for box in detail["pred"]])
-        except VerdictError as exc:
-            raise HTTPException(422, str(exc)) from None
-        except VerdictSaveError as exc:
-            log.error("%s", exc)
-            raise HTTPException(500, str(exc)) from None
-
-    @app.delete("/api/review/{index}/verdict")
-    def delete_verdict(index: int):
-        try:
-            verdicts.clear(review_item(index).patient_id)
-        except VerdictSaveError as exc:
-            log.error("%s", exc)
-            raise HTTPException(500, str(exc)) from None
-        return {"verdict": None}
-
-    @app.get("/api/review/{index}/image.png")
-    def review_image(index: int):
-        item = review_item(index)
-        pixels = np.asarray(review["cache"].pixels[item.row])
-        png = render_png(pixels, item.truth_xyxy, item.pred_xyxy, item.pred_scores, item.scale,
-                         markers=side_markers(item.view))
-        return Response(png, media_type="image/png")
-
-    @app.get("/api/review/{index}/raw.png")
-    def review_raw(index: int):
-        """The image alone, at the cache's size: the large view draws boxes and window/level itself."""
-        item = review_item(index)
-        return Response(render_png(np.asarray(review["cache"].pixels[item.row]), size=0), media_type="image/png")
-
-    @app.post("/api/predict")
-    async def predict(request: Request, image: Annotated[bool, Query()] = False):
-        """Predict one DICOM: the ``file`` field of a form, or the raw body (application/dicom, ?filename=)."""
-        with admission.admit():  # refused (503) before a byte is read when decodes and queue are full
-            filename, data = await read_upload(request, max_bytes, f"{max_upload_mb:g} MB")
-            if not data:
-                raise HTTPException(400, "empty upload")
-            name = Path(filename or "upload.dcm").name[:255]
-            start = time.perf_counter()
-            result, drawing = await run_in_threadpool(_predict_one, data, name)
-        log.info("prediction in %.3f s", time.perf_counter() - start)  # no file name, no patient data
-        if image:
-            pixels, boxes, scores, scale, markers = drawing
-            png = render_png(pixels, None, boxes, scores, scale, markers=markers)
-            result["image_png"] = "data:image/png;base64," + base64.b64encode(png).decode()
-        return JSONResponse(result)
-
-    def _predict_one(data: bytes, name: str):
-        """Decode and predict one upload in a decode slot (a worker thread waits for one, or it is a 503)."""
-        try:
-            return admission.run(service.predict, data, name)
-        except Busy as exc:
-            raise HTTPException(503, str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from None
-        except DicomError as exc:
-            status = 415 if "not a DICOM" in exc.reason else 422
-            raise HTTPException(status, f"{name}: {exc.reason}") from None
-        except Exception as exc:  # an upload never makes a 500: say it could not be used, log no patient data
-            log.exception("prediction failed (%s)", type(exc).__name__)
-            raise HTTPException(422, f"{name}: could not be processed ({type(exc).__name__})") from None
-
+    for routes in (pages_router, review_router, predict_router):
+        app.include_router(routes)
     install_error_handlers(app)
     return app
-
-
-#: what the overview shows of each external report
-EXTERNAL_KEYS = ("name", "rsna_map", "rsna_map_ci", "n_images", "n_images_counted", "tuned_on", "image_level",
-                 "box_level")
-
-
-def _png(folder: Path, name: str) -> FileResponse:
-    """Return a PNG of ``folder`` by its name, never anything outside it (404)."""
-    path = (folder / name).resolve()
-    if path.parent != folder.resolve() or path.suffix != ".png" or not path.is_file():
-        raise HTTPException(404, "no such plot")
-    return FileResponse(path, media_type="image/png")
 
 
 def install_error_handlers(app: FastAPI) -> None:

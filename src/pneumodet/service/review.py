@@ -10,8 +10,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pneumodet.boxes import xywh_to_xyxy, xyxy_to_xywh
+from pneumodet.candidates import Candidates
 from pneumodet.metrics import outcome_of
-from pneumodet.postprocess import Candidates, PostProcess, image_score, postprocess
+from pneumodet.postprocess import PostProcess, image_score, postprocess
 
 
 @dataclass(frozen=True)
@@ -40,14 +41,14 @@ def build_items(dataset, raw: dict[str, Candidates], pp: PostProcess) -> list[Re
     items = []
     for i, record in dataset.records.iterrows():
         pid = record["patient_id"]
-        truth = xywh_to_xyxy(dataset.boxes_xywh(i))
+        truth = xywh_to_xyxy(dataset.boxes_orig_xywh(i))
         found = raw.get(pid, Candidates.empty())
-        pred, scores = postprocess(found.boxes_xyxy, found.scores, pp, found.gate)
+        pred, scores = postprocess(found.boxes_orig_xyxy, found.scores, pp, found.gate)
         outcome, score = outcome_of(truth, pred, scores)
         view = record["view"] if isinstance(record["view"], str) else "unknown"
         items.append(ReviewItem(0, pid, view, outcome, score, truth, pred, scores, int(record["row"]),
                                 (float(record["scale_x"]), float(record["scale_y"])),
-                                image_score(found.boxes_xyxy, found.scores, pp, found.gate)))
+                                image_score(found.boxes_orig_xyxy, found.scores, pp, found.gate)))
     items.sort(key=lambda it: (it.score is None, it.score if it.score is not None else 0.0, it.patient_id))
     return [replace(it, index=i) for i, it in enumerate(items)]
 

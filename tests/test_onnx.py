@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pneumodet.checkpoints import load_trained
 from pneumodet.detector import image_tensor, load_detector
 from pneumodet.errors import UserError
 from pneumodet.io.layout import TEST_IMAGES
-from pneumodet.onnx_engine import engine_state, export_onnx
+from pneumodet.onnx_export import export_onnx
+from pneumodet.onnx_runtime import OnnxBackend, engine_state
 from pneumodet.report.submission import read_submission
-from pneumodet.runs import load_trained
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
                                 reason="the dev extra installs onnxruntime")
@@ -32,10 +33,9 @@ def test_the_engine_gives_the_same_candidates_as_pytorch(exported, synth_data):
     files = sorted((synth_data / TEST_IMAGES).glob("*.dcm"))
     pytorch = load_detector(exported, engine="torch")
     engine = load_detector(exported, engine="onnx")
-    assert pytorch.engine == "torch" and engine.engine == "onnx"
-    assert load_detector(exported).engine == "onnx"  # auto: a current export is used
-    heads = engine.predictors[0].model.roi_heads
-    assert type(heads.box_head).__name__ == "_OnnxBoxHead"  # the box head runs in ONNX Runtime too
+    assert pytorch.backend == "torch" and engine.backend == "onnx"
+    assert load_detector(exported).backend == "onnx"  # auto: a current export is used
+    assert isinstance(engine.backends[0], OnnxBackend) and engine.backends[0].heads_session is not None
     _assert_same_candidates(pytorch, engine, files)
 
 
@@ -46,7 +46,7 @@ def _assert_same_candidates(pytorch, engine, files):
         tensor = image_tensor(image.pixels, pytorch.image_size)
         (want,), (got,) = (d.candidates([tensor], [image.original_size]) for d in (pytorch, engine))
         assert len(want.scores) == len(got.scores)
-        np.testing.assert_allclose(got.boxes_xyxy, want.boxes_xyxy, atol=0.05)
+        np.testing.assert_allclose(got.boxes_orig_xyxy, want.boxes_orig_xyxy, atol=0.05)
         np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
         assert got.gate == pytest.approx(want.gate, abs=1e-4)  # the gate head reads the engine's features
         n_boxes += len(want.scores)
@@ -55,8 +55,8 @@ def _assert_same_candidates(pytorch, engine, files):
 
 def test_an_fpn_from_p3_exports_and_gives_the_same_candidates(tiny_cache, synth_data, tmp_path):
     """model.fpn_min_level 3: four FPN levels, so four objectness and four deltas outputs in the dense graph."""
-    from pneumodet.engine.train import train
-    from pneumodet.onnx_engine import read_meta
+    from pneumodet.onnx_runtime import read_meta
+    from pneumodet.training.train import train
     from tests.conftest import tiny_config
 
     run = train(tiny_config("train.limit_val_batches=0", "model.min_score=0.0", "model.gate=True",
@@ -66,78 +66,46 @@ def test_an_fpn_from_p3_exports_and_gives_the_same_candidates(tiny_cache, synth_
     export_onnx(model, config.data.image_size, info["path"], run / "engine")
     assert read_meta(run / "engine")["feature_names"] == ["0", "1", "2", "pool"]
     pytorch, engine = (load_detector(run, engine=e) for e in ("torch", "onnx"))
-    assert engine.engine == "onnx"
+    assert engine.backend == "onnx"
     _assert_same_candidates(pytorch, engine, sorted((synth_data / TEST_IMAGES).glob("*.dcm")))
 
 
-def test_features_come_out_channels_last_and_an_older_nchw_export_still_runs(exported, synth_data):
-    """The dense graph writes its features (N, H, W, C) and the box head takes its pooled features (N, R, R, C),
-    as RoIAlign reads and writes them; an export made before that (both (N, C, H, W), no ``features_layout`` or
-    ``pooled_layout`` in engine.json) gives the same candidates."""
-    import warnings
+def test_features_come_out_channels_last_and_an_older_format_is_stale(exported, synth_data):
+    """The dense graph writes its features (N, H, W, C), as RoIAlign reads them; an export in an older format (as
+    engine.json says) is stale: auto predicts with PyTorch and says so, onnx refuses in one line."""
+    import json
 
     import onnxruntime as ort
-    import torch
 
-    from pneumodet.onnx_engine import HEADS_FILE, ONNX_FILE, DenseExport, HeadsExport, read_meta, write_meta
+    from pneumodet.onnx_runtime import ONNX_FILE, read_meta
 
     folder = exported / "engine"
     meta = read_meta(folder)
-    assert meta["features_layout"] == meta["pooled_layout"] == "nhwc"
     session = ort.InferenceSession(str(folder / ONNX_FILE), providers=["CPUExecutionProvider"])
     size = meta["image_size"]
     first = session.run(None, {"image": np.zeros((1, 3, size, size), np.float32)})[0]
     model, _, _ = load_trained(exported)
     assert first.shape[-1] == model.backbone.out_channels and first.shape[1] == first.shape[2]
-    files = sorted((synth_data / TEST_IMAGES).glob("*.dcm"))
-    pytorch = load_detector(exported, engine="torch")
-    _assert_same_candidates(pytorch, load_detector(exported, engine="onnx"), files)
-    names = meta["feature_names"]
-    outputs = ([f"feature_{n}" for n in names] + [f"objectness_{i}" for i in range(len(names))]
-               + [f"deltas_{i}" for i in range(len(names))])
-    with warnings.catch_warnings(), torch.no_grad():  # the graph as export wrote it before
-        warnings.simplefilter("ignore")
-        torch.onnx.export(DenseExport(model.backbone, model.rpn.head).eval(), (torch.zeros(1, 3, size, size),),
-                          str(folder / ONNX_FILE), dynamo=False, opset_version=meta["opset"],
-                          input_names=["image"], output_names=outputs,
-                          dynamic_axes={k: {0: "b", 2: f"{k}h", 3: f"{k}w"} for k in ["image", *outputs]})
-        heads = model.roi_heads
-        torch.onnx.export(HeadsExport(heads.box_head, heads.box_predictor).eval(), (torch.zeros(2, first.shape[-1], 7, 7),),
-                          str(folder / HEADS_FILE), dynamo=False, opset_version=meta["opset"], input_names=["pooled"],
-                          dynamic_axes={"pooled": {0: "rois"}})
-    write_meta(folder, {k: v for k, v in meta.items() if k not in ("features_layout", "pooled_layout")})
-    _assert_same_candidates(pytorch, load_detector(exported, engine="onnx"), files)
+    assert load_detector(exported).backend == "onnx"
+    (folder / "engine.json").write_text(json.dumps({**meta, "format": meta["format"] - 1}))
+    with pytest.warns(UserWarning, match="other weights .or by another pneumodet"):
+        assert load_detector(exported).backend == "torch"
+    with pytest.raises(UserError, match="run pneumodet export"):
+        load_detector(exported, engine="onnx")
 
 
 def test_the_engine_refines_boxes_as_pytorch_does(exported, synth_data):
     """predict.box_refine runs the box head again on its detections: in the engine, through the ONNX heads graph."""
     pytorch, engine = (load_detector(exported, engine=e, box_refine=1) for e in ("torch", "onnx"))
-    assert engine.engine == "onnx" and [d.predictors[0].box_refine for d in (pytorch, engine)] == [1, 1]
+    assert engine.backend == "onnx" and [d.settings.box_refine for d in (pytorch, engine)] == [1, 1]
     _assert_same_candidates(pytorch, engine, sorted((synth_data / TEST_IMAGES).glob("*.dcm")))
-
-
-def test_an_export_without_the_heads_graph_keeps_the_box_head_in_torch(exported, synth_data):
-    import json
-
-    meta_path = exported / "engine" / "engine.json"
-    meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("heads", "active_heads")}))
-    (exported / "engine" / "heads.onnx").unlink()  # as an export made before the heads graph existed
-    engine = load_detector(exported)
-    assert engine.engine == "onnx"
-    assert type(engine.predictors[0].model.roi_heads.box_head).__name__ == "TwoMLPHead"
-    pytorch = load_detector(exported, engine="torch")
-    image = pytorch.read(sorted((synth_data / TEST_IMAGES).glob("*.dcm"))[0])
-    tensor = image_tensor(image.pixels, pytorch.image_size)
-    (want,), (got,) = (d.candidates([tensor], [image.original_size]) for d in (pytorch, engine))
-    np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
 
 
 def test_the_int8_box_head_is_quantized_and_close_to_fp32(exported):
     import onnx
     import onnxruntime as ort
 
-    from pneumodet.onnx_engine import quantize_heads_int8
+    from pneumodet.onnx_export import quantize_heads_int8
 
     path = quantize_heads_int8(exported / "engine")
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
@@ -162,7 +130,7 @@ def _fp32_convs(path) -> set[str]:
 
 @pytest.mark.parametrize("rpn_fp32", ["none", "outputs", "head"])
 def test_int8_keeps_the_rpn_head_in_fp32_as_asked(exported, rpn_fp32):
-    from pneumodet.onnx_engine import quantize_int8, rpn_nodes
+    from pneumodet.onnx_export import quantize_int8, rpn_nodes
 
     folder = exported / "engine"
     calibration = [np.random.default_rng(i).random((1, 3, 64, 64), dtype=np.float32) for i in range(2)]
@@ -185,43 +153,33 @@ def test_a_stale_or_missing_export_falls_back_or_refuses(exported, trained_run):
     heads = exported / "engine" / "heads.onnx"
     heads.rename(heads.with_suffix(".moved"))  # a file engine.json names is gone: missing, not a crash
     assert engine_state(exported, load_trained(exported)[2]["path"]) == "missing"
-    assert load_detector(exported).engine == "torch"
+    assert load_detector(exported).backend == "torch"
     heads.with_suffix(".moved").rename(heads)
     checkpoint = Path(load_trained(exported)[2]["path"])
     os.utime(checkpoint, ns=(checkpoint.stat().st_atime_ns, checkpoint.stat().st_mtime_ns + 10**9))  # retrained
     with pytest.warns(UserWarning, match="made from other weights"):
-        assert load_detector(exported).engine == "torch"
+        assert load_detector(exported).backend == "torch"
     with pytest.raises(UserError, match="made from other weights"):
         load_detector(exported, engine="onnx")
 
 
 @pytest.mark.filterwarnings("ignore:.*trained without flips")  # the tiny run trains without them
-def test_the_engine_takes_the_sizes_of_scale_tta_and_an_old_fixed_size_export_does_not(exported, synth_data):
-    import json
-
+def test_the_engine_takes_the_sizes_of_scale_tta(exported, synth_data):
     pytorch = load_detector(exported, engine="torch", hflip_tta=True, tta_scales=(1.0, 1.5))
     engine = load_detector(exported, engine="onnx", hflip_tta=True, tta_scales=(1.0, 1.5))
-    assert engine.engine == "onnx" and engine.predictors[0].scales == (1.0, 1.5)
+    assert engine.backend == "onnx" and engine.settings.scales == (1.0, 1.5)
     image = pytorch.read(sorted((synth_data / TEST_IMAGES).glob("*.dcm"))[0])
     tensor = image_tensor(image.pixels, pytorch.image_size)
     (want,), (got,) = (d.candidates([tensor], [image.original_size]) for d in (pytorch, engine))
     assert len(want.scores) > 0 and len(got.scores) == len(want.scores)
-    np.testing.assert_allclose(got.boxes_xyxy, want.boxes_xyxy, atol=0.05)
+    np.testing.assert_allclose(got.boxes_orig_xyxy, want.boxes_orig_xyxy, atol=0.05)
     np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
-    meta_path = exported / "engine" / "engine.json"
-    meta = json.loads(meta_path.read_text())
-    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "any_size"}))  # an export made before
-    assert load_detector(exported, hflip_tta=True).engine == "onnx"  # one size: it still serves
-    with pytest.warns(UserWarning, match="takes one input size"):
-        assert load_detector(exported, hflip_tta=True, tta_scales=(1.0, 1.5)).engine == "torch"
-    with pytest.raises(UserError, match="takes one input size.*pneumodet export"):
-        load_detector(exported, engine="onnx", hflip_tta=True, tta_scales=(1.0, 1.5))
 
 
 def test_a_missing_extra_is_one_line(trained_run, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
-    from pneumodet.onnx_engine import require_onnx
+    from pneumodet.onnx_runtime import require_onnx
 
     with pytest.raises(UserError, match=r"pip install 'pneumodet\[onnx\]'"):
         require_onnx("pneumodet export")
@@ -275,7 +233,7 @@ def test_int8_is_used_only_where_its_boxes_agree_with_pytorch(exported):
     assert meta["active_heads"] == ("heads.int8.onnx" if heads_active else "heads.onnx")
     assert result.int8["heads_active"] == heads_active
     want = "onnx int8" if active else "onnx int8 box head" if heads_active else "onnx"
-    assert load_detector(exported).engine == result.int8["engine"] == want
+    assert load_detector(exported).backend == result.int8["engine"] == want
 
     # the agreement measure itself: identical detectors agree everywhere, different post-processing does not
     from pneumodet.export import _images
@@ -293,4 +251,4 @@ def test_int8_is_used_only_where_its_boxes_agree_with_pytorch(exported):
 def test_running_an_export_needs_onnxruntime_only(exported, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real(name, *a))
-    assert load_detector(exported).engine == "onnx"  # auto: onnx (the exporter's package) is not needed to run it
+    assert load_detector(exported).backend == "onnx"  # auto: onnx (the exporter's package) is not needed to run it

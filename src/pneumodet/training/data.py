@@ -52,7 +52,7 @@ class DetectionDataModule(L.LightningDataModule):
             return None
         dataset = self.train_set
         base, indices = (dataset.dataset, dataset.indices) if isinstance(dataset, Subset) else (dataset, range(len(dataset)))
-        positive = torch.tensor([len(base.boxes_xywh(i)) > 0 for i in indices])
+        positive = torch.tensor([len(base.boxes_orig_xywh(i)) > 0 for i in indices])
         n_pos = int(positive.sum())
         if n_pos in (0, len(positive)):
             return None

@@ -1,11 +1,11 @@
 import torch
 
-from pneumodet.engine.data import DetectionDataModule
+from pneumodet.training.data import DetectionDataModule
 from tests.conftest import tiny_config
 
 
 def _positive(datamodule, index) -> bool:
-    return len(datamodule.train_set.boxes_xywh(index)) > 0
+    return len(datamodule.train_set.boxes_orig_xywh(index)) > 0
 
 
 def test_positive_share_draws_that_share_of_images_with_an_opacity(tiny_cache):

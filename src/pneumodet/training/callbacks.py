@@ -8,8 +8,9 @@ import time
 import lightning as L
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from pneumodet.engine.loggers import log_epoch
-from pneumodet.runs import RunPaths, atomic_save, read_metrics, write_metrics
+from pneumodet.checkpoints import atomic_save
+from pneumodet.runs import RunPaths, read_metrics, write_metrics
+from pneumodet.training.loggers import log_epoch
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -38,6 +38,11 @@ class Processes:
             dist.destroy_process_group()
 
 
+def is_follower() -> bool:
+    """Return whether this process is a DDP worker started by rank 0 (or runs on a node other than 0)."""
+    return int(os.environ.get("LOCAL_RANK", 0) or 0) > 0 or int(os.environ.get("NODE_RANK", 0) or 0) > 0
+
+
 def launch(devices: int, num_nodes: int = 1, accelerator: str = "auto") -> Processes:
     """Start (or join) ``devices`` processes per node (one per GPU where there are GPUs: Fabric makes each
     process's GPU the current one); each CPU process gets its share of the cores."""

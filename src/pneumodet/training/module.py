@@ -15,11 +15,13 @@ from pneumodet import __version__
 from pneumodet.boxes import xywh_to_xyxy
 from pneumodet.config import RunConfig, Stage
 from pneumodet.errors import RunFailure
+from pneumodet.forward import TorchBackend
+from pneumodet.inference import tta_candidates
 from pneumodet.metrics import roc_auc
 from pneumodet.model import CLASS_NAMES, build_model, head_parameters
 from pneumodet.postprocess import PostProcess
-from pneumodet.predict import Predictor, to_original
 from pneumodet.runs import LOSS_NAMES
+from pneumodet.settings import InferenceSettings
 from pneumodet.tuning import COARSE, FULL, ValSet, tune
 
 
@@ -148,16 +150,12 @@ class DetectionModule(L.LightningModule):
         total = sum(losses.values())
         if torch.isfinite(total):
             self._accumulate("val", {"loss": total, **losses}, len(images))
-        # the candidates evaluate and predict would see: the same Predictor and settings (TTA, refinement, voting)
-        for target, found in zip(targets, self._predictor()(images), strict=True):
-            self._val_outputs.append((int(target["image_id"]), found))
-
-    def _predictor(self) -> Predictor:
-        p = self.config.predict
-        # channels-last stays off: it would change the memory layout of the weights being trained
-        return Predictor(self.model, self.config.data.image_size, hflip_tta=p.hflip_tta, device=self.device,
-                         bf16=p.bf16, scales=tuple(p.tta_scales) if p.hflip_tta else (1.0,), box_refine=p.box_refine,
-                         box_vote=p.box_vote)
+        # the candidates evaluate and predict would see: the same forward pass and settings (TTA, refinement,
+        # voting); channels-last stays off: it would change the memory layout of the weights being trained
+        found = tta_candidates(TorchBackend(self.model), images, self.config.data.image_size,
+                               InferenceSettings.from_config(self.config.predict))
+        for target, candidates in zip(targets, found, strict=True):
+            self._val_outputs.append((int(target["image_id"]), candidates))
 
     def _accumulate(self, split: str, losses: dict, n: int) -> None:
         sums = self._sums.setdefault(split, {"n": 0.0})
@@ -233,9 +231,8 @@ class DetectionModule(L.LightningModule):
             height, width = int(record["original_height"]), int(record["original_width"])
             ids.append(str(record["patient_id"]))
             views.append(record["view"] if isinstance(record["view"], str) else "unknown")
-            truths.append(xywh_to_xyxy(dataset.boxes_xywh(i)))
-            raw.append(found._replace(boxes_xyxy=to_original(found.boxes_xyxy, size / width, size / height, height,
-                                                              width)))
+            truths.append(xywh_to_xyxy(dataset.boxes_orig_xywh(i)))
+            raw.append(found.to_original(size, (height, width)))
         return ValSet(ids, views, truths, raw)
 
     def on_save_checkpoint(self, checkpoint):

@@ -16,27 +16,28 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 
-from pneumodet.config import RunConfig, dump_config, load_run_config, schedule_for, val_every_epochs
-from pneumodet.engine.callbacks import AtomicCheckpointIO, MetricsHistory, ValidateLastEpoch
-from pneumodet.engine.data import DetectionDataModule
-from pneumodet.engine.loggers import build_loggers, check_loggers, start_loggers
-from pneumodet.engine.module import DetectionModule
+from pneumodet.checkpoints import fold_runs, read_checkpoint, schedule_progress
+from pneumodet.config import RunConfig
+from pneumodet.config_files import dump_config, load_run_config
 from pneumodet.errors import UserError
 from pneumodet.files import remove_stale, write_text_atomic
 from pneumodet.memory import keep_freed_memory
 from pneumodet.runs import (
     FOLDS_FILE,
     RunPaths,
-    fold_runs,
     new_run_dir,
-    read_checkpoint,
     read_metrics,
     run_split,
-    schedule_progress,
     write_env,
     write_metrics,
     write_split,
 )
+from pneumodet.training.callbacks import AtomicCheckpointIO, MetricsHistory, ValidateLastEpoch
+from pneumodet.training.data import DetectionDataModule
+from pneumodet.training.distributed import is_follower
+from pneumodet.training.loggers import build_loggers, check_loggers, start_loggers
+from pneumodet.training.module import DetectionModule
+from pneumodet.training.schedule import schedule_for, val_every_epochs
 
 #: above this share of its time spent waiting for data, a run says its loader starves the step
 STARVED_SHARE = 0.10
@@ -61,11 +62,6 @@ def _quiet_lightning() -> None:
 
 
 RUN_ENV = "PNEUMODET_RUN_DIR"
-
-
-def is_follower() -> bool:
-    """Return whether this process is a DDP worker started by rank 0 (or runs on a node other than 0)."""
-    return int(os.environ.get("LOCAL_RANK", 0) or 0) > 0 or int(os.environ.get("NODE_RANK", 0) or 0) > 0
 
 
 def open_run(config: RunConfig | None, run: str | Path | None, resume: bool, runs_base: str | Path = "runs"
@@ -218,7 +214,7 @@ def trained_result(paths: RunPaths) -> TrainResult:
     rows = read_metrics(paths.metrics_csv)
     scores = [r["val_rsna_map"] for r in rows]
     top = max(range(len(rows)), key=lambda i: -1 if math.isnan(scores[i]) else scores[i]) if rows else -1
-    timed = [r for r in rows if math.isfinite(r.get("data_wait_s", math.nan))]  # rows written before it was kept
+    timed = [r for r in rows if math.isfinite(r["data_wait_s"])]
     spent = sum(r["epoch_time_s"] for r in timed)
     return TrainResult(paths.root, scores[top] if rows else math.nan,
                        int(rows[top]["epoch"]) if rows else 0, len(rows),

@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 
 from pneumodet.boxes import xywh_to_xyxy
-from pneumodet.config import load_config
+from pneumodet.config_files import load_config
 from pneumodet.data.dataset import PneumoniaDataset
 from pneumodet.data.prepare import prepare
 from pneumodet.data.synth import synthesize
 from pneumodet.detector import load_detector
-from pneumodet.engine.train import train
 from pneumodet.metrics import roc_auc
 from pneumodet.postprocess import PostProcess
 from pneumodet.saved import labelled_set, predict_dataset
+from pneumodet.training.train import train
 from pneumodet.tuning import THRESHOLD, tune
 
 SIZE = 128
@@ -52,7 +52,7 @@ def test_eight_images_are_learnt_to_rsna_map_0_9(tmp_path):
     detector = load_detector(result.run)
     dataset = PneumoniaDataset(cache, SIZE, "train", split_table=split)
     raw = predict_dataset(detector, dataset, progress=False)
-    truths = [xywh_to_xyxy(dataset.boxes_xywh(i)) for i in range(len(dataset))]
+    truths = [xywh_to_xyxy(dataset.boxes_orig_xywh(i)) for i in range(len(dataset))]
     assert sum(len(t) > 0 for t in truths) == 6
     tuned, score = tune(labelled_set(dataset, raw), PostProcess(0.0, 0.3, 4, 1.0), THRESHOLD, gate=False)
     assert score >= 0.9, f"RSNA mAP {score:.3f} on the 8 images it trained on (threshold {tuned.score_threshold})"

@@ -3,9 +3,9 @@ import importlib.util
 import pytest
 
 from pneumodet.config import ConfigError
-from pneumodet.engine.train import train
 from pneumodet.errors import UserError
 from pneumodet.runs import read_metrics
+from pneumodet.training.train import train
 from tests.conftest import tiny_config
 
 

@@ -10,12 +10,13 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EMAWeightAveraging
 
+from pneumodet.checkpoints import load_trained, read_checkpoint
 from pneumodet.data.dataset import PneumoniaDataset
 from pneumodet.data.prepare import prepare
-from pneumodet.engine.module import DetectionModule, TrainingDiverged, losses_without_learning, stage_for
-from pneumodet.engine.train import train, train_folds
 from pneumodet.errors import UserError
-from pneumodet.runs import LOSS_NAMES, METRIC_COLUMNS, load_trained, read_checkpoint, read_metrics
+from pneumodet.runs import LOSS_NAMES, METRIC_COLUMNS, read_metrics
+from pneumodet.training.module import DetectionModule, TrainingDiverged, losses_without_learning, stage_for
+from pneumodet.training.train import train, train_folds
 from tests.conftest import tiny_config
 
 
@@ -224,7 +225,7 @@ def test_folds_train_one_run_per_fold_evaluate_out_of_fold_and_predict_as_an_ens
     from pneumodet.detector import load_detector
     from pneumodet.evaluate import evaluate
     from pneumodet.io.layout import TEST_IMAGES
-    from pneumodet.submit import predict_folder
+    from pneumodet.predict import predict_folder
 
     prepare(synth_data, tmp_path / "cache", size_px=64, val_fraction=0.2, progress=False, workers=1, folds=2)
     table = pd.read_csv(tmp_path / "cache" / "split.csv", dtype=str)
@@ -270,7 +271,7 @@ def test_folds_train_one_run_per_fold_evaluate_out_of_fold_and_predict_as_an_ens
     assert review["note"] == "" and len(review["items"]) == len(table)
     assert all(it["image_score"] is not None for it in review["items"])
     detector = load_detector(folds)
-    assert len(detector.predictors) == 2 and detector.postprocess.score_threshold == \
+    assert len(detector.backends) == 2 and detector.postprocess.score_threshold == \
         result["postprocess"]["score_threshold"]
     summary = predict_folder(folds, synth_data / TEST_IMAGES, tmp_path / "sub.csv", workers=0, progress=False)
     assert summary.images == len(list((synth_data / TEST_IMAGES).glob("*.dcm")))
