@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup browser test test-fast demo bench lint clean
+.PHONY: setup browser test test-fast demo bench mutants readme lint clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,14 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# break the code on purpose, one change at a time: each change must turn a test red
+mutants: setup
+	$(BIN)/python benchmarks/mutants.py
+
+# README's quick-start sample from the last make demo (demo/demo_output.txt)
+readme:
+	$(PYTHON) benchmarks/readme_sample.py
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
