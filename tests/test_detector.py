@@ -130,7 +130,6 @@ def test_load_detector_reads_bytes_paths_and_pixels(trained_run, synth_data):
 
 
 def test_the_public_api_docstring_example_runs(trained_run, synth_data, tmp_path, monkeypatch):
-    from pathlib import Path
 
     from pneumodet.io.layout import TEST_IMAGES
 

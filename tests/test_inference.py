@@ -97,3 +97,15 @@ def test_found_scoring_keeps_a_box_on_one_sets_scale():
     assert np.allclose(boxes[0], fuse_boxes([a, b, c])[0][0])  # the same fused box either way
     with pytest.raises(ValueError):
         fuse_boxes([a], score="max")
+
+
+def test_a_callers_settings_are_checked_as_the_configs_are():
+    from pneumodet.config import ConfigError
+
+    assert InferenceSettings().but(box_refine=2, tta_scales=[1.0, 1.5]).tta_scales == (1.0, 1.5)
+    with pytest.raises(ConfigError, match="predict.box_refine must be in"):
+        InferenceSettings().but(box_refine=-1)
+    with pytest.raises(ConfigError, match="predict.tta_scales must be in"):
+        InferenceSettings(tta_scales=(1.0, 9.0))
+    with pytest.raises(ConfigError, match="at least one value"):
+        InferenceSettings(tta_scales=())

@@ -76,6 +76,11 @@ def _check_range(key: str, value, bounds) -> None:
             raise ConfigError(f"{key} must be in {bracket}{low:g}, {shown}], got {_show(value)}")
 
 
+def check_range(key: str, value) -> None:
+    """Raise a one-line ConfigError if ``value`` is outside the range of setting ``key`` (e.g. predict.box_refine)."""
+    _check_range(key, value, RANGES[key])
+
+
 def _show(value) -> str:
     return f"[{', '.join(f'{v:g}' for v in value)}]" if isinstance(value, tuple) else f"{value:g}"
 

@@ -24,15 +24,18 @@ def untrained_map(config, cache: Path) -> float:
 
     from pneumodet.data.dataset import PneumoniaDataset
     from pneumodet.detector import Detector
+    from pneumodet.forward import TorchBackend
     from pneumodet.model import build_model
     from pneumodet.postprocess import PostProcess
     from pneumodet.saved import labelled_set, predict_dataset
+    from pneumodet.settings import InferenceSettings
     from pneumodet.tuning import THRESHOLD, tune
 
     torch.manual_seed(config.train.seed)
     model = build_model(config.model, config.data.image_size)
     start = replace(PostProcess.from_config(config.predict), score_threshold=0.0)
-    detector = Detector(model, config, start)
+    backend = TorchBackend(model, channels_last=config.predict.channels_last)
+    detector = Detector([backend], config, InferenceSettings.from_config(config.predict), start)
     dataset = PneumoniaDataset(cache, config.data.image_size, "val")
     val = labelled_set(dataset, predict_dataset(detector, dataset, progress=False))
     return tune(val, start, THRESHOLD, gate=False)[1]

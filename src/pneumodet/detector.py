@@ -61,7 +61,7 @@ class Detector:
 
     ``backends``: one per model (:class:`pneumodet.forward.TorchBackend`, or the ONNX one), sharing ``config``'s
     input size. An ensemble's candidates, each model's after its own TTA, are merged by weighted box fusion (scored
-    as :attr:`fused_score` says) and their gates averaged. ``settings`` and ``postprocess`` are what every call uses
+    as :meth:`fused_score` says) and their gates averaged. ``settings`` and ``postprocess`` are what every call uses
     unless it passes its own: a Detector changes nothing of its models, so threads may share one.
     """
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pneumodet.config import PredictConfig, from_dict
-from pneumodet.config_checks import validate
+from pneumodet.config_checks import check_range, validate
 from pneumodet.errors import UserError
 from pneumodet.postprocess import PostProcess
 
@@ -29,6 +29,10 @@ class InferenceSettings:
     box_refine: int = 0
     box_vote: bool = True
     bf16: bool = False
+
+    def __post_init__(self):  # a caller's settings are checked as the config's are
+        check_range("predict.tta_scales", tuple(self.tta_scales))
+        check_range("predict.box_refine", self.box_refine)
 
     @classmethod
     def from_config(cls, cfg: PredictConfig) -> InferenceSettings:

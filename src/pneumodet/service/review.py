@@ -22,16 +22,16 @@ class ReviewItem:
     view: str
     outcome: str
     score: float | None  # per-image RSNA score; None for a true negative (it does not count)
-    truth_xyxy: np.ndarray  # original pixels
-    pred_xyxy: np.ndarray
+    truth_orig_xyxy: np.ndarray  # the image's own pixels
+    pred_orig_xyxy: np.ndarray
     pred_scores: np.ndarray
     row: int  # cache row
-    scale: tuple[float, float]
+    scale: tuple[float, float]  # (cache px / width, cache px / height): original pixels to the cache's
     image_score: float | None = None  # the gate's probability, else the highest box score
 
     def to_json(self) -> dict:
         return {"index": self.index, "view": self.view, "outcome": self.outcome, "score": self.score,
-                "n_truth": len(self.truth_xyxy), "n_pred": len(self.pred_scores),
+                "n_truth": len(self.truth_orig_xyxy), "n_pred": len(self.pred_scores),
                 "top_score": float(self.pred_scores.max()) if len(self.pred_scores) else None,
                 "image_score": self.image_score}
 
@@ -58,8 +58,8 @@ def review_detail(item: ReviewItem, cache_shape: tuple[int, ...]) -> dict:
     pixels), their scores, and the image's original (height, width)."""
     height, width = round(cache_shape[0] / item.scale[1]), round(cache_shape[1] / item.scale[0])
     return {**item.to_json(), "patient_id": item.patient_id, "original_size": [height, width],
-            "truth": xyxy_to_xywh(item.truth_xyxy).round(1).tolist(),
-            "pred": [[*box, round(float(s), 4)] for box, s in zip(xyxy_to_xywh(item.pred_xyxy).round(1).tolist(),
+            "truth": xyxy_to_xywh(item.truth_orig_xyxy).round(1).tolist(),
+            "pred": [[*box, round(float(s), 4)] for box, s in zip(xyxy_to_xywh(item.pred_orig_xyxy).round(1).tolist(),
                                                                   item.pred_scores, strict=True)]}
 
 

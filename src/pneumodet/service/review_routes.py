@@ -94,7 +94,7 @@ def delete_verdict(request: Request, index: int):
 @router.get("/api/review/{index}/image.png")
 def review_image(request: Request, index: int):
     item = _item(request, index)
-    png = render_png(_pixels(request, item), item.truth_xyxy, item.pred_xyxy, item.pred_scores, item.scale,
+    png = render_png(_pixels(request, item), item.truth_orig_xyxy, item.pred_orig_xyxy, item.pred_scores, item.scale,
                      markers=side_markers(item.view))
     return Response(png, media_type="image/png")
 
