@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup browser test test-fast demo bench mutants readme lint clean
+.PHONY: setup browser test test-fast demo bench gpu-check mutants readme lint clean
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ demo: setup
 
 bench: setup
 	$(BIN)/python benchmarks/run.py
+
+# the one GPU check (benchmarks/gpu_check.py): about 8 minutes on a GPU machine, results in $(OUT)
+OUT ?= gpu-check
+gpu-check:
+	PYTHON=$(if $(wildcard $(BIN)/python),$(BIN)/python,python3) benchmarks/gpu_check.sh $(OUT)
 
 # break the code on purpose, one change at a time: each change must turn a test red
 mutants: setup

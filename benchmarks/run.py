@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-SUITES = ["data", "train", "predict", "engine"]  # "accuracy", "variants" and "folds" are slow: ask for them by name
+SUITES = ["data", "train", "predict", "engine", "loader"]  # "accuracy", "variants" and "folds" are slow: by name
 
 
 def main(argv: list[str]) -> int:

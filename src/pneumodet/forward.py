@@ -65,7 +65,7 @@ class TorchBackend:
         """
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16)
         with torch.inference_mode(), autocast:
-            images = [im.to(self.device) for im in images]
+            images = [im.to(self.device, non_blocking=True) for im in images]
             batch = _transform(self.model.transform, images, size_px)
             features, objectness, deltas = self.dense(batch.tensors)
             proposals = _proposals(self.model.rpn, batch, features, objectness, deltas)
