@@ -21,6 +21,24 @@ def gradient(height: int = 64, width: int = 64) -> np.ndarray:
     return np.tile(row, (height, 1))
 
 
+def assert_same_candidates(reference, other, files, box_atol: float, score_atol: float) -> None:
+    """Assert two Detectors give the same candidates (boxes, scores, gate) on each DICOM of ``files``, and that
+    they gave some: the tiny run keeps candidates down to score 0, so the comparison is never vacuous."""
+    from pneumodet.detector import image_tensor
+
+    n_boxes = 0
+    for path in files:
+        image = reference.read(path)
+        tensor = image_tensor(image.pixels, reference.image_size)
+        (want,), (got,) = (d.candidates([tensor], [image.original_size]) for d in (reference, other))
+        assert len(want.scores) == len(got.scores)
+        np.testing.assert_allclose(got.boxes_orig_xyxy, want.boxes_orig_xyxy, atol=box_atol)
+        np.testing.assert_allclose(got.scores, want.scores, atol=score_atol)
+        assert got.gate == pytest.approx(want.gate, abs=score_atol, nan_ok=True)  # the gate reads the features
+        n_boxes += len(want.scores)
+    assert n_boxes > 0
+
+
 @pytest.fixture
 def make_dicom(tmp_path):
     """Return a function that writes a DICOM under tmp_path and returns its path."""

@@ -1,12 +1,12 @@
 """On a CUDA GPU: the RoI ops' hand-over to torchvision, a bf16 training step, and the Detector's boxes against the
 CPU's on the same weights. Skipped without a GPU; ``pytest -m cuda`` runs them where there is one."""
 
-import numpy as np
 import pytest
 import torch
 
 from pneumodet.config import ModelConfig
 from pneumodet.model import build_model
+from tests.conftest import assert_same_candidates
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -59,7 +59,7 @@ def test_a_bf16_training_step_on_cuda_is_finite_and_moves_the_weights():
 
 
 def test_the_detectors_boxes_on_cuda_match_the_cpus_on_the_same_weights(trained_run, synth_data):
-    from pneumodet.detector import Detector, image_tensor, load_detector
+    from pneumodet.detector import Detector, load_detector
     from pneumodet.forward import TorchBackend
     from pneumodet.io.layout import TEST_IMAGES
 
@@ -68,13 +68,5 @@ def test_the_detectors_boxes_on_cuda_match_the_cpus_on_the_same_weights(trained_
     model_cpu = build_model(on_gpu.config.model, on_gpu.image_size)
     model_cpu.load_state_dict(on_gpu.backends[0].model.state_dict())
     on_cpu = Detector([TorchBackend(model_cpu, "cpu")], on_gpu.config, on_gpu.settings, on_gpu.postprocess)
-    compared = 0
-    for path in sorted((synth_data / TEST_IMAGES).glob("*.dcm")):
-        image = on_cpu.read(path)
-        tensor = image_tensor(image.pixels, on_cpu.image_size)
-        (want,), (got,) = (d.candidates([tensor], [image.original_size]) for d in (on_cpu, on_gpu))
-        assert len(got.scores) == len(want.scores)
-        np.testing.assert_allclose(got.boxes_orig_xyxy, want.boxes_orig_xyxy, atol=0.5)
-        np.testing.assert_allclose(got.scores, want.scores, atol=1e-3)
-        compared += len(want.scores)
-    assert compared > 0
+    assert_same_candidates(on_cpu, on_gpu, sorted((synth_data / TEST_IMAGES).glob("*.dcm")), box_atol=0.5,
+                           score_atol=1e-3)

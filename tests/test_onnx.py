@@ -15,6 +15,7 @@ from pneumodet.io.layout import TEST_IMAGES
 from pneumodet.onnx_export import export_onnx
 from pneumodet.onnx_runtime import OnnxBackend, engine_state
 from pneumodet.report.submission import read_submission
+from tests.conftest import assert_same_candidates
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None,
                                 reason="the dev extra installs onnxruntime")
@@ -40,17 +41,7 @@ def test_the_engine_gives_the_same_candidates_as_pytorch(exported, synth_data):
 
 
 def _assert_same_candidates(pytorch, engine, files):
-    n_boxes = 0
-    for path in files:
-        image = pytorch.read(path)
-        tensor = image_tensor(image.pixels, pytorch.image_size)
-        (want,), (got,) = (d.candidates([tensor], [image.original_size]) for d in (pytorch, engine))
-        assert len(want.scores) == len(got.scores)
-        np.testing.assert_allclose(got.boxes_orig_xyxy, want.boxes_orig_xyxy, atol=0.05)
-        np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
-        assert got.gate == pytest.approx(want.gate, abs=1e-4)  # the gate head reads the engine's features
-        n_boxes += len(want.scores)
-    assert n_boxes > 0  # the comparison is not vacuous (the tiny run keeps candidates down to score 0)
+    assert_same_candidates(pytorch, engine, files, box_atol=0.05, score_atol=1e-4)
 
 
 def test_an_fpn_from_p3_exports_and_gives_the_same_candidates(tiny_cache, synth_data, tmp_path):
