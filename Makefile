@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: setup browser test test-fast demo bench gpu-check mutants readme lint clean
+.PHONY: setup browser orthanc test test-fast demo bench gpu-check mutants readme lint clean
 
 setup: $(STAMP)
 
@@ -27,7 +27,18 @@ browser:
 	  fi; \
 	fi
 
-test: setup browser
+# Debian's Orthanc and its DICOMweb plugin: the PACS the DICOM node's tests send to and receive from
+orthanc:
+	@if ! command -v Orthanc >/dev/null || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; \
+	  else \
+	    echo "orthanc/orthanc-dicomweb missing and not root: the DICOM node's PACS tests will be skipped"; \
+	    echo "  (sudo apt-get install orthanc orthanc-dicomweb)"; \
+	  fi; \
+	fi
+
+test: setup browser orthanc
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup

@@ -22,7 +22,7 @@ FLOORS = {  # the foundations first: modules every layer may use
     9: ["pneumodet.training", "pneumodet.saved"],
     10: ["pneumodet.evaluate", "pneumodet.predict", "pneumodet.export", "pneumodet.service.review",
          "pneumodet.service.guard"],
-    11: ["pneumodet.service", "pneumodet.demo"],
+    11: ["pneumodet.service", "pneumodet.demo", "pneumodet.pacs"],
     12: ["pneumodet.commands"],
     13: ["pneumodet.cli"],
 }

@@ -18,6 +18,7 @@ from pneumodet.commands import (
     cmd_download,
     cmd_evaluate,
     cmd_export,
+    cmd_listen,
     cmd_predict,
     cmd_prepare,
     cmd_score,
@@ -215,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write one DICOM Structured Report per image into OUT_DIR (ID.sr.dcm: TID 1500, each "
                    "box a planar rectangle in the image's own pixels with its confidence, the image score, the "
                    "algorithm and version, referencing the source image's UIDs) for a PACS or viewer")
+    p.add_argument("--dicomweb", default=None, metavar="URL", help="first pull the radiographs of --study from this "
+                   "DICOMweb root (QIDO-RS, WADO-RS) into IMAGES, one SOPInstanceUID.dcm each, then predict them")
+    p.add_argument("--study", default=None, metavar="UID", help="the StudyInstanceUID to pull with --dicomweb")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a run's convolutions to ONNX: the faster CPU inference engine",
@@ -277,6 +281,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another Host header name to accept, e.g. a DNS name for --host ADDRESS (repeatable); "
                    "others are refused, against DNS rebinding")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("listen", help="a DICOM node: radiographs in from a PACS, findings back as SR and GSPS",
+                       description="Receive chest radiographs over the DICOM network (C-STORE: CR, DX, Secondary "
+                       "Capture), predict each, and send back a DICOM SR (TID 1500) and a Grayscale Softcopy "
+                       "Presentation State that draws the boxes, by C-STORE or STOW-RS. Every instance is on disk "
+                       "(SPOOL/inbox) before it is acknowledged; results wait in SPOOL/outbox, retried with backoff "
+                       "while the destination is down, and sent once (SPOOL/sent.log). SPOOL/status.json holds the "
+                       "queue depths and the last errors (--status prints it).")
+    p.add_argument("run", type=Path, help="run folder (or folds folder) that predicts")
+    p.add_argument("--spool", type=Path, required=True, help="folder for received instances and pending results "
+                   "(created; what a killed node left there is predicted and sent when it starts again)")
+    p.add_argument("--send-to", default=None, metavar="AE@HOST:PORT", help="C-STORE the results to this peer")
+    p.add_argument("--stow", default=None, metavar="URL", help="or STOW-RS them to this DICOMweb root "
+                   "(e.g. http://pacs:8042/dicom-web)")
+    p.add_argument("--ae-title", default="PNEUMODET", help="this node's AE title (default PNEUMODET)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                   "any other needs --allow)")
+    p.add_argument("--port", type=int, default=11112, help="port (default 11112)")
+    p.add_argument("--allow", action="append", default=[], metavar="AE@ADDRESS", help="a calling AE title and "
+                   "address that may send (repeatable); others are answered 0x0124 (not authorised)")
+    p.add_argument("--max-queue", type=_count, default=64, help="instances received but not yet predicted "
+                   "(default 64); beyond that a C-STORE is answered 0xA700 (out of resources)")
+    p.add_argument("--max-associations", type=_count, default=8, help="associations at once (default 8); more are "
+                   "rejected")
+    p.add_argument("--status", action="store_true", help="print SPOOL/status.json's figures and exit")
+    p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("demo", help="run the whole pipeline on synthetic data",
                        description="Run the pipeline end to end on synthetic data and print where each result is.")

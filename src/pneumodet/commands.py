@@ -135,6 +135,13 @@ def cmd_predict(args) -> None:
     overrides = {"score_threshold": args.threshold, "nms_iou": args.nms, "max_boxes": args.max_boxes,
                  "shrink": args.shrink, "gate_threshold": args.gate}
     runs = args.run[0] if len(args.run) == 1 else args.run
+    if (args.dicomweb is None) != (args.study is None):
+        raise UserError("--dicomweb URL and --study UID go together: the study to pull into IMAGES and predict")
+    if args.dicomweb is not None:
+        from pneumodet.io.dicomweb import fetch_study
+
+        pulled = fetch_study(args.dicomweb, args.study, args.images)
+        print(f"pulled {len(pulled)} radiograph(s) of study {args.study} into {args.images}")
     options = {"overrides": overrides, "hflip_tta": args.tta, "workers": args.workers, "batch_size": args.batch_size,
                "dicom_sr": args.dicom_sr, "engine": args.engine}
     if args.devices * args.num_nodes > 1:
@@ -228,6 +235,21 @@ def cmd_serve(args) -> None:
 
     serve(args.run, args.host, args.port, args.max_upload_mb, token=args.token, allow_hosts=args.allow_host,
           max_decodes=args.max_decodes, max_queue=args.max_queue)
+
+
+def cmd_listen(args) -> None:
+    from pneumodet.pacs.node import Peer, listen
+    from pneumodet.pacs.spool import Spool
+
+    if args.status:
+        print(json.dumps(Spool(args.spool).status(), indent=2))
+        return
+    if (args.send_to is None) == (args.stow is None):
+        raise UserError("give one destination for the results: --send-to AE@HOST:PORT (C-STORE) or --stow URL "
+                        "(DICOMweb)")
+    destination = Peer.parse(args.send_to) if args.send_to else args.stow
+    listen(args.run, args.spool, destination=destination, ae_title=args.ae_title, host=args.host, port=args.port,
+           allow=args.allow, max_queue=args.max_queue, max_associations=args.max_associations)
 
 
 def cmd_demo(args) -> None:

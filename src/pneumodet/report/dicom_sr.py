@@ -111,8 +111,10 @@ def rectangle(box_xyxy: Sequence[float]) -> np.ndarray:
 
 
 def build_sr(source, boxes_orig_xyxy: np.ndarray, scores: np.ndarray, image_score: float, *,
-             algorithm: str = "pneumodet", version: str | None = None, run_name: str = ""):
-    """Return a highdicom ComprehensiveSR for one image's predictions (``source``: its header dataset)."""
+             algorithm: str = "pneumodet", version: str | None = None, run_name: str = "",
+             sop_instance_uid: str | None = None, series_instance_uid: str | None = None):
+    """Return a highdicom ComprehensiveSR for one image's predictions (``source``: its header dataset); its UIDs
+    new unless given (the DICOM node derives them from the source's, so a result sent again is the same one)."""
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
@@ -151,8 +153,9 @@ def build_sr(source, boxes_orig_xyxy: np.ndarray, scores: np.ndarray, image_scor
         # the RSNA files' PatientName is the image id: one component, which highdicom warns about every time
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
         return hd.sr.ComprehensiveSR(
-            evidence=[source], content=report, series_instance_uid=generate_uid(), series_number=SERIES_NUMBER,
-            sop_instance_uid=generate_uid(), instance_number=1, manufacturer="pneumodet",
+            evidence=[source], content=report, series_instance_uid=series_instance_uid or generate_uid(),
+            series_number=SERIES_NUMBER, sop_instance_uid=sop_instance_uid or generate_uid(), instance_number=1,
+            manufacturer="pneumodet",
             series_description=f"pneumodet {version or __version__} {run_name}".strip()[:64])
 
 
