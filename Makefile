@@ -16,27 +16,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Debian's Chromium and its driver, for the end-to-end page test (no browser download at test time).
-browser:
-	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+# Debian packages the tests use, installed when missing and run as root: $(1) the check that they are there,
+# $(2) the packages, $(3) what is skipped without them
+define debian_packages
+	@if ! ( $(1) ); then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(2); \
 	  else \
-	    echo "chromium/chromium-driver missing and not root: the browser test will be skipped"; \
-	    echo "  (sudo apt-get install chromium chromium-driver)"; \
+	    echo "$(2): missing and not root, so $(3) will be skipped (sudo apt-get install $(2))"; \
 	  fi; \
 	fi
+endef
+
+# Debian's Chromium and its driver, for the end-to-end page test (no browser download at test time).
+browser:
+	$(call debian_packages,command -v chromium >/dev/null && command -v chromedriver >/dev/null,chromium chromium-driver,the browser test)
 
 # Debian's Orthanc and its DICOMweb plugin: the PACS the DICOM node's tests send to and receive from
 orthanc:
-	@if ! command -v Orthanc >/dev/null || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
-	  if [ "$$(id -u)" = 0 ]; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; \
-	  else \
-	    echo "orthanc/orthanc-dicomweb missing and not root: the DICOM node's PACS tests will be skipped"; \
-	    echo "  (sudo apt-get install orthanc orthanc-dicomweb)"; \
-	  fi; \
-	fi
+	$(call debian_packages,command -v Orthanc >/dev/null && [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ],orthanc orthanc-dicomweb,the DICOM node's PACS tests)
 
 test: setup browser orthanc
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
