@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import ipaddress
 import logging
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -60,6 +61,15 @@ class Peer:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+def no_delay(assoc) -> None:
+    """Send each PDU at once (TCP_NODELAY): a C-STORE is a few small PDUs and an answer, which Nagle's algorithm
+    and the peer's delayed ACK otherwise hold back by tens of milliseconds each."""
+    try:
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):  # another transport (TLS wrappers keep the option): leave it as it is
+        pass
+
+
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -85,6 +95,7 @@ class CStoreSender:
         assoc = ae.associate(self.peer.host, self.peer.port, ae_title=self.peer.ae_title)
         if not assoc.is_established:
             raise ConnectionError(f"{self.peer}: no association (down, or it refused {self.calling_ae})")
+        no_delay(assoc)
         try:
             for path in paths:
                 status = assoc.send_c_store(pydicom.dcmread(path))
@@ -160,7 +171,8 @@ class Node:
         ae.add_supported_context(Verification)
         ae.maximum_associations = self.max_associations
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-        handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_C_ECHO, lambda event: SUCCESS)]
+        handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_C_ECHO, lambda event: SUCCESS),
+                    (evt.EVT_CONN_OPEN, lambda event: no_delay(event.assoc))]
         self.server = ae.start_server((self.host, self.port), block=False, evt_handlers=handlers)
         self.port = self.server.server_address[1]
         for target in (self._predict_loop, self._send_loop):

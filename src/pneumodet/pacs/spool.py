@@ -21,7 +21,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from pneumodet.files import atomic_path, fsync_path, write_text_atomic
+from pneumodet.files import atomic_path, fsync_path
 
 UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 MAX_ERRORS = 10
@@ -108,9 +108,10 @@ class Spool:
                     "last_errors": list(self.errors)}
 
     def write_status(self) -> None:
+        """Rewrite status.json, whole but not fsynced: it is a report, rebuilt from the folders after a crash."""
         text = json.dumps(self.status(), indent=2) + "\n"
-        with self.writing:
-            write_text_atomic(self.status_path, text)
+        with self.writing, atomic_path(self.status_path, durable=False) as tmp:
+            tmp.write_text(text)
 
 
 def _oldest_first(folder: Path) -> list[Path]:
