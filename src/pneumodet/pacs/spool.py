@@ -4,7 +4,7 @@
 SPOOL/inbox/UID.dcm      received, fsynced before the C-STORE is answered; removed once its results are queued
 SPOOL/outbox/UID.dcm     results waiting to be sent (an SR, a presentation state), fsynced before the inbox file goes
 SPOOL/sent.log           one JSON line per result delivered, appended and fsynced after the peer accepted it
-SPOOL/status.json        queue depths, counts and the last errors, rewritten after each change
+SPOOL/status.json        queue depths, this process's counts and last errors, rewritten after each change
 ```
 A kill at any point loses nothing: an inbox file without results is predicted again, an outbox file not yet in
 sent.log is sent again. Results carry SOP Instance UIDs derived from their source's, so a result sent again after a
@@ -108,7 +108,8 @@ class Spool:
                     "last_errors": list(self.errors)}
 
     def write_status(self) -> None:
-        """Rewrite status.json, whole but not fsynced: it is a report, rebuilt from the folders after a crash."""
+        """Rewrite status.json, whole but not fsynced: a report (the queue depths are read from the folders, the
+        counts and errors are this process's since it started), not a record anything is recovered from."""
         text = json.dumps(self.status(), indent=2) + "\n"
         with self.writing, atomic_path(self.status_path, durable=False) as tmp:
             tmp.write_text(text)
