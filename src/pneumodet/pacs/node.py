@@ -204,7 +204,7 @@ class Node:
         if str(event.request.AffectedSOPClassUID) not in RADIOGRAPHS:
             self.spool.count("refused")
             return NOT_SUPPORTED
-        if len(self.spool.queued()) >= self.max_queue:
+        if self.spool.depth() >= self.max_queue:
             self.spool.count("refused")
             return OUT_OF_RESOURCES
         try:
@@ -225,8 +225,7 @@ class Node:
         while not self.stopping.is_set():
             queued = self.spool.queued()
             if not queued:
-                self.work.wait(1.0)
-                self.work.clear()
+                _nap(self.work, 1.0)
                 continue
             for path in queued:
                 if self.stopping.is_set():
@@ -282,17 +281,21 @@ class Node:
         while not self.stopping.is_set():
             pending = self.spool.pending()
             if not pending:
-                self.outgoing.wait(1.0)
-                self.outgoing.clear()
+                _nap(self.outgoing, 1.0)
                 continue
             try:
                 self.sender.send(pending, lambda path: self.spool.delivered(path, self.destination))
                 wait = self.retry_s
             except Exception as exc:  # the destination is down or refuses: keep the results, try again later
                 self.spool.error(f"sending to {self.destination}: {type(exc).__name__}: {exc}")
-                self.outgoing.wait(wait)
-                self.outgoing.clear()
+                _nap(self.outgoing, wait)
                 wait = min(2 * wait, self.max_retry_s)
+
+
+def _nap(wake: threading.Event, seconds: float) -> None:
+    """Wait until ``wake`` is set (new work, or stop) or ``seconds`` pass; then clear it for the next wait."""
+    wake.wait(seconds)
+    wake.clear()
 
 
 def listen(run: str | Path, spool: str | Path, **options) -> None:

@@ -59,6 +59,10 @@ class Spool:
         """Return the inbox, oldest first (what is received but not yet predicted)."""
         return _oldest_first(self.inbox)
 
+    def depth(self) -> int:
+        """Return how many instances wait in the inbox (counted by name, none opened: every C-STORE asks)."""
+        return _count(self.inbox)
+
     def results_done(self, source: Path, results: list[tuple[str, bytes]]) -> list[Path]:
         """Queue ``results`` ((UID, DICOM bytes)) for sending, durably, then drop their source from the inbox."""
         paths = []
@@ -103,9 +107,9 @@ class Spool:
         self.write_status()
 
     def status(self) -> dict:
+        depths = {"inbox": _count(self.inbox), "outbox": _count(self.outbox)}  # the folders, outside the lock
         with self.lock:
-            return {"inbox": len(self.queued()), "outbox": len(self.pending()), **self.counts,
-                    "last_errors": list(self.errors)}
+            return {**depths, **self.counts, "last_errors": list(self.errors)}
 
     def write_status(self) -> None:
         """Rewrite status.json, whole but not fsynced: a report (the queue depths are read from the folders, the
@@ -115,10 +119,17 @@ class Spool:
             tmp.write_text(text)
 
 
+SPOOL_FILES = "[!.]*.dcm"  # hidden names are files being written
+
+
+def _count(folder: Path) -> int:
+    return sum(1 for _ in folder.glob(SPOOL_FILES))
+
+
 def _oldest_first(folder: Path) -> list[Path]:
     """Return the spool files of ``folder``, oldest first; one another thread removes meanwhile is left out."""
     entries = []
-    for path in folder.glob("[!.]*.dcm"):
+    for path in folder.glob(SPOOL_FILES):
         try:
             entries.append((path.stat().st_mtime_ns, path.name, path))
         except FileNotFoundError:
