@@ -242,6 +242,9 @@ def cmd_listen(args) -> None:
     from pneumodet.pacs.spool import Spool
 
     if args.status:
+        if not (args.spool / "inbox").is_dir() or not (args.spool / "outbox").is_dir():
+            raise UserError(f"{args.spool}: not a spool of pneumodet listen (no inbox/ and outbox/); give the folder "
+                            "a running node uses")
         print(json.dumps(Spool(args.spool).status(), indent=2))
         return
     if (args.send_to is None) == (args.stow is None):

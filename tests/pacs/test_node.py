@@ -276,5 +276,8 @@ def test_the_command_line_refuses_what_it_cannot_serve_in_one_line(trained_run, 
         assert main(["listen", str(trained_run), "--spool", spool, *args]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1, err
+    assert main(["listen", str(trained_run), "--spool", spool, "--status"]) == 2  # asked of no spool: none made
+    assert "not a spool of pneumodet listen" in capsys.readouterr().err and not (tmp_path / "spool").exists()
+    Spool(spool).receive("1.2.3", lambda tmp: tmp.write_bytes(b"x"))
     assert main(["listen", str(trained_run), "--spool", spool, "--status"]) == 0
-    assert '"inbox": 0' in capsys.readouterr().out
+    assert '"inbox": 1' in capsys.readouterr().out
