@@ -108,5 +108,86 @@ def test_a_monochrome1_variant_file_reads_back_the_same_way_up(tmp_path):
 def test_an_unknown_variant_is_a_user_error(tmp_path):
     from pneumodet.errors import UserError
 
-    with pytest.raises(UserError, match="unknown synthetic variant 'odd'; use one of default, wide, shifted"):
+    with pytest.raises(UserError, match="unknown synthetic variant 'odd'; use one of default, wide, shifted, oblique, "
+                       "portable, faint, mix"):
         synth.synthesize(tmp_path, 1, 0, variant="odd")
+
+
+def test_the_command_line_offers_every_variant_and_the_held_out_ones_exist():
+    from pneumodet.cli import build_parser
+
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["synth"]._actions
+                  if a.dest == "variant")
+    assert sorted(action.choices) == sorted([*synth.VARIANTS, synth.MIX])
+    assert set(synth.HELD_OUT) < set(synth.VARIANTS) and len(synth.HELD_OUT) >= 3
+
+
+def _bright_box(image: np.ndarray, threshold: float) -> list[float]:
+    ys, xs = np.nonzero(image > threshold)
+    return [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+
+
+@pytest.mark.parametrize("degrees", [-8.0, 5.0])
+def test_a_turned_film_turns_its_boxes_with_it(degrees):
+    # an ellipse filling a tall box off centre: after turning, the box must still hug the bright pixels
+    x, y, w, h = 560.0, 200.0, 200.0, 400.0  # 1024-px space
+    s = synth.SIZE_PX
+    image = (synth._soft_ellipse((x + w / 2) / s, (y + h / 2) / s, w / 2 / s, h / 2 / s, 0.005) > 0.5)
+    turned, boxes = synth._rotate(image.astype(np.float32), np.array([[x, y, w, h]]), degrees)
+    bx, by, bw, bh = boxes[0]
+    seen = np.array(_bright_box(turned, 0.5)) * (s / synth.DRAW_PX)
+    assert np.abs(np.array([bx, by, bx + bw, by + bh]) - seen).max() <= 8  # within 4 drawn pixels
+    _, wrong_way = synth._rotate(image.astype(np.float32), np.array([[x, y, w, h]]), -degrees)
+    wx, wy, ww, wh = wrong_way[0]
+    assert np.abs(np.array([wx, wy, wx + ww, wy + wh]) - seen).max() > 16  # the check sees the direction
+
+
+def test_collimator_bands_stop_short_of_every_box():
+    rng = np.random.default_rng(0)
+    boxes = np.array([[100.0, 300.0, 180.0, 300.0], [700.0, 250.0, 200.0, 320.0]])
+    image = np.full((synth.DRAW_PX, synth.DRAW_PX), 0.5, dtype=np.float32)
+    banded = 0
+    for _ in range(30):
+        out = synth._collimate(rng, image, boxes)
+        band = out != 0.5
+        banded += band.any()
+        for bx, by, bw, bh in (boxes * synth.DRAW_PX / synth.SIZE_PX).astype(int):
+            assert not band[by:by + bh, bx:bx + bw].any()
+    assert banded > 10
+
+
+def test_bilateral_opacities_sit_in_both_lungs():
+    def one_box_share(style):
+        sides = []
+        for i in range(40):
+            _, boxes = synth.draw_case(np.random.default_rng(i), "AP", CLASSES[0], style)
+            centres = boxes[:, 0] + boxes[:, 2] / 2
+            sides.append(len(boxes) == 1 or (centres < 512).all() or (centres > 512).all())
+        return np.mean(sides)
+
+    assert one_box_share(synth.Style(p_bilateral=1.0)) < 0.1  # two lungs nearly always
+    assert one_box_share(synth.Style()) > 0.3  # the real data's 43 % single boxes
+
+
+def test_new_variants_and_mix():
+    def cases(variant, n=80):
+        return [synth.make_case(5, "train", i, variant)[0] for i in range(n)]
+
+    mixed = cases("mix", 60)
+    assert {c.variant for c in mixed} == set(synth.VARIANTS)  # every variant drawn
+    again = [synth.make_case(5, "train", i, "mix")[0] for i in range(10)]
+    assert [c.annotation.patient_id for c in again] == [c.annotation.patient_id for c in mixed[:10]]
+    assert [c.variant for c in again] == [c.variant for c in mixed[:10]]
+    for before, after in zip(mixed[:10], again, strict=True):
+        np.testing.assert_array_equal(before.annotation.boxes_xywh, after.annotation.boxes_xywh)
+
+
+def test_portable_films_keep_their_boxes_on_the_film():
+    drawn = [synth.make_case(6, "test", i, "portable") for i in range(24)]
+    for case, pixels in drawn:
+        boxes = case.annotation.boxes_xywh
+        assert pixels.shape == (1024, 1024)
+        if len(boxes):
+            assert (boxes[:, :2] >= 0).all() and (boxes[:, :2] + boxes[:, 2:] <= 1024).all()
+            assert (boxes[:, 2:] > 20).all()
+

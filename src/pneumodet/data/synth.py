@@ -2,8 +2,13 @@
 
 Variants (``--variant``) draw from different distributions, so a recipe can be checked on data it was
 not tuned on: ``default`` (the statistics below), ``wide`` (far more variety in anatomy, exposure, noise,
-blur, opacity size, strength and texture, devices, markers, MONOCHROME1 files) and ``shifted`` (smaller,
-fainter, patchier opacities, as the hidden test's 0.78x boxes; noisier, flatter films; more positives).
+blur, opacity size, strength and texture, devices, markers, MONOCHROME1 files), ``oblique`` (rotated
+patients: one lung foreshortened, the body off centre, tilted films), and three that no recipe is ever chosen
+on (:data:`HELD_OUT`): ``shifted`` (smaller, fainter, patchier opacities, as the hidden test's 0.78x boxes;
+noisier, flatter films; more positives), ``portable`` (bedside films: rotated, collimated, under- or
+over-exposed, burned-in text and markers, tubes and lines) and ``faint`` (faint opacities made of patches,
+often in both lungs, box sizes spread over the real data's range). ``mix`` draws each image's variant from all
+six.
 
 Each image is drawn at 512 px from a randomised anatomy (body, lung fields, heart, spine, ribs,
 clavicles, diaphragm), upsampled to 1024 px and written as an 8-bit MONOCHROME2 JPEG Baseline
@@ -60,6 +65,14 @@ class Style:
     p_lines_pa: float = 0.0  # devices on PA films too
     p_marker: float = 0.0  # bright L/R marker in a corner
     p_monochrome1: float = 0.0  # stored inverted, as some vendors do
+    # the fields below draw nothing at their defaults, so the variants above keep their images
+    oblique: tuple[float, float] = (1.0, 1.0)  # width of the far lung against the near one (rotated patient)
+    film_rotation_deg: float = 0.0  # the whole film turned by up to +- this many degrees, boxes with it
+    p_collimation: float = 0.0  # collimator edges: a bright or dark band along some sides
+    p_text: float = 0.0  # burned-in text in a corner (the scanner's or the technologist's)
+    exposure: tuple[float, float] = (0.0, 0.0)  # added before contrast: under- (< 0) or over-exposed (> 0)
+    p_patchy: float = 0.0  # an opacity made of 2-4 patches instead of one blob
+    p_bilateral: float = 0.0  # a positive with one box has a second in the other lung
 
 
 VARIANTS = {
@@ -71,7 +84,19 @@ VARIANTS = {
     "shifted": Style(p_positive=(0.5, 0.2), box_width_px=(120, 170), opacity=(0.06, 0.18), texture_cells=(48,),
                      softness=(0.22, 0.32), contrast=(0.65, 0.95), gamma=(0.9, 1.3), noise=(0.02, 0.05),
                      blur_px=(0.5, 1.5), p_lines_pa=0.5, p_marker=0.3),
+    "oblique": Style(oblique=(0.55, 1.0), film_rotation_deg=6.0, body=(0.36, 0.47), contrast=(0.7, 1.2),
+                     noise=(0.008, 0.03), p_marker=0.3, p_text=0.3),
+    "portable": Style(p_positive=(0.45, 0.15), box_width_px=(150, 250), opacity=(0.10, 0.26), contrast=(0.55, 1.05),
+                      gamma=(0.8, 1.3), noise=(0.01, 0.04), blur_px=(0.0, 1.0), p_lines_pa=0.7, p_marker=0.7,
+                      film_rotation_deg=8.0, p_collimation=0.7, p_text=0.6, exposure=(-0.12, 0.12)),
+    "faint": Style(p_positive=(0.5, 0.25), box_width_px=(110, 250), opacity=(0.05, 0.15), texture_cells=(24, 48),
+                   softness=(0.2, 0.35), noise=(0.01, 0.03), p_patchy=0.6, p_bilateral=0.5),
 }
+#: the variants no recipe is chosen on: they only report how a recipe does on data it never shaped
+HELD_OUT = ("shifted", "portable", "faint")
+#: each image draws its variant from all of them (held-out ones included: train on ``mix`` and any held-out
+#: figure is no longer unseen)
+MIX = "mix"
 
 
 def _draw(rng, bounds: tuple[float, float]) -> float:
@@ -85,6 +110,7 @@ class Case:
     view: str
     sex: str
     age: int
+    variant: str = "default"  # the one drawn from, under ``mix``
 
 
 def _grid(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -143,10 +169,14 @@ def draw_case(rng: np.random.Generator, view: str, label_class: str, style: Styl
     image = 0.08 + 0.42 * body
     lungs = []
     lung_masks = []
+    # a rotated patient: the far lung narrower and nearer the spine, which moves off centre
+    far, narrow = (int(rng.integers(2)) * 2 - 1, rng.uniform(*style.oblique)) if style.oblique != (1.0, 1.0) else (0, 1.0)
     for side in (-1, 1):
         cx = mid + side * rng.uniform(0.16, 0.21) * body_rx / 0.435
         cy = rng.uniform(0.42, 0.48) + side * tilt
         rx, ry = rng.uniform(*style.lung_rx), rng.uniform(*style.lung_ry)
+        if side == far:
+            cx, rx = mid + (cx - mid) * (0.5 + 0.5 * narrow), rx * narrow
         lungs.append((cx, cy, rx, ry))
         lung_masks.append(_soft_ellipse(cx, cy, rx, ry, 0.06, rng.uniform(2.2, 3.0)))
     lung_mask = np.maximum(*lung_masks)
@@ -158,7 +188,8 @@ def draw_case(rng: np.random.Generator, view: str, label_class: str, style: Styl
             y0 = cy - ry * 1.1 + (k + 0.5) * 2.2 * ry / n_ribs
             arc = y0 - 0.6 * ((X - mid) * side - 0.25) ** 2 + 0.15 * (X - mid) * side
             image += 0.05 * np.exp(-(((Y - arc) / 0.008) ** 2)) * mask
-    image += 0.25 * np.exp(-(((X - mid) / rng.uniform(0.035, 0.05)) ** 2)) * body  # spine, mediastinum
+    spine = mid + far * (1 - narrow) * 0.08  # the spine seen nearer the far side when the patient is rotated
+    image += 0.25 * np.exp(-(((X - spine) / rng.uniform(0.035, 0.05)) ** 2)) * body  # spine, mediastinum
     heart_r = rng.uniform(0.13, 0.16) * (1.15 if ap else 1.0)
     heart = _soft_ellipse(mid + 0.05, rng.uniform(0.62, 0.66), heart_r, heart_r * 0.75, 0.12)
     image += 0.22 * heart
@@ -168,11 +199,17 @@ def draw_case(rng: np.random.Generator, view: str, label_class: str, style: Styl
     image += 0.22 * (1 / (1 + np.exp(-(Y - 0.75 - 0.05 * _smooth_noise(rng, 4)) / 0.02))) * body  # abdomen
 
     n_boxes = int(rng.choice(4, p=BOX_COUNTS)) + 1 if label_class == CLASSES[0] else 0
+    if n_boxes == 1 and style.p_bilateral and rng.random() < style.p_bilateral:
+        n_boxes = 2  # _sample_boxes puts a second box in the other lung
     boxes_xywh = _sample_boxes(rng, n_boxes, lungs, _draw(rng, style.box_width_px))
     for x, y, w, h in boxes_xywh / SIZE_PX:
         cells = int(style.texture_cells[0] if len(style.texture_cells) == 1 else rng.choice(style.texture_cells))
         texture = 0.75 + 0.25 * _smooth_noise(rng, cells)
-        blob = _soft_ellipse(x + w / 2, y + h / 2, w / 2, h / 2, _draw(rng, style.softness), 2.0)
+        softness = _draw(rng, style.softness)
+        if style.p_patchy and rng.random() < style.p_patchy:
+            blob = _patches(rng, x, y, w, h, softness)
+        else:
+            blob = _soft_ellipse(x + w / 2, y + h / 2, w / 2, h / 2, softness, 2.0)
         image += rng.uniform(*style.opacity) * blob * texture * (0.35 + 0.65 * lung_mask)
     if label_class == CLASSES[1]:
         image += _draw_distractors(rng, lungs, lung_mask)
@@ -180,11 +217,17 @@ def draw_case(rng: np.random.Generator, view: str, label_class: str, style: Styl
         image += _draw_lines(rng, 1 + rng.integers(0, 3))
     elif style.p_lines_pa and rng.random() < style.p_lines_pa:
         image += _draw_lines(rng, 1)
+    if style.film_rotation_deg:
+        image, boxes_xywh = _rotate(image, boxes_xywh, rng.uniform(-1, 1) * style.film_rotation_deg)
+    if style.p_collimation and rng.random() < style.p_collimation:
+        image = _collimate(rng, image, boxes_xywh)
     if style.p_marker and rng.random() < style.p_marker:
         corner_x, corner_y = rng.choice([0.06, 0.9]), rng.uniform(0.05, 0.2)
         image += 0.6 * ((np.abs(X - corner_x) < 0.02) & (np.abs(Y - corner_y) < 0.025))
+    if style.p_text and rng.random() < style.p_text:
+        image = np.maximum(image, _text(rng))
     contrast = rng.uniform(*style.contrast) * (0.9 if ap else 1.0)
-    image = (image - image.mean()) * contrast + image.mean() + rng.normal(0, 0.03)
+    image = (image - image.mean()) * contrast + image.mean() + rng.normal(0, 0.03) + _draw(rng, style.exposure)
     blur = _draw(rng, style.blur_px)
     if blur > 0:
         image = _gaussian_blur(image.astype(np.float32), blur)
@@ -192,6 +235,71 @@ def draw_case(rng: np.random.Generator, view: str, label_class: str, style: Styl
     image = np.clip(image, 0, 1) ** rng.uniform(*style.gamma)
     small = Image.fromarray(np.round(image * 255).astype(np.uint8), mode="L")
     return np.asarray(small.resize((SIZE_PX, SIZE_PX), Image.BILINEAR)), boxes_xywh
+
+
+def _patches(rng, x: float, y: float, w: float, h: float, softness: float) -> np.ndarray:
+    """Return an opacity of 2-4 overlapping patches that together fill the box (x, y, w, h, in image widths)."""
+    n = int(rng.integers(2, 5))
+    blob = np.zeros((DRAW_PX, DRAW_PX), dtype=np.float32)
+    # the first two patches sit in opposite corners, so the patches span the box as its reader drew it
+    corners = [(0.3, 0.3), (0.7, 0.7)] if rng.random() < 0.5 else [(0.7, 0.3), (0.3, 0.7)]
+    for k in range(n):
+        fx, fy = corners[k] if k < 2 else (rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.7))
+        blob = np.maximum(blob, _soft_ellipse(x + fx * w, y + fy * h, 0.3 * w, 0.3 * h, softness, 2.0))
+    return blob
+
+
+def _rotate(image: np.ndarray, boxes_xywh: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return the film turned by ``degrees`` about its centre and each box around its turned ellipse."""
+    turned = Image.fromarray(image.astype(np.float32), mode="F").rotate(
+        degrees, resample=Image.BILINEAR, fillcolor=float(np.median(image[:8])))
+    theta = np.deg2rad(degrees)
+    cos, sin = np.cos(theta), np.sin(theta)
+    out = []
+    for x, y, w, h in boxes_xywh:
+        cx, cy = x + w / 2 - SIZE_PX / 2, y + h / 2 - SIZE_PX / 2
+        # PIL turns counter-clockwise as seen, with y pointing down
+        cx, cy = cx * cos + cy * sin + SIZE_PX / 2, -cx * sin + cy * cos + SIZE_PX / 2
+        half_w = np.hypot(w / 2 * cos, h / 2 * sin)
+        half_h = np.hypot(w / 2 * sin, h / 2 * cos)
+        out.append(_clipped([cx - half_w, cy - half_h, cx + half_w, cy + half_h]))
+    return np.array(turned), np.asarray(out, dtype=np.float64).reshape(-1, 4)
+
+
+def _clipped(xyxy) -> list[float]:
+    """Return the xyxy box cut to the film, as whole-pixel xywh."""
+    x1, y1, x2, y2 = np.clip(np.round(xyxy), 0, SIZE_PX)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def _collimate(rng, image: np.ndarray, boxes_xywh: np.ndarray) -> np.ndarray:
+    """Return the film with collimator bands on some sides; a band stops short of every box (the field is set
+    to the lungs, and a reader boxes what the film shows)."""
+    boxes = boxes_xywh / SIZE_PX
+    x1, y1 = (boxes[:, 0].min(), boxes[:, 1].min()) if len(boxes) else (1.0, 1.0)
+    x2, y2 = ((boxes[:, 0] + boxes[:, 2]).max(), (boxes[:, 1] + boxes[:, 3]).max()) if len(boxes) else (0.0, 0.0)
+    room = (x1, y1, 1 - x2, 1 - y2)  # left, top, right, bottom
+    left, top, right, bottom = (min(rng.uniform(0.02, 0.08), r) if rng.random() < 0.6 else 0.0 for r in room)
+    field = ((X > left) & (X < 1 - right) & (Y > top) & (Y < 1 - bottom)).astype(np.float32)
+    shade = 0.95 if rng.random() < 0.5 else 0.02  # unexposed: white on film, black after some vendors' shutters
+    return image * field + shade * (1 - field)
+
+
+def _text(rng) -> np.ndarray:
+    """Return burned-in text: 1-3 lines of bright glyph-like strokes in a corner, zero elsewhere."""
+    text = np.zeros((DRAW_PX, DRAW_PX), dtype=np.float32)
+    x0, y0 = rng.choice([0.03, 0.65]), rng.choice([0.03, 0.85])
+    line_px, glyph_px = 9, 6
+    top = int(y0 * DRAW_PX)
+    for line in range(int(rng.integers(1, 4))):
+        left = int(x0 * DRAW_PX)
+        for _ in range(int(rng.integers(6, 16))):
+            glyph = rng.random((line_px - 2, glyph_px - 1)) < 0.45
+            y = top + line * (line_px + 2)
+            text[y:y + line_px - 2, left:left + glyph_px - 1] = np.maximum(
+                text[y:y + line_px - 2, left:left + glyph_px - 1], glyph[: DRAW_PX - y, : DRAW_PX - left] * 0.95)
+            left += glyph_px
+    return text
 
 
 def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
@@ -239,8 +347,10 @@ def _draw_lines(rng, count: int) -> np.ndarray:
 
 def make_case(seed: int, split: str, index: int, variant: str = "default") -> tuple[Case, np.ndarray]:
     """Return the case and its (1024, 1024) uint8 pixels, a pure function of (seed, split, index, variant)."""
-    style = VARIANTS[variant]
     rng = np.random.default_rng([seed, {"train": 0, "test": 1}[split], index])
+    if variant == MIX:
+        variant = list(VARIANTS)[int(rng.integers(len(VARIANTS)))]
+    style = VARIANTS[variant]
     patient_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))
     view = "AP" if rng.random() < P_AP else "PA"
     if rng.random() < style.p_positive[0 if view == "AP" else 1]:
@@ -250,14 +360,15 @@ def make_case(seed: int, split: str, index: int, variant: str = "default") -> tu
     sex = "M" if rng.random() < 0.57 else "F"
     age = int(np.clip(rng.normal(47, 16.5), 1, 92))
     pixels, boxes_xywh = draw_case(rng, view, label_class, style)
-    return Case(Annotation(patient_id, boxes_xywh, label_class), view, sex, age), pixels
+    return Case(Annotation(patient_id, boxes_xywh, label_class), view, sex, age, variant), pixels
 
 
 def _write_case(args: tuple[str, int, str, int, str]) -> Case:
     out, seed, split, index, variant = args
     case, pixels = make_case(seed, split, index, variant)
     folder = Path(out) / (TRAIN_IMAGES if split == "train" else TEST_IMAGES)
-    inverted = VARIANTS[variant].p_monochrome1 and (index * 7919 + seed) % 1000 < VARIANTS[variant].p_monochrome1 * 1000
+    share = VARIANTS[case.variant].p_monochrome1
+    inverted = share and (index * 7919 + seed) % 1000 < share * 1000
     write_dicom(
         folder / f"{case.annotation.patient_id}.dcm",
         255 - pixels if inverted else pixels,
@@ -278,10 +389,10 @@ def _write_case(args: tuple[str, int, str, int, str]) -> Case:
 def synthesize(out: str | Path, n_train: int = 200, n_test: int = 50, seed: int = 0,
                workers: int | None = None, progress: bool = True, variant: str = "default") -> dict[str, list[Case]]:
     """Write a synthetic data set in the Kaggle layout under ``out``; return the cases by split."""
-    if variant not in VARIANTS:
+    if variant not in (*VARIANTS, MIX):
         from pneumodet.errors import UserError
 
-        raise UserError(f"unknown synthetic variant {variant!r}; use one of {', '.join(VARIANTS)}")
+        raise UserError(f"unknown synthetic variant {variant!r}; use one of {', '.join((*VARIANTS, MIX))}")
     out = Path(out)
     (out / TRAIN_IMAGES).mkdir(parents=True, exist_ok=True)
     (out / TEST_IMAGES).mkdir(parents=True, exist_ok=True)
