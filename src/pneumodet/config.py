@@ -65,6 +65,10 @@ class ModelConfig:
     fpn_min_level: int = 2
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per FPN level (P2-P6; P3-P6 with fpn_min_level 3)
     anchor_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # fixed: anchor_sizes and anchor_ratios as given; data: fitted to the run's training boxes when it starts
+    # (pneumodet.anchors: the sizes scaled together, the ratios by k-means), these as the fallback, and the
+    # run's config.yaml then holds the fitted ones
+    anchors: str = "fixed"
     rpn_pre_nms_train: int = 2000
     rpn_post_nms_train: int = 500
     rpn_pre_nms_test: int = 1000

@@ -42,6 +42,7 @@ CHOICES = {
     "model.gate_backbone": ("shared", "densenet121"),
     "model.gate_weights": ("none", "imagenet", "xrv"),
     "model.normalize": ("fixed", "image"),
+    "model.anchors": ("fixed", "data"),
     "train.optimizer": ("sgd", "adamw"),
     "train.checkpoint": ("last", "best"),
     "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset, WeightedRandomSampler
@@ -44,14 +45,24 @@ class DetectionDataModule(L.LightningDataModule):
                           sampler=sampler, num_workers=workers, collate_fn=collate, persistent_workers=workers > 0,
                           drop_last=False, generator=generator)
 
+    def train_boxes_wh(self) -> np.ndarray:
+        """Return the (N, 2) widths and heights of the training images' boxes, in the model's pixels."""
+        base, indices = self._base_and_indices()
+        boxes = [base.boxes_cache_xyxy(i) for i in indices]
+        xyxy = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+        return xyxy[:, 2:] - xyxy[:, :2]
+
+    def _base_and_indices(self):
+        dataset = self.train_set
+        return (dataset.dataset, dataset.indices) if isinstance(dataset, Subset) else (dataset, range(len(dataset)))
+
     def positive_sampler(self) -> WeightedRandomSampler | None:
         """Return a sampler that draws ``data.positive_share`` positives (as many draws per epoch as images), or
         None when the setting is off or the training images are all of one kind."""
         share = self.config.data.positive_share
         if not share:  # off: no need to look at any image's boxes
             return None
-        dataset = self.train_set
-        base, indices = (dataset.dataset, dataset.indices) if isinstance(dataset, Subset) else (dataset, range(len(dataset)))
+        base, indices = self._base_and_indices()
         positive = torch.tensor([len(base.boxes_orig_xywh(i)) > 0 for i in indices])
         n_pos = int(positive.sum())
         if n_pos in (0, len(positive)):

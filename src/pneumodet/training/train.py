@@ -8,7 +8,7 @@ import math
 import os
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 
+from pneumodet.anchors import AnchorFit, fit_anchors
 from pneumodet.checkpoints import fold_runs, read_checkpoint, schedule_progress
 from pneumodet.config import RunConfig
 from pneumodet.config_files import dump_config, load_run_config
@@ -106,7 +107,7 @@ def _run_config(paths: RunPaths) -> RunConfig:
 def _start_over(paths: RunPaths) -> None:
     """Remove what a run killed before its first checkpoint wrote, but its config.yaml and split.csv."""
     for entry in paths.root.iterdir():
-        if entry.name in (paths.config.name, paths.split.name):
+        if entry.name in (paths.config.name, paths.split.name, ANCHORS_FILE):
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
@@ -125,6 +126,17 @@ def check_trainer(cfg) -> None:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"train.accelerator={cfg.accelerator}, devices={cfg.devices}, strategy={cfg.strategy}, "
                         f"precision={cfg.precision}: {reason[:240]}") from None
+
+
+#: in a run folder trained with model.anchors: data, the fit and how it compared with the fixed anchors
+ANCHORS_FILE = "anchors.json"
+
+
+def fitted_anchors(config: RunConfig, datamodule: DetectionDataModule) -> tuple[RunConfig, AnchorFit]:
+    """Return ``config`` with its anchors fitted to the training boxes (or kept, as the fit says) and the fit."""
+    model = config.model
+    fit = fit_anchors(datamodule.train_boxes_wh(), model.anchor_sizes, model.anchor_ratios)
+    return replace(config, model=replace(model, anchor_sizes=fit.sizes, anchor_ratios=fit.ratios)), fit
 
 
 def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = None, resume: bool = False,
@@ -148,6 +160,12 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
     datamodule = DetectionDataModule(cache, config, split)
     config = schedule_for(config, len(datamodule.train_set))  # train.steps: the same length on any data set
     datamodule.config, cfg = config, config.train
+    fit = None
+    if config.model.anchors == "data" and not resume:  # a resumed run's config.yaml holds the fitted anchors
+        config, fit = fitted_anchors(config, datamodule)
+        datamodule.config = config
+        if progress and not is_follower():
+            print(fit.summary(), flush=True)
     val_every = val_every_epochs(cfg, len(datamodule.train_set))
     if cfg.steps and progress and not is_follower():
         validating = f"; validating every {val_every} epochs and after the last" if val_every > 1 else ""
@@ -159,6 +177,8 @@ def train(config: RunConfig | None, cache: str | Path, run: str | Path | None = 
             _start_over(paths)
         paths.make()
         dump_config(config, paths.config)
+        if fit is not None:
+            write_text_atomic(paths.root / ANCHORS_FILE, json.dumps(fit.to_dict(), indent=2) + "\n")
         write_env(paths.env)
         write_split(paths, datamodule.split_table)  # evaluate and serve score the run on this split only
     os.environ[RUN_ENV] = str(paths.root.resolve())  # for the worker processes Lightning starts
