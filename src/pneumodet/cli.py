@@ -82,14 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", type=_count, default=200, help="number of training images (default 200)")
     p.add_argument("--test", type=_count, default=50, help="number of test images (default 50)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
-    p.add_argument("--variant", choices=["default", "wide", "oblique", "shifted", "portable", "faint", "mix"],
-                   default="default",
+    p.add_argument("--variant", default="default", metavar="NAME[,NAME...]",
                    help="distribution to draw from: default (the real data's statistics), wide (far more variety in "
                    "anatomy, exposure, noise, opacities, devices), oblique (rotated patients and films); never used "
                    "to choose a recipe: shifted (smaller, fainter, patchier opacities on noisier films), portable "
                    "(bedside films: rotated, collimated, badly exposed, text, markers, lines), faint (faint patchy "
-                   "opacities, often in both lungs); mix (each image from any of them). Check a recipe on a "
-                   "variant it was not tuned on")
+                   "opacities, often in both lungs); mix (each image from any of them), or names joined by commas "
+                   "(each image from one of those). Check a recipe on a variant it was not tuned on")
     p.add_argument("--workers", type=_count, default=None, help="processes (default: all cores)")
     p.set_defaults(func=cmd_synth)
 

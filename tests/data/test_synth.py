@@ -109,17 +109,29 @@ def test_an_unknown_variant_is_a_user_error(tmp_path):
     from pneumodet.errors import UserError
 
     with pytest.raises(UserError, match="unknown synthetic variant 'odd'; use one of default, wide, shifted, oblique, "
-                       "portable, faint, mix"):
+                       "portable, faint, mix, or several joined by commas"):
         synth.synthesize(tmp_path, 1, 0, variant="odd")
 
 
-def test_the_command_line_offers_every_variant_and_the_held_out_ones_exist():
+def test_the_command_line_names_every_variant_and_the_held_out_ones_exist():
     from pneumodet.cli import build_parser
 
     action = next(a for a in build_parser()._subparsers._group_actions[0].choices["synth"]._actions
                   if a.dest == "variant")
-    assert sorted(action.choices) == sorted([*synth.VARIANTS, synth.MIX])
+    for name in (*synth.VARIANTS, synth.MIX):
+        assert f"{name} (" in action.help
     assert set(synth.HELD_OUT) < set(synth.VARIANTS) and len(synth.HELD_OUT) >= 3
+
+
+def test_a_list_of_variants_draws_from_those_only(tmp_path):
+    from pneumodet.errors import UserError
+
+    drawn = {synth.make_case(8, "train", i, "default,oblique")[0].variant for i in range(30)}
+    assert drawn == {"default", "oblique"}
+    assert synth.variant_pool(" wide ") == ("wide",)
+    with pytest.raises(UserError, match="unknown synthetic variant 'odd'"):
+        synth.synthesize(tmp_path / "x", 1, 0, variant="wide,odd")
+    assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
 def _bright_box(image: np.ndarray, threshold: float) -> list[float]:

@@ -8,7 +8,7 @@ on (:data:`HELD_OUT`): ``shifted`` (smaller, fainter, patchier opacities, as the
 noisier, flatter films; more positives), ``portable`` (bedside films: rotated, collimated, under- or
 over-exposed, burned-in text and markers, tubes and lines) and ``faint`` (faint opacities made of patches,
 often in both lungs, box sizes spread over the real data's range). ``mix`` draws each image's variant from all
-six.
+six, and a comma-separated list (``default,wide,oblique``) from those it names.
 
 Each image is drawn at 512 px from a randomised anatomy (body, lung fields, heart, spine, ribs,
 clavicles, diaphragm), upsampled to 1024 px and written as an 8-bit MONOCHROME2 JPEG Baseline
@@ -345,11 +345,24 @@ def _draw_lines(rng, count: int) -> np.ndarray:
     return extra
 
 
+def variant_pool(variant: str) -> tuple[str, ...]:
+    """Return the variants ``variant`` draws each image from: itself, all of them (``mix``), or those named in a
+    comma-separated list (``default,wide``)."""
+    names = tuple(VARIANTS) if variant == MIX else tuple(v.strip() for v in variant.split(","))
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown or not names:
+        from pneumodet.errors import UserError
+
+        raise UserError(f"unknown synthetic variant {(unknown or [variant])[0]!r}; use one of "
+                        f"{', '.join((*VARIANTS, MIX))}, or several joined by commas")
+    return names
+
+
 def make_case(seed: int, split: str, index: int, variant: str = "default") -> tuple[Case, np.ndarray]:
     """Return the case and its (1024, 1024) uint8 pixels, a pure function of (seed, split, index, variant)."""
     rng = np.random.default_rng([seed, {"train": 0, "test": 1}[split], index])
-    if variant == MIX:
-        variant = list(VARIANTS)[int(rng.integers(len(VARIANTS)))]
+    pool = variant_pool(variant)
+    variant = pool[int(rng.integers(len(pool)))] if len(pool) > 1 else pool[0]
     style = VARIANTS[variant]
     patient_id = str(uuid.UUID(bytes=rng.bytes(16), version=4))
     view = "AP" if rng.random() < P_AP else "PA"
@@ -389,10 +402,7 @@ def _write_case(args: tuple[str, int, str, int, str]) -> Case:
 def synthesize(out: str | Path, n_train: int = 200, n_test: int = 50, seed: int = 0,
                workers: int | None = None, progress: bool = True, variant: str = "default") -> dict[str, list[Case]]:
     """Write a synthetic data set in the Kaggle layout under ``out``; return the cases by split."""
-    if variant not in (*VARIANTS, MIX):
-        from pneumodet.errors import UserError
-
-        raise UserError(f"unknown synthetic variant {variant!r}; use one of {', '.join((*VARIANTS, MIX))}")
+    variant_pool(variant)  # an unknown name is a one-line error before any file is written
     out = Path(out)
     (out / TRAIN_IMAGES).mkdir(parents=True, exist_ok=True)
     (out / TEST_IMAGES).mkdir(parents=True, exist_ok=True)
