@@ -8,7 +8,7 @@ from pathlib import Path
 
 SRC = Path(__file__).parents[1] / "src"
 FLOORS = {  # the foundations first: modules every layer may use
-    0: ["pneumodet", "pneumodet.errors", "pneumodet.boxes", "pneumodet.network", "pneumodet.io.layout",
+    0: ["pneumodet", "pneumodet.errors", "pneumodet.boxes", "pneumodet.network", "pneumodet.io.layout", "pneumodet.anchors",
         "pneumodet.memory", "pneumodet.roi_ops", "pneumodet.folding"],
     1: ["pneumodet.files", "pneumodet.metrics", "pneumodet.stats", "pneumodet.boxmetrics", "pneumodet.candidates"],
     2: ["pneumodet.config", "pneumodet.runs"],
@@ -20,7 +20,7 @@ FLOORS = {  # the foundations first: modules every layer may use
     7: ["pneumodet.checkpoints", "pneumodet.onnx_export"],
     8: ["pneumodet.detector", "pneumodet.report"],
     9: ["pneumodet.training", "pneumodet.saved"],
-    10: ["pneumodet.evaluate", "pneumodet.predict", "pneumodet.export", "pneumodet.service.review",
+    10: ["pneumodet.evaluate", "pneumodet.predict", "pneumodet.export", "pneumodet.pretrain", "pneumodet.service.review",
          "pneumodet.service.guard"],
     11: ["pneumodet.service", "pneumodet.demo", "pneumodet.pacs"],
     12: ["pneumodet.commands"],

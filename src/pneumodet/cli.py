@@ -21,6 +21,7 @@ from pneumodet.commands import (
     cmd_listen,
     cmd_predict,
     cmd_prepare,
+    cmd_pretrain,
     cmd_score,
     cmd_serve,
     cmd_synth,
@@ -144,6 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "(--run, default runs/NAME-Kfolds) holding fold-1 .. fold-K; evaluate that folder to tune on "
                    "the out-of-fold predictions, predict with it for the ensemble")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("pretrain", help="train a recipe on synthetic films and keep its weights as a start",
+                       description="Draw --images synthetic films from the variants recipes are chosen on (never a "
+                       "held-out one), prepare and train --config on them, and write the model's weights to --out "
+                       "(and how they were made to OUT.json). Start a run from them with --set model.weights=OUT; "
+                       "model.weights=synth is the file pneumodet packages, made by pneumodet pretrain --config demo. "
+                       "Killed, the same command goes on where it stopped.")
+    p.add_argument("--config", default="demo", help="the recipe to pretrain (default demo); model.weights=synth in it "
+                   "starts from random weights")
+    p.add_argument("--out", type=Path, required=True, help="the weights file to write (never overwritten)")
+    p.add_argument("--work", type=Path, default=None, help="folder for the synthetic data, cache and run (default "
+                   "OUT.work)")
+    p.add_argument("--images", type=_count, default=2000, help="synthetic training films, 10%% of them for val "
+                   "(default 2000)")
+    p.add_argument("--seed", type=int, default=7, help="the synthetic set's seed (default 7)")
+    p.add_argument("--variant", default="default,wide,oblique", help="variants to draw from, joined by commas "
+                   "(default default,wide,oblique; held-out ones are refused)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a configuration value (repeatable)")
+    p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("evaluate", help="tune the post-processing on val; score another labelled set with it frozen",
                        description="Without --split all: predict the run's own val split, tune score threshold, gate "

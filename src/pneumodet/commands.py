@@ -79,6 +79,19 @@ def cmd_train(args) -> None:
           f"run: {result.run}")
 
 
+def cmd_pretrain(args) -> None:
+    from pneumodet.config_files import load_config
+    from pneumodet.pretrain import pretrain
+
+    config = load_config(args.config, args.overrides)
+    work = args.work or Path(f"{args.out}.work")
+    result = pretrain(config, args.out, work, images=args.images, seed=args.seed, variants=args.variant)
+    print(f"weights: {result.weights} ({result.record['images']} synthetic images of {result.record['variants']}, "
+          f"{config.train.steps or config.train.epochs} {'steps' if config.train.steps else 'epochs'}; best val RSNA "
+          f"mAP {result.record['best_val_rsna_map']:.4f}); train with --set model.weights={result.weights}; "
+          f"{work} can go")
+
+
 def _data_wait(result) -> str:
     """Say how much of a run's time its steps waited for data (metrics.csv's data_wait_s), where it was kept."""
     share = result.data_wait_share

@@ -56,7 +56,7 @@ class AugmentConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     backbone: str = "resnet50_fpn"  # resnet50_fpn, resnet50_fpn_v2, resnet18_fpn, mobilenet_v3_fpn, tiny_fpn
-    weights: str = "coco"  # coco, imagenet, none, or a file path
+    weights: str = "coco"  # coco, imagenet, synth (tiny_fpn: pretrained on synthetic films, packaged), none, or a file
     trainable_layers: int = 5  # ResNet stages trained (0-5) once past the heads-only stage
     tiny_depth: int = 1  # tiny_fpn: stride-1 convs in each of its four stages (1: 9 convs in all, 2: 13)
     frozen_bn: bool = True  # FrozenBatchNorm2d (batch statistics are poor at small batch sizes)

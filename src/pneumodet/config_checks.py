@@ -49,6 +49,8 @@ CHOICES = {
     "predict.engine": ("auto", "torch", "onnx"),  # ENGINES
     "train.precision": ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true"),
 }
+#: model.weights' names; any other value is a weights file
+WEIGHTS = ("coco", "imagenet", "synth", "none")
 #: where predict runs the convolutions (onnx_runtime.py): predict.engine, predict --engine, load_detector(engine=)
 ENGINES = CHOICES["predict.engine"]
 #: train.loggers may name these (engine/loggers.py)
@@ -107,10 +109,10 @@ def validate(config: RunConfig) -> RunConfig:
             raise ConfigError(f"{key} is a (low, high) range, got {_show((low, high))}; write [{high:g}, {low:g}]")
     _check_name(config.name)
     weights = config.model.weights
-    if weights not in ("coco", "imagenet", "none") and not Path(weights).is_file():
-        close = difflib.get_close_matches(weights, ("coco", "imagenet", "none"), n=1, cutoff=0.5)
+    if weights not in WEIGHTS and not Path(weights).is_file():
+        close = difflib.get_close_matches(weights, WEIGHTS, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]}?" if close else ""
-        raise ConfigError(f"model.weights must be coco, imagenet, none or an existing weights file, got "
+        raise ConfigError(f"model.weights must be coco, imagenet, synth, none or an existing weights file, got "
                           f"{weights[:80]!r} (no such file){hint}")
     stages = config.train.stages
     checks = [

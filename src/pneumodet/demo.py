@@ -19,7 +19,7 @@ DEMO_STEPS = 800
 
 
 def untrained_map(config, cache: Path) -> float:
-    """Return the val RSNA mAP (best score threshold) of the same model with its initial random weights."""
+    """Return the val RSNA mAP (best score threshold) of the same model with random weights (not pretrained)."""
     from dataclasses import replace
 
     from pneumodet.data.dataset import PneumoniaDataset
@@ -27,11 +27,13 @@ def untrained_map(config, cache: Path) -> float:
     from pneumodet.forward import TorchBackend
     from pneumodet.model import build_model
     from pneumodet.postprocess import PostProcess
+    from pneumodet.pretrain import without_pretraining
     from pneumodet.saved import labelled_set, predict_dataset
     from pneumodet.settings import InferenceSettings
     from pneumodet.tuning import THRESHOLD, tune
 
     torch.manual_seed(config.train.seed)
+    config = without_pretraining(config)
     model = build_model(config.model, config.data.image_size)
     start = replace(PostProcess.from_config(config.predict), score_threshold=0.0)
     backend = TorchBackend(model, channels_last=config.predict.channels_last)

@@ -1,5 +1,6 @@
 """Pretrained weights: torchvision's COCO and ImageNet files (fetched into the torch.hub cache, failing in under a
-second offline) and a state_dict or checkpoint file from disk, loaded into a freshly built model."""
+second offline), the synthetic-pretrained weights pneumodet packages (``synth``: :mod:`pneumodet.pretrain`), and
+a state_dict or checkpoint file from disk, loaded into a freshly built model."""
 
 from __future__ import annotations
 
@@ -24,6 +25,20 @@ WEIGHT_URLS = {
 }
 #: predictor layers replaced for the two-class task (never loaded from COCO)
 PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
+
+
+#: ``model.weights: synth``: demo.yaml's model trained on 2,000 synthetic films of the variants recipes are chosen
+#: on, by ``pneumodet pretrain --config demo`` (:mod:`pneumodet.pretrain`); how, in the .json beside it
+SYNTH_WEIGHTS = Path(__file__).parent / "pretrained" / "synth-tiny_fpn-256.pt"
+
+
+def synth_weights_file(backbone: str) -> Path:
+    """Return the packaged synthetic-pretrained weights for ``backbone``, or a one-line UserError."""
+    if backbone != "tiny_fpn" or not SYNTH_WEIGHTS.is_file():
+        raise UserError(f"model.weights=synth: pneumodet packages synthetic-pretrained weights for tiny_fpn only "
+                        f"(got model.backbone={backbone}); make them with pneumodet pretrain --config YOURS "
+                        "--out FILE and set model.weights=FILE")
+    return SYNTH_WEIGHTS
 
 
 def weights_file(url: str) -> Path:
@@ -62,6 +77,8 @@ def load_weights(model: MaskRCNN, cfg: ModelConfig) -> None:
             target = model
             state = _shift_fpn_blocks(state, cfg.fpn_min_level - 2)
     else:
+        if weights == "synth":
+            weights = str(synth_weights_file(cfg.backbone))
         path = Path(weights)
         if not path.is_file():
             raise UserError(f"model.weights: {path} not found (use coco, imagenet, none or a file)")

@@ -157,7 +157,7 @@ def config_file(tmp_path):
     ("train.accelerator='tpu9'", "train.accelerator must be one of auto, cpu, gpu, cuda, mps"),
     ("train.strategy='nonsense'", "strategy=nonsense"),
     ("train.seed=-1", "train.seed must be in [0, 4.29497e+09], got -1"),
-    ("model.weights='/no/such/file.pth'", "model.weights must be coco, imagenet, none or an existing weights file"),
+    ("model.weights='/no/such/file.pth'", "model.weights must be coco, imagenet, synth, none or an existing weights file"),
     ("model.weights='/etc/passwd'", "model.weights=/etc/passwd: not a weights file torch can read"),
     ("name=''", "name must be a plain folder name"),
     ("name='../outside'", "name must be a plain folder name"),
@@ -179,7 +179,8 @@ def test_resume_of_a_finished_run_changes_nothing(run_copy, tiny_cache, capsys):
 def test_a_damaged_config_yaml_is_an_error_not_defaults(run_copy, tiny_cache, capsys, damage):
     config = run_copy / "config.yaml"
     text = config.read_text()
-    config.write_bytes(text[: len(text) // 2].encode() if damage == "truncated" else bytes(range(256)) * 4)
+    lines = text.splitlines(keepends=True)  # cut after a whole line: valid YAML that lacks settings
+    config.write_bytes("".join(lines[: len(lines) // 2]).encode() if damage == "truncated" else bytes(range(256)) * 4)
     shutil.rmtree(run_copy / "weights")  # resumable: killed before its first checkpoint
     before = _snapshot(run_copy)
     err = _one_error_line(capsys, main(["train", "--resume", "--run", str(run_copy), "--data", str(tiny_cache)]))
