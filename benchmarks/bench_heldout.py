@@ -3,7 +3,8 @@
 For each of ``synth.HELD_OUT`` (shifted, portable, faint): ``synth --train 240 --test 300 --seed 21 --variant V``,
 ``prepare --size 256 --val-fraction 0.2``, ``train --config demo`` (plus ``HELDOUT_SET``, ``--set`` overrides
 separated by spaces), ``evaluate``, ``predict`` the 300 test images and ``score`` them against the synthetic
-truth: test RSNA mAP with its 95 % bootstrap interval, val mAP (tuned on val) and the training time. Variants
+truth: test RSNA mAP with its 95 % bootstrap interval, val mAP (tuned on val) and the training time
+(``HELDOUT_VARIANTS``, names separated by spaces, runs others instead, e.g. ``wide``). Variants
 ``default``, ``wide`` and ``oblique`` are where a recipe is chosen (``bench_variants.py``); these three only
 report. About 25-30 minutes per variant on 2 cores: ``python benchmarks/run.py heldout``.
 """
@@ -39,11 +40,13 @@ def flow(root: Path, variant: str, overrides: list[str]) -> dict:
 def run() -> list[tuple[str, str]]:
     overrides = os.environ.get("HELDOUT_SET", "").split()
     label = "demo.yaml" + (f" + {' '.join(overrides)}" if overrides else "")
+    variants = os.environ.get("HELDOUT_VARIANTS", "").split() or HELD_OUT
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in HELD_OUT:
+        for variant in variants:
             r = flow(Path(tmp), variant, overrides)
-            rows.append((f"{label}, held-out variant {variant}",
+            kind = "held-out" if variant in HELD_OUT else "tuning"
+            rows.append((f"{label}, {kind} variant {variant}",
                          f"test RSNA mAP {r['test']:.3f} ({r['test_ci'][0]:.3f}-{r['test_ci'][1]:.3f}), val "
                          f"{r['val']:.3f}; train {r['train_s']:.0f} s"))
     return rows
