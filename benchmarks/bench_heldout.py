@@ -17,16 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_variants import TEST_IMAGES, _cli
+from bench_variants import _cli, _data
 
 from pneumodet.data.synth import HELD_OUT
 
 
 def flow(root: Path, variant: str, overrides: list[str]) -> dict:
     """Run the README flow on ``variant`` under ``root``; return test and val RSNA mAP and the training time."""
-    data, cache, run = root / f"data-{variant}", root / f"cache-{variant}", root / f"run-{variant}"
-    _cli("synth", str(data), "--train", "240", "--test", str(TEST_IMAGES), "--seed", "21", "--variant", variant)
-    _cli("prepare", str(data), "--out", str(cache), "--size", "256", "--val-fraction", "0.2")
+    data, cache = _data(root, variant, "configs/demo.yaml")
+    run = root / f"run-{variant}"
     start = time.perf_counter()
     _cli("train", "--config", "demo", "--data", str(cache), "--run", str(run), *[f"--set={o}" for o in overrides])
     seconds = time.perf_counter() - start

@@ -42,7 +42,7 @@ def pretrain(config: RunConfig, out: str | Path, work: str | Path, images: int =
     """
     import torch
 
-    from pneumodet.checkpoints import read_checkpoint
+    from pneumodet.checkpoints import load_trained
     from pneumodet.data.prepare import prepare
     from pneumodet.data.synth import HELD_OUT, synthesize, variant_pool
     from pneumodet.files import atomic_path, check_output_dir, write_text_atomic
@@ -63,8 +63,7 @@ def pretrain(config: RunConfig, out: str | Path, work: str | Path, images: int =
     prepare(data, cache, size_px=config.data.image_size, val_fraction=VAL_FRACTION, progress=progress)
     run = work / "run"
     result = train(config, cache, run=run, resume=(run / "weights" / "last.ckpt").is_file(), progress=progress)
-    checkpoint = read_checkpoint(result.run / "weights" / "last.ckpt")
-    state = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()}
+    state = load_trained(result.run)[0].state_dict()  # the weights the run's config chooses (demo.yaml: last)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         torch.save(state, tmp)

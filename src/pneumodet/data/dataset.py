@@ -70,9 +70,10 @@ class PneumoniaDataset(Dataset):
         """Return the (N, 4) xywh truth boxes of item ``index`` in the image's own pixels."""
         return self._boxes_xywh.get(self.records.at[index, "patient_id"], np.zeros((0, 4)))
 
-    def boxes_cache_xyxy(self, index: int) -> np.ndarray:
-        """Return the (N, 4) xyxy truth boxes of item ``index`` in cache pixels (what the model sees)."""
-        record = self.records.iloc[index]
+    def boxes_cache_xyxy(self, index: int, record: pd.Series | None = None) -> np.ndarray:
+        """Return the (N, 4) xyxy truth boxes of item ``index`` (its row ``record``) in cache pixels (what the
+        model sees)."""
+        record = self.records.iloc[index] if record is None else record
         original_size = (int(record["original_height"]), int(record["original_width"]))
         return original_to_cache_xyxy(xywh_to_xyxy(self.boxes_orig_xywh(index)), self.cache.size_px, original_size)
 
@@ -80,7 +81,7 @@ class PneumoniaDataset(Dataset):
         record = self.records.iloc[index]
         size = self.cache.size_px
         image = to_model_input(self.cache.pixels[int(record["row"])])
-        boxes_cache_xyxy = self.boxes_cache_xyxy(index)
+        boxes_cache_xyxy = self.boxes_cache_xyxy(index, record)
         target = {
             "boxes": torch.as_tensor(boxes_cache_xyxy, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.ones(len(boxes_cache_xyxy), dtype=torch.int64),

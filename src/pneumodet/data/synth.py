@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from pneumodet.boxes import as_boxes, clip_xyxy, xyxy_to_xywh
 from pneumodet.files import atomic_path, write_text_atomic
 from pneumodet.io.dicom_write import write_dicom
 from pneumodet.io.labels import CLASSES, Annotation, write_labels
@@ -255,21 +256,16 @@ def _rotate(image: np.ndarray, boxes_xywh: np.ndarray, degrees: float) -> tuple[
         degrees, resample=Image.BILINEAR, fillcolor=float(np.median(image[:8])))
     theta = np.deg2rad(degrees)
     cos, sin = np.cos(theta), np.sin(theta)
-    out = []
+    turned_xyxy = []
     for x, y, w, h in boxes_xywh:
         cx, cy = x + w / 2 - SIZE_PX / 2, y + h / 2 - SIZE_PX / 2
         # PIL turns counter-clockwise as seen, with y pointing down
         cx, cy = cx * cos + cy * sin + SIZE_PX / 2, -cx * sin + cy * cos + SIZE_PX / 2
         half_w = np.hypot(w / 2 * cos, h / 2 * sin)
         half_h = np.hypot(w / 2 * sin, h / 2 * cos)
-        out.append(_clipped([cx - half_w, cy - half_h, cx + half_w, cy + half_h]))
-    return np.array(turned), np.asarray(out, dtype=np.float64).reshape(-1, 4)
-
-
-def _clipped(xyxy) -> list[float]:
-    """Return the xyxy box cut to the film, as whole-pixel xywh."""
-    x1, y1, x2, y2 = np.clip(np.round(xyxy), 0, SIZE_PX)
-    return [x1, y1, x2 - x1, y2 - y1]
+        turned_xyxy.append([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
+    # whole pixels, cut to the film
+    return np.array(turned), xyxy_to_xywh(clip_xyxy(np.round(as_boxes(turned_xyxy)), SIZE_PX, SIZE_PX))
 
 
 def _collimate(rng, image: np.ndarray, boxes_xywh: np.ndarray) -> np.ndarray:
@@ -350,11 +346,11 @@ def variant_pool(variant: str) -> tuple[str, ...]:
     comma-separated list (``default,wide``)."""
     names = tuple(VARIANTS) if variant == MIX else tuple(v.strip() for v in variant.split(","))
     unknown = [v for v in names if v not in VARIANTS]
-    if unknown or not names:
+    if unknown:
         from pneumodet.errors import UserError
 
-        raise UserError(f"unknown synthetic variant {(unknown or [variant])[0]!r}; use one of "
-                        f"{', '.join((*VARIANTS, MIX))}, or several joined by commas")
+        raise UserError(f"unknown synthetic variant {unknown[0]!r}; use one of {', '.join((*VARIANTS, MIX))}, or "
+                        "several joined by commas")
     return names
 
 
