@@ -85,3 +85,30 @@ def test_score_says_when_the_submission_and_the_labels_name_other_images(tmp_pat
     (tmp_path / "full.csv").write_text("patientId,PredictionString\n" + "".join(f"p{i},\n" for i in range(300)))
     assert main(["score", str(tmp_path / "full.csv"), "--labels", str(tmp_path / "labels.csv"), "--strict"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_score_against_another_submission_gives_the_paired_difference(tmp_path, capsys):
+    from pneumodet.cli import main
+
+    n = 40  # 20 positives; A finds all of them, B only the first 10; both silent on the negatives
+    labels = "patientId,x,y,width,height,Target\n" + "".join(
+        f"p{i},10,10,20,20,1\n" if i < 20 else f"p{i},,,,,0\n" for i in range(n))
+    (tmp_path / "labels.csv").write_text(labels)
+    (tmp_path / "a.csv").write_text("patientId,PredictionString\n" + "".join(
+        f"p{i},0.9 10 10 20 20\n" if i < 20 else f"p{i},\n" for i in range(n)))
+    (tmp_path / "b.csv").write_text("patientId,PredictionString\n" + "".join(
+        f"p{i},0.9 10 10 20 20\n" if i < 10 else f"p{i},\n" for i in range(n - 1)))  # and no row for the last
+    result = score_submission(tmp_path / "a.csv", tmp_path / "labels.csv", against=tmp_path / "b.csv")
+    other = result["against"]
+    assert result["rsna_map"] == pytest.approx(1.0) and other["rsna_map"] == pytest.approx(0.5)
+    assert other["difference"] == pytest.approx(0.5) and other["missing_from_submission"] == 1
+    low, high = other["difference_ci"]
+    assert 0.2 < low < 0.5 < high < 0.8  # paired: each resample scores both on the same images
+    # A against itself: no difference on any resample
+    same = score_submission(tmp_path / "a.csv", tmp_path / "labels.csv", against=tmp_path / "a.csv")["against"]
+    assert same["difference"] == 0 and same["difference_ci"] == [0.0, 0.0]
+    args = ["score", str(tmp_path / "a.csv"), "--labels", str(tmp_path / "labels.csv"), "--against"]
+    assert main([*args, str(tmp_path / "b.csv")]) == 0
+    assert "b.csv has no row for 1 of the labelled images" in capsys.readouterr().err
+    assert main([*args, str(tmp_path / "b.csv"), "--strict"]) == 2
+    assert main([*args, str(tmp_path / "nothing.csv")]) == 2

@@ -174,19 +174,35 @@ def read_submission(path: str | Path) -> dict[str, Prediction]:
     return out
 
 
-def score_submission(submission: Path, labels_csv: Path) -> dict:
-    """Return the RSNA score of a submission file against a Kaggle-format labels file."""
+def score_submission(submission: Path, labels_csv: Path, against: Path | None = None) -> dict:
+    """Return the RSNA score of a submission file against a Kaggle-format labels file.
+
+    ``against``: another submission for the same images; the result then holds its score and the paired bootstrap
+    difference (this one minus that one, both on the same resamples of the labelled images) with its interval.
+    """
     from pneumodet.io.labels import read_labels
     from pneumodet.metrics import rsna_map
     from pneumodet.stats import interval, resample_weights, weighted_mean
 
-    predictions = read_submission(submission)
     labels = read_labels(labels_csv).annotations
     ids = list(labels)
-    score = rsna_map([xywh_to_xyxy(labels[pid].boxes_xywh) for pid in ids],
-                     [predictions.get(pid, Prediction.empty()) for pid in ids])
+    truth = [xywh_to_xyxy(labels[pid].boxes_xywh) for pid in ids]
     resamples = resample_weights(len(ids))
-    return {**score.to_dict(), "rsna_map_ci": interval(weighted_mean(score.per_image, resamples.weights)),
-            "bootstrap": resamples.describe(), "images_in_labels": len(ids),
-            "missing_from_submission": sum(pid not in predictions for pid in ids),
-            "not_in_labels": len(set(predictions) - set(labels))}
+
+    def scored(path: Path):
+        predictions = read_submission(path)
+        score = rsna_map(truth, [predictions.get(pid, Prediction.empty()) for pid in ids])
+        return predictions, score, weighted_mean(score.per_image, resamples.weights)
+
+    predictions, score, resampled = scored(submission)
+    result = {**score.to_dict(), "rsna_map_ci": interval(resampled), "bootstrap": resamples.describe(),
+              "images_in_labels": len(ids), "missing_from_submission": sum(pid not in predictions for pid in ids),
+              "not_in_labels": len(set(predictions) - set(labels))}
+    if against is not None:
+        other, other_score, other_resampled = scored(against)
+        result["against"] = {"submission": str(against), "rsna_map": other_score.rsna_map,
+                             "rsna_map_ci": interval(other_resampled),
+                             "missing_from_submission": sum(pid not in other for pid in ids),
+                             "difference": score.rsna_map - other_score.rsna_map,
+                             "difference_ci": interval(resampled - other_resampled)}
+    return result
