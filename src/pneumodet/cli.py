@@ -15,6 +15,7 @@ from pneumodet import __version__, memory
 from pneumodet.commands import (
     cmd_compare,
     cmd_demo,
+    cmd_distil,
     cmd_download,
     cmd_evaluate,
     cmd_export,
@@ -166,6 +167,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a configuration value (repeatable)")
     p.set_defaults(func=cmd_pretrain)
 
+    p = sub.add_parser("distil", help="add a teacher's sure answers on unlabelled images to a cache: one model "
+                       "then learns from an ensemble",
+                       description="Predict every .dcm in IMAGES with TEACHER (a run, a folds folder or several runs: "
+                       "an ensemble, with its tuned post-processing) and write the cache OUT: the labelled cache "
+                       "--data unchanged (its split kept, so val is still true labels only) plus the images the "
+                       "teacher is sure of, for training only. Pseudo-positive: every box the teacher keeps scores "
+                       ">= --min-score (those boxes are the labels). Pseudo-negative: it keeps no box and the image "
+                       "scores < --negative-below. Any other image is left out. OUT/pseudo_labels.csv holds every "
+                       "verdict, OUT/distil.json the rule and counts. Then: pneumodet train --config CONFIG --data "
+                       "OUT (the student: one model, predict's cost of one).")
+    p.add_argument("teacher", type=Path, nargs="+", help="run folder, folds folder, or several run folders (an "
+                   "ensemble, as predict takes them)")
+    p.add_argument("images", type=Path, help="folder of unlabelled .dcm files (e.g. stage_2_test_images); images "
+                   "the labelled cache already has are skipped")
+    p.add_argument("--data", type=Path, required=True, help="the labelled cache (pneumodet prepare) the student "
+                   "trains and is tuned on")
+    p.add_argument("--out", type=Path, required=True, help="the student's cache folder to write (another folder than "
+                   "--data)")
+    p.add_argument("--min-score", type=_between(0, 1, low_open=True), default=0.9,
+                   help="a kept box becomes a label only at this score or more; an image with any kept box below "
+                   "it is left out (default 0.9)")
+    p.add_argument("--negative-below", type=_between(0, 1), default=None,
+                   help="an image with no kept box is a pseudo-negative only below this image score (default: half "
+                   "the tuned gate threshold, or half the box score threshold without a gate)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="the teacher's flip TTA (default: as its evaluate tuned)")
+    p.add_argument("--engine", choices=ENGINES, default=None, help="where the teacher's convolutions run (as predict)")
+    p.add_argument("--workers", type=_count, default=2, help="data-loading processes (default 2)")
+    p.set_defaults(func=cmd_distil)
+
     p = sub.add_parser("evaluate", help="tune the post-processing on val; score another labelled set with it frozen",
                        description="Without --split all: predict the run's own val split, tune score threshold, gate "
                        "threshold, NMS IoU, max boxes and box shrink on it, and write RUN/metrics.json (the run's "
@@ -271,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, required=True, help="labels CSV in the Kaggle format")
     p.add_argument("--strict", action="store_true", help="exit 2 when the submission and the labels do not name the "
                    "same images (without it: a warning on stderr, and a labelled image with no row scores as no box)")
+    p.add_argument("--against", type=Path, default=None, metavar="SUBMISSION_B",
+                   help="another submission for the same images: adds its score and the paired difference (this one "
+                   "minus B, both on the same 1,000 bootstrap resamples of the labelled images) with its 95 %% "
+                   "interval, under \"against\"")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("compare", help="paired bootstrap: is report A better than report B on the same images?",

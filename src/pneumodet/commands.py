@@ -92,6 +92,19 @@ def cmd_pretrain(args) -> None:
           f"{work} can go")
 
 
+def cmd_distil(args) -> None:
+    from pneumodet.distil import distil
+
+    teacher = args.teacher[0] if len(args.teacher) == 1 else args.teacher
+    r = distil(teacher, args.images, args.data, args.out, min_score=args.min_score, negative_below=args.negative_below,
+               hflip_tta=args.tta, engine=args.engine, workers=args.workers)
+    print(f"{r.files} images: {r.positives} pseudo-positive ({r.boxes} boxes at >= {r.min_score:g}), {r.negatives} "
+          f"pseudo-negative (score < {r.negative_below:.3g}), {r.left_out} left out (the teacher was not sure), "
+          f"{r.unreadable} unreadable, {r.already_labelled} already labelled")
+    print(f"cache: {r.cache} ({r.labelled} labelled images, their split kept, + {r.positives + r.negatives} "
+          f"pseudo-labelled for training); the student: pneumodet train --config CONFIG --data {r.cache}")
+
+
 def _data_wait(result) -> str:
     """Say how much of a run's time its steps waited for data (metrics.csv's data_wait_s), where it was kept."""
     share = result.data_wait_share
@@ -210,8 +223,14 @@ def cmd_export(args) -> None:
 def cmd_score(args) -> None:
     from pneumodet.report.submission import score_submission
 
-    result = score_submission(args.submission, args.labels)
+    result = score_submission(args.submission, args.labels, against=args.against)
     missing, extra = result["missing_from_submission"], result["not_in_labels"]
+    if args.against is not None and result["against"]["missing_from_submission"]:
+        gap = (f"{args.against} has no row for {result['against']['missing_from_submission']} of the labelled images "
+               "(scored as no box)")
+        if args.strict:
+            raise UserError(gap)
+        print(f"pneumodet score: warning: {gap}", file=sys.stderr)
     if missing or extra:  # a score of 0.0 over a submission for other images is not a result
         gap = (f"the submission has no row for {missing} of the {result['images_in_labels']} labelled images (scored "
                f"as no box) and {extra} row(s) for images the labels do not have")

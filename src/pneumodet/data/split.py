@@ -100,7 +100,8 @@ def split_images(
 
 
 def fold_split(table: pd.DataFrame, fold: int) -> pd.DataFrame:
-    """Return the (patient_id, split) table of one fold: its images are val, every other labelled image train."""
+    """Return the (patient_id, split) table of one fold: its images are val, every other image train (fold -1, an
+    image ``distil`` added, trains in every fold)."""
     out = pd.DataFrame({"patient_id": table["patient_id"],
                         "split": np.where(table["fold"].astype(int) == fold, "val", "train")})
     if "group" in table.columns:  # evaluate's intervals resample whole groups

@@ -249,7 +249,7 @@ def fold_table(cache: str | Path, k: int) -> pd.DataFrame:
     if "fold" not in table.columns:
         raise UserError(f"{cache}/split.csv has no folds (prepared by an older pneumodet); "
                         f"run pneumodet prepare --folds {k} again")
-    found = table["fold"].nunique()
+    found = table.loc[table["fold"].astype(int) >= 0, "fold"].nunique()  # -1: trains in every fold (distil)
     if found != k:
         raise UserError(f"{cache}/split.csv holds {found} folds, not {k}: run pneumodet prepare --folds {k} "
                         f"or train --folds {found}")
