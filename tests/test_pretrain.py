@@ -51,6 +51,13 @@ def test_pretrain_writes_weights_a_run_starts_from_and_refuses_what_it_should(tm
     assert not all(torch.equal(v, fresh.state_dict()[k]) for k, v in state.items() if v.is_floating_point())
     with pytest.raises(UserError, match="never overwrites"):
         pretraining.pretrain(config, result.weights, tmp_path / "work", images=16, progress=False)
+    # killed after training but before the file was written: the same call writes it, training nothing again
+    stamp = (result.run / "weights" / "last.ckpt").stat().st_mtime_ns
+    again = pretraining.pretrain(config, tmp_path / "again.pt", tmp_path / "work", images=16, progress=False)
+    assert (result.run / "weights" / "last.ckpt").stat().st_mtime_ns == stamp
+    written = torch.load(again.weights, map_location="cpu", weights_only=True)
+    assert written.keys() == state.keys() and all(torch.equal(written[k], state[k]) for k in state)
+    assert json.loads((tmp_path / "again.pt.json").read_text())["best_val_rsna_map"] == record["best_val_rsna_map"]
 
 
 def test_pretrain_command_refuses_a_held_out_variant_in_one_line(tmp_path):

@@ -42,11 +42,12 @@ def pretrain(config: RunConfig, out: str | Path, work: str | Path, images: int =
     """
     import torch
 
-    from pneumodet.checkpoints import load_trained
+    from pneumodet.checkpoints import load_trained, schedule_progress
     from pneumodet.data.prepare import prepare
     from pneumodet.data.synth import HELD_OUT, synthesize, variant_pool
     from pneumodet.files import atomic_path, check_output_dir, write_text_atomic
-    from pneumodet.training.train import train
+    from pneumodet.runs import RunPaths
+    from pneumodet.training.train import train, trained_result
 
     if config.model.weights == "synth":
         config = without_pretraining(config)
@@ -61,8 +62,12 @@ def pretrain(config: RunConfig, out: str | Path, work: str | Path, images: int =
     if not (data / "stage_2_train_labels.csv").is_file():
         synthesize(data, images, 0, seed, progress=progress, variant=variants)
     prepare(data, cache, size_px=config.data.image_size, val_fraction=VAL_FRACTION, progress=progress)
-    run = work / "run"
-    result = train(config, cache, run=run, resume=(run / "weights" / "last.ckpt").is_file(), progress=progress)
+    run = RunPaths(work / "run")
+    done = schedule_progress(run)
+    if done is not None and done[0] >= done[1]:  # killed after training, before the file was written
+        result = trained_result(run)
+    else:
+        result = train(config, cache, run=run.root, resume=done is not None, progress=progress)
     state = load_trained(result.run)[0].state_dict()  # the weights the run's config chooses (demo.yaml: last)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
