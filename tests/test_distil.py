@@ -132,6 +132,27 @@ def test_distil_refuses_what_it_cannot_use(trained_run, tiny_cache, synth_data, 
         distil(trained_run, synth_data / "stage_2_test_images", tiny_cache, tmp_path / "s", negative_below=0.0,
                workers=0, progress=False)
     assert not (tmp_path / "s" / "train-64px").exists()
+    shutil.copytree(tiny_cache, tmp_path / "other", symlinks=True)
+    with pytest.raises(UserError, match="prepare wrote"):  # another prepared cache is never written over
+        distil(trained_run, synth_data / "stage_2_test_images", tiny_cache, tmp_path / "other", progress=False)
+
+
+def test_a_second_distil_replaces_the_first_whole_and_an_unreadable_file_is_left_out(
+        teacher, tiny_cache, synth_data, tmp_path, capsys):
+    run, kept, min_score = teacher
+    images, out = tmp_path / "images", tmp_path / "student"
+    shutil.copytree(synth_data / "stage_2_test_images", images)
+    distil(run, images, tiny_cache, out, min_score=min_score, negative_below=1.0, workers=0, progress=False)
+    first = set(pd.read_csv(out / "split.csv", dtype=str).query("source == 'pseudo'")["patient_id"])
+    (images / "broken.dcm").write_bytes(b"not a dicom")
+    second = distil(run, images, tiny_cache, out, min_score=0.0001, negative_below=0.0, workers=0, progress=False)
+    assert "distil: broken.dcm:" in capsys.readouterr().err and second.unreadable == 1
+    split = pd.read_csv(out / "split.csv", dtype=str)
+    added = set(split.loc[split["source"] == "pseudo", "patient_id"])
+    assert added == {pid for pid, f in kept.items() if len(f.scores)} and added != first  # the second rule's
+    student = open_cache(out, TINY_SIZE)
+    assert set(student.images["patient_id"]) == set(split["patient_id"])  # cache and split agree
+    assert json.loads((out / "distil.json").read_text())["negatives"] == 0
 
 
 def test_the_command_says_what_it_added_and_how_to_train_the_student(teacher, tiny_cache, synth_data, tmp_path,

@@ -108,13 +108,18 @@ def distil(teacher, images_dir: str | Path, data: str | Path, out: str | Path, *
     if not 0 <= negative_below <= 1:
         raise UserError(f"--negative-below must be in [0, 1], got {negative_below}")
     check_output_dir(out)
-    found_by_id, _ = predict_files(detector, fresh, workers, progress=progress)
+    if (out / "qc.json").is_file():
+        raise UserError(f"{out}: holds a cache pneumodet prepare wrote; distil writes a new folder (or one it wrote)")
+    found_by_id, _ = predict_files(detector, fresh, workers, progress=progress,
+                                   unreadable="distil: {}; left out")
     verdicts = {pid: pseudo_label(found, min_score, negative_below) for pid, found in found_by_id.items()}
     chosen = [f for f in fresh if f.stem in verdicts and verdicts[f.stem][0] != "unsure"]
     if not chosen:
         raise UserError(f"{images_dir}: the teacher was sure of none of its {len(found_by_id)} readable images "
                         f"(boxes at >= {min_score:g}, or no box and a score below {negative_below:g}); nothing "
                         "to add")
+    (out / "split.csv").unlink(missing_ok=True)  # written again once the cache is: a call killed in between leaves
+    # no split.csv, so no student trains on a cache whose split does not match it
     params = CacheParams(size_px=size, subset="train")
     tmp = new_build_dir(out, params)
     try:

@@ -86,8 +86,9 @@ def _predict_share(run, files: list[Path], *, overrides=None, hflip_tta=None, wo
 
 
 def predict_files(detector: Detector, files: list[Path], workers: int = 2, batch_size: int | None = None,
-                  progress: bool = True):
-    """Return (patient_id -> Detection of every readable file, seconds); an unreadable file gets one stderr line."""
+                  progress: bool = True, unreadable: str = "predict: {}; empty prediction written"):
+    """Return (patient_id -> Detection of every readable file, seconds); an unreadable file gets one stderr line,
+    ``unreadable`` with the file and its reason in place of ``{}``."""
     # workers decode the next batches while the model predicts this one; on a GPU from pinned memory
     loader = DataLoader(DicomFolder(files, detector.image_size), num_workers=workers, collate_fn=lambda b: b,
                         batch_size=batch_size or detector.config.predict.batch_size,
@@ -97,7 +98,7 @@ def predict_files(detector: Detector, files: list[Path], workers: int = 2, batch
     for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
         for pid, _, _, reason in batch:
             if reason is not None:
-                print(f"pneumodet predict: {pid}.dcm: {reason}; empty prediction written", file=sys.stderr)
+                print("pneumodet " + unreadable.format(f"{pid}.dcm: {reason}"), file=sys.stderr)
         good = [item for item in batch if item[1] is not None]
         if good:
             pids, tensors, sizes, _ = zip(*good, strict=True)
