@@ -9,7 +9,7 @@ from pathlib import Path
 SRC = Path(__file__).parents[1] / "src"
 FLOORS = {  # the foundations first: modules every layer may use
     0: ["pneumodet", "pneumodet.errors", "pneumodet.boxes", "pneumodet.network", "pneumodet.io.layout", "pneumodet.anchors",
-        "pneumodet.memory", "pneumodet.roi_ops", "pneumodet.folding"],
+        "pneumodet.memory", "pneumodet.roi_ops", "pneumodet.folding", "pneumodet.box_loss"],
     1: ["pneumodet.files", "pneumodet.metrics", "pneumodet.stats", "pneumodet.boxmetrics", "pneumodet.candidates"],
     2: ["pneumodet.config", "pneumodet.runs"],
     3: ["pneumodet.postprocess", "pneumodet.weights", "pneumodet.config_checks"],
@@ -22,7 +22,7 @@ FLOORS = {  # the foundations first: modules every layer may use
     9: ["pneumodet.training", "pneumodet.saved"],
     10: ["pneumodet.evaluate", "pneumodet.predict", "pneumodet.export", "pneumodet.pretrain", "pneumodet.service.review",
          "pneumodet.service.guard"],
-    11: ["pneumodet.service", "pneumodet.demo", "pneumodet.pacs"],
+    11: ["pneumodet.service", "pneumodet.demo", "pneumodet.pacs", "pneumodet.distil"],
     12: ["pneumodet.commands"],
     13: ["pneumodet.cli"],
 }

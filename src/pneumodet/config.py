@@ -75,6 +75,9 @@ class ModelConfig:
     rpn_post_nms_test: int = 300
     rpn_batch_size_per_image: int = 256
     rois_per_image: int = 32  # RoIs sampled per image for the box/mask heads (torchvision: 512)
+    # the box head's regression loss: smooth_l1 (torchvision's, on the encoded deltas) or giou (GIoU on the decoded
+    # boxes: pneumodet.box_loss)
+    box_loss: str = "smooth_l1"
     roi_positive_fraction: float = 0.33
     min_score: float = 0.05  # candidates below are never returned; post-processing picks the real threshold
     masks: bool = True  # Mask R-CNN; False gives Faster R-CNN (boxes only)

@@ -43,6 +43,7 @@ CHOICES = {
     "model.gate_weights": ("none", "imagenet", "xrv"),
     "model.normalize": ("fixed", "image"),
     "model.anchors": ("fixed", "data"),
+    "model.box_loss": ("smooth_l1", "giou"),
     "train.optimizer": ("sgd", "adamw"),
     "train.checkpoint": ("last", "best"),
     "train.accelerator": ("auto", "cpu", "gpu", "cuda", "mps"),

@@ -26,6 +26,7 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from pneumodet.box_loss import use_box_loss
 from pneumodet.config import ModelConfig
 from pneumodet.errors import UserError
 from pneumodet.folding import fold_frozen_batchnorm
@@ -202,6 +203,7 @@ def build_model(cfg: ModelConfig, image_size: int) -> GatedMaskRCNN:
     )
     model.transform = CacheSizeTransform(image_size, image_size, model.transform.image_mean,
                                          model.transform.image_std, per_image=cfg.normalize == "image")
+    use_box_loss(model.roi_heads, cfg.box_loss)
     if not cfg.masks:
         model.roi_heads.mask_roi_pool = model.roi_heads.mask_head = model.roi_heads.mask_predictor = None
     load_weights(model, cfg)
