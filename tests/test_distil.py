@@ -39,7 +39,10 @@ def test_an_image_is_a_label_only_where_the_teacher_is_sure_of_all_of_it():
 def test_negative_below_is_half_the_threshold_that_makes_an_image_positive():
     assert default_negative_below(PostProcess(0.6, 0.1, 3, 1.0, gate_threshold=0.4)) == pytest.approx(0.2)
     assert default_negative_below(PostProcess(0.6, 0.1, 3, 1.0, gate_threshold=0.0)) == pytest.approx(0.3)
-    assert MIN_SCORE == 0.9
+    from pneumodet.cli import build_parser
+
+    distil_parser = build_parser()._subparsers._group_actions[0].choices["distil"]
+    assert distil_parser.get_default("min_score") == MIN_SCORE  # the command's default is the module's
 
 
 @pytest.fixture

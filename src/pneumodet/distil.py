@@ -35,6 +35,7 @@ from pneumodet.data.cache import (
     CacheParams,
     commit,
     decode_into,
+    new_array,
     new_build_dir,
     open_cache,
 )
@@ -156,8 +157,7 @@ def _build(tmp: Path, labelled, chosen: list[Path], verdicts: dict, size: int, w
     for result in decoded:
         if "error" in result:  # read once by the teacher, not now: the file changed in between
             print(f"pneumodet distil: {Path(result['file']).name}: {result['error']}; left out", file=sys.stderr)
-    array = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                      shape=(offset + len(good), size, size))
+    array = new_array(tmp / "images.npy", (offset + len(good), size, size))  # a full disk: one line, not a SIGBUS
     for start in range(0, offset, 1024):
         array[start:min(start + 1024, offset)] = labelled.pixels[start:start + 1024]
     new_rows, box_rows = [], []

@@ -60,3 +60,18 @@ def test_train_on_a_full_disk_says_so_and_resumes_once_there_is_room(tiny_cache,
         subprocess.run(["mount", "-o", "remount,size=256m", str(runs)], check=True)
         assert main(["train", "--resume", "--run", str(run), "--data", str(tiny_cache)]) == 0
         assert (run / "weights" / "last.ckpt").is_file()
+
+
+def test_distil_on_a_full_disk_says_so_and_leaves_no_cache(trained_run, tiny_cache, synth_data, tmp_path):
+    import subprocess
+    import sys
+
+    with tmpfs(tmp_path / "student", size="1m") as out:
+        fill(out)  # the teacher calls every test image negative below 1.0: each is added, and its pixels need room
+        done = subprocess.run([sys.executable, "-m", "pneumodet.cli", "distil", str(trained_run),
+                               str(synth_data / TEST_IMAGES), "--data", str(tiny_cache), "--out", str(out),
+                               "--negative-below", "1", "--workers", "0"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("pneumodet distil: error: ") and "cannot write here (No space left" in last
+        assert sorted(p.name for p in out.iterdir()) == [".filler"]  # no cache, no split, no temporary folder

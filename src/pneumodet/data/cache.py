@@ -144,10 +144,7 @@ def decode_into(images_path: Path, files: list[Path], size_px: int, workers: int
 
     Returns one dict per file, in order: its metadata, or ``error`` (and ``file``) if unusable.
     """
-    array = np.lib.format.open_memmap(images_path, mode="w+", dtype=np.uint8,
-                                      shape=(len(files), size_px, size_px))
-    del array
-    reserve(images_path)
+    new_array(images_path, (len(files), size_px, size_px))  # the workers open it again
     workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
     jobs = [(i, str(p)) for i, p in enumerate(files)]
     bar = tqdm(total=len(jobs), desc=f"prepare {size_px}px", unit="img", disable=not progress)
@@ -173,6 +170,19 @@ def decode_into(images_path: Path, files: list[Path], size_px: int, workers: int
     return results
 
 
+def new_array(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """Return a new uint8 .npy memory map of ``shape`` at ``path``, every block reserved (see :func:`reserve`); a
+    full or read-only file system, even one without room for the header, is an OutputError naming ``path``."""
+    try:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    except OSError as exc:
+        if exc.errno in FULL_ERRNOS:
+            raise output_error(path, exc) from None
+        raise
+    reserve(path)
+    return array
+
+
 def reserve(path: Path) -> None:
     """Allocate every block of the file at ``path`` now, so that a full disk is an OutputError here rather than a
     SIGBUS in whichever process first writes a page of the memory map that has no block behind it."""
@@ -191,7 +201,10 @@ def reserve(path: Path) -> None:
 def new_build_dir(root: Path, params: CacheParams) -> Path:
     """Return a new hidden folder under ``root`` to build a cache in (its name carries this process id)."""
     folder = root / f".tmp-{params.name}-{os.getpid()}-{time.time_ns()}"
-    folder.mkdir()
+    try:
+        folder.mkdir()
+    except OSError as exc:  # a full or read-only file system: the one line that names it
+        raise output_error(folder, exc) from None
     return folder
 
 
