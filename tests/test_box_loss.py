@@ -16,18 +16,19 @@ from tests.conftest import tiny_config
 WEIGHTS = (10.0, 10.0, 5.0, 5.0)  # torchvision's RoI heads' box coder
 
 
+@pytest.mark.parametrize("weights", [WEIGHTS, (8.0, 12.0, 4.0, 6.0)])  # torchvision's, and one telling x from y
 @pytest.mark.parametrize("loss, invariant", [(generalized_box_iou_loss, True), (distance_box_iou_loss, False)])
-def test_the_loss_on_a_unit_proposal_equals_the_loss_on_the_real_boxes(loss, invariant):
+def test_the_loss_on_a_unit_proposal_equals_the_loss_on_the_real_boxes(loss, invariant, weights):
     """GIoU's is; DIoU's is not (its distance term follows the proposal's aspect ratio), which is why it is not
     offered."""
     generator = torch.Generator().manual_seed(0)
     corner = torch.rand(50, 2, generator=generator) * 200
     proposals = torch.cat([corner, corner + 10 + torch.rand(50, 2, generator=generator) * 150], dim=1)
     predicted, target = (torch.randn(50, 4, generator=generator) for _ in range(2))
-    coder = BoxCoder(WEIGHTS)
+    coder = BoxCoder(weights)
     real = [coder.decode_single(d, proposals) for d in (predicted, target)]
     want = loss(*real, reduction="none")
-    got = loss(unit_boxes(predicted, WEIGHTS), unit_boxes(target, WEIGHTS), reduction="none")
+    got = loss(unit_boxes(predicted, weights), unit_boxes(target, weights), reduction="none")
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-5) == invariant
     assert want.std() > 0.05  # the boxes differ: the comparison is not of zeros
 
