@@ -8,7 +8,7 @@ from torchvision.models.detection import roi_heads as tv_roi_heads
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import distance_box_iou_loss, generalized_box_iou_loss
 
-from pneumodet.box_loss import IOU_LOSS_WEIGHT, IoULossRoIHeads, iou_fastrcnn_loss, unit_boxes
+from pneumodet.box_loss import IOU_LOSS_WEIGHT, GIoULossRoIHeads, giou_fastrcnn_loss, unit_boxes
 from pneumodet.errors import UserError
 from pneumodet.model import build_model
 from tests.conftest import tiny_config
@@ -39,7 +39,7 @@ def test_the_stand_in_keeps_the_classification_loss_and_scores_only_the_positive
     targets = [torch.randn(4, 4, generator=generator), torch.randn(2, 4, generator=generator)]
     logits = torch.randn(6, 2, generator=generator)
     regression = torch.randn(6, 8, generator=generator)
-    classification, box = iou_fastrcnn_loss("giou", WEIGHTS)(logits, regression, labels, targets)
+    classification, box = giou_fastrcnn_loss(WEIGHTS)(logits, regression, labels, targets)
     want_classification, _ = tv_roi_heads.fastrcnn_loss(logits, regression, labels, targets)
     torch.testing.assert_close(classification, want_classification)
     positive = torch.tensor([0, 3, 5])
@@ -51,7 +51,7 @@ def test_the_stand_in_keeps_the_classification_loss_and_scores_only_the_positive
     # a perfect regression costs nothing; the background RoIs' regression never counts
     perfect = regression.clone().reshape(6, 2, 4)
     perfect[positive, 1] = target
-    assert iou_fastrcnn_loss("giou", WEIGHTS)(logits, perfect.reshape(6, 8), labels, targets)[1] < 1e-6
+    assert giou_fastrcnn_loss(WEIGHTS)(logits, perfect.reshape(6, 8), labels, targets)[1] < 1e-6
 
 
 def _losses(model, images, targets, seed=0):
@@ -62,7 +62,7 @@ def _losses(model, images, targets, seed=0):
 def test_a_giou_model_trains_with_it_and_predicts_as_before():
     smooth, giou = (build_model(tiny_config(f"model.box_loss={kind}").model, 64) for kind in ("smooth_l1", "giou"))
     giou.load_state_dict(smooth.state_dict())  # the same weights: the class swap adds none
-    assert isinstance(giou.roi_heads, IoULossRoIHeads) and not isinstance(smooth.roi_heads, IoULossRoIHeads)
+    assert isinstance(giou.roi_heads, GIoULossRoIHeads) and not isinstance(smooth.roi_heads, GIoULossRoIHeads)
     images = [torch.rand(1, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(2)]
     boxes = torch.tensor([[10.0, 12.0, 40.0, 50.0]])
     targets = [{"boxes": boxes, "labels": torch.ones(1, dtype=torch.int64),

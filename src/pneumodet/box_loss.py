@@ -22,8 +22,7 @@ from torchvision.models.detection import roi_heads as tv_roi_heads
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import generalized_box_iou_loss
 
-IOU_LOSSES = {"giou": generalized_box_iou_loss}
-#: the IoU loss's weight: mmdetection's for GIoU in Faster R-CNN, which also divides by every sampled RoI
+#: the GIoU loss's weight: mmdetection's for GIoU in Faster R-CNN, which also divides by every sampled RoI
 IOU_LOSS_WEIGHT = 10.0
 #: torchvision's BoxCoder clamps the decoded log-size at this (boxes at most 1000/16 times the proposal)
 MAX_LOG_SIZE = math.log(1000.0 / 16)
@@ -38,18 +37,17 @@ def unit_boxes(deltas: torch.Tensor, weights: tuple[float, float, float, float])
     return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=1)
 
 
-def iou_fastrcnn_loss(kind: str, weights: tuple[float, float, float, float]):
-    """Return a stand-in for torchvision's ``fastrcnn_loss``: the same classification loss, and ``kind``'s IoU loss
-    between each positive RoI's predicted and target boxes, summed, times IOU_LOSS_WEIGHT, over the RoIs sampled."""
-    iou_loss = IOU_LOSSES[kind]
+def giou_fastrcnn_loss(weights: tuple[float, float, float, float]):
+    """Return a stand-in for torchvision's ``fastrcnn_loss``: the same classification loss, and the GIoU loss between
+    each positive RoI's predicted and target boxes, summed, times IOU_LOSS_WEIGHT, over the RoIs sampled."""
 
     def loss(class_logits, box_regression, labels, regression_targets):
         labels, targets = torch.cat(labels, dim=0), torch.cat(regression_targets, dim=0)
         classification = F.cross_entropy(class_logits, labels)
         positive = torch.where(labels > 0)[0]
         predicted = box_regression.reshape(len(class_logits), -1, 4)[positive, labels[positive]]
-        box = iou_loss(unit_boxes(predicted.float(), weights), unit_boxes(targets[positive].float(), weights),
-                       reduction="sum")
+        box = generalized_box_iou_loss(unit_boxes(predicted.float(), weights),
+                                       unit_boxes(targets[positive].float(), weights), reduction="sum")
         return classification, IOU_LOSS_WEIGHT * box / labels.numel()
 
     return loss
@@ -69,22 +67,18 @@ def _fastrcnn_loss(replacement):
             tv_roi_heads.fastrcnn_loss = original
 
 
-class IoULossRoIHeads(RoIHeads):
+class GIoULossRoIHeads(RoIHeads):
     """torchvision's RoI heads (a model's class is swapped in place; no weights) whose training forward computes
-    the box loss as ``box_loss`` says; inference is torchvision's."""
-
-    box_loss = "giou"
+    the box loss as GIoU; inference is torchvision's."""
 
     def forward(self, features, proposals, image_shapes, targets=None):
         if not self.training:
             return super().forward(features, proposals, image_shapes, targets)
-        with _fastrcnn_loss(iou_fastrcnn_loss(self.box_loss, self.box_coder.weights)):
+        with _fastrcnn_loss(giou_fastrcnn_loss(self.box_coder.weights)):
             return super().forward(features, proposals, image_shapes, targets)
 
 
 def use_box_loss(roi_heads: RoIHeads, kind: str) -> None:
     """Make ``roi_heads`` train with ``kind`` (smooth_l1: torchvision's, unchanged)."""
-    if kind == "smooth_l1":
-        return
-    roi_heads.__class__ = IoULossRoIHeads
-    roi_heads.box_loss = kind
+    if kind == "giou":
+        roi_heads.__class__ = GIoULossRoIHeads
