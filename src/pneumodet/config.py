@@ -78,6 +78,9 @@ class ModelConfig:
     # the box head's regression loss: smooth_l1 (torchvision's, on the encoded deltas) or giou (GIoU on the decoded
     # boxes: pneumodet.box_loss)
     box_loss: str = "smooth_l1"
+    # the box head pools each RoI enlarged this many times about its centre (1: the RoI alone), so it sees the
+    # context around it; its boxes stay relative to the RoI (pneumodet.roi_ops.ContextRoIAlign)
+    box_context: float = 1.0
     roi_positive_fraction: float = 0.33
     min_score: float = 0.05  # candidates below are never returned; post-processing picks the real threshold
     masks: bool = True  # Mask R-CNN; False gives Faster R-CNN (boxes only)

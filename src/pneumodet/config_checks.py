@@ -22,7 +22,7 @@ RANGES: dict[str, tuple[float, float] | tuple[float, float, str]] = {
     "model.rpn_pre_nms_train": (1, 100000), "model.rpn_post_nms_train": (1, 100000),
     "model.rpn_pre_nms_test": (1, 100000), "model.rpn_post_nms_test": (1, 100000),
     "model.rpn_batch_size_per_image": (1, 100000), "model.rois_per_image": (1, 100000),
-    "model.roi_positive_fraction": (0, 1, "open"),
+    "model.roi_positive_fraction": (0, 1, "open"), "model.box_context": (1, 3),
     "model.min_score": (0, 1), "model.mask_head_channels": (1, 4096),
     "model.mask_head_convs": (1, 16), "model.tiny_depth": (1, 8), "model.gate_loss_weight": (0, 100),
     "predict.box_refine": (0, 8),

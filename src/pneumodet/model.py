@@ -31,7 +31,7 @@ from pneumodet.config import ModelConfig
 from pneumodet.errors import UserError
 from pneumodet.folding import fold_frozen_batchnorm
 from pneumodet.gates import ClassifierGate, ImageGate
-from pneumodet.roi_ops import GatherRoIAlign, TopKeptRPN
+from pneumodet.roi_ops import ContextRoIAlign, GatherRoIAlign, TopKeptRPN
 from pneumodet.weights import load_weights
 
 CLASS_NAMES = ("background", "opacity")
@@ -196,7 +196,8 @@ def build_model(cfg: ModelConfig, image_size: int) -> GatedMaskRCNN:
         box_score_thresh=cfg.min_score,
         box_nms_thresh=CANDIDATE_NMS_IOU,
         gate=_gate(cfg, channels, levels),
-        box_roi_pool=GatherRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2),  # torchvision's pools
+        box_roi_pool=(GatherRoIAlign(["0", "1", "2", "3"], output_size=7, sampling_ratio=2) if cfg.box_context == 1
+                      else ContextRoIAlign(["0", "1", "2", "3"], 7, 2, cfg.box_context)),  # torchvision's pools
         mask_roi_pool=GatherRoIAlign(["0", "1", "2", "3"], output_size=14, sampling_ratio=2),
         gate_loss_weight=cfg.gate_loss_weight,
         **kwargs,

@@ -132,6 +132,25 @@ class GatherRoIAlign(MultiScaleRoIAlign):
         return _pool(table, rois, first_row, height, width, scale, self.output_size, self.sampling_ratio).to(dtype)
 
 
+class ContextRoIAlign(GatherRoIAlign):
+    """:class:`GatherRoIAlign` over each RoI enlarged ``context`` times about its centre: the box head sees what
+    lies around its RoI (where a soft opacity's edge may be), while its regression stays relative to the RoI."""
+
+    def __init__(self, featmap_names, output_size, sampling_ratio, context: float):
+        super().__init__(featmap_names, output_size=output_size, sampling_ratio=sampling_ratio)
+        self.context = float(context)
+
+    def forward(self, x, boxes, image_shapes):
+        return super().forward(x, [enlarge(b, self.context) for b in boxes], image_shapes)
+
+
+def enlarge(boxes: torch.Tensor, factor: float) -> torch.Tensor:
+    """Return (N, 4) xyxy ``boxes`` scaled ``factor`` times about their centres (not clipped: RoIAlign reads
+    zeros beyond the image)."""
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * (factor / 2)
+    return torch.cat([centre - half, centre + half], dim=1)
+
 def top_kept_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float,
                  top: int) -> torch.Tensor:
     """``torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)[:top]`` as its per-group form computes
