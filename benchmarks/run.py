@@ -1,7 +1,7 @@
 """``make bench``: print every benchmark as a markdown table (copy the figures into BENCHMARKS.md).
 
-Usage: python benchmarks/run.py [data] [train] [predict] [engine] [loader] [accuracy] [variants] [heldout] [folds] [distil] — default: the first
-five; accuracy, variants, heldout, folds and distil train for a long time (minutes per setting): ask for them by name.
+Usage: python benchmarks/run.py [data] [train] [predict] [engine] [loader] [accuracy] [variants] [heldout] [folds] [distil] [defaults] — default: the first
+five; accuracy, variants, heldout, folds, distil and defaults train for a long time (minutes per setting): ask for them by name.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-SUITES = ["data", "train", "predict", "engine", "loader"]  # "accuracy", "variants", "heldout", "folds", "distil": slow, by name
+SUITES = ["data", "train", "predict", "engine", "loader"]  # "accuracy", "variants", "heldout", "folds", "distil", "defaults": slow, by name
 
 
 def main(argv: list[str]) -> int:
