@@ -10,8 +10,8 @@ test images (``predict``) and is scored against their truth, with the paired dif
 Speed: ``pneumodet predict``, the whole command, over the first 150 test DICOMs of the first pair, each setting
 in turn, twice (what predict says, and the whole command's wall time); and R50-FPN (rsna.yaml at 512 px, bf16,
 flip TTA, random weights: cost does not depend on the weights) at 300 proposals and at 100 (its default since
-2026-12-05), in PyTorch and with the ONNX Runtime engine (fp32: export refuses int8 for a model whose int8 boxes
-differ, as an untrained one's do). Run alone on an idle machine: ``python benchmarks/run.py defaults``.
+2026-12-05), in PyTorch and with the ONNX Runtime engine (fp32: whether int8 may run is export's check on a trained
+model's boxes, so it is not timed for random weights). Run alone on an idle machine: ``python benchmarks/run.py defaults``.
 """
 
 from __future__ import annotations
