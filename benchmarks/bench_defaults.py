@@ -19,13 +19,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_variants import _cli
 
 from pneumodet.data.synth import HELD_OUT
 
@@ -37,13 +36,6 @@ SETTINGS = [  # label, proposals (None: the run's), evaluate options, export int
     ("int8 engine", None, [], True),
 ]
 TIMED = 150
-
-
-def _cli(*args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "pneumodet.cli", *args], capture_output=True, text=True, timeout=3600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"pneumodet {' '.join(args)}: {proc.stderr.strip()[-400:]}")
-    return proc.stdout
 
 
 def with_proposals(run: Path, proposals: int) -> None:

@@ -54,6 +54,7 @@ def test_a_context_model_loads_the_plain_weights_trains_and_pools_otherwise():
         pooled = [m.roi_heads.box_roi_pool(features, proposals, batch.image_sizes) for m in (plain, context)]
     assert sum(len(p) for p in proposals) > 0 and not torch.allclose(*pooled)
 
+
 @pytest.mark.parametrize("value", ["0.5", "4"])
 def test_a_context_outside_one_to_three_is_one_line(value):
     with pytest.raises(UserError, match="model.box_context"):

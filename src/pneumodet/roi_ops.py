@@ -151,6 +151,7 @@ def enlarge(boxes: torch.Tensor, factor: float) -> torch.Tensor:
     half = (boxes[:, 2:] - boxes[:, :2]) * (factor / 2)
     return torch.cat([centre - half, centre + half], dim=1)
 
+
 def top_kept_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou_threshold: float,
                  top: int) -> torch.Tensor:
     """``torchvision.ops.batched_nms(boxes, scores, groups, iou_threshold)[:top]`` as its per-group form computes
