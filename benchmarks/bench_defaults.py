@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 from bench_variants import _cli
 
 from pneumodet.data.synth import HELD_OUT
@@ -40,10 +39,10 @@ TIMED = 150
 
 def with_proposals(run: Path, proposals: int) -> None:
     """Rewrite ``run``'s checkpoints to keep ``proposals`` RPN proposals at inference."""
-    from pneumodet.checkpoints import atomic_save
+    from pneumodet.checkpoints import atomic_save, read_checkpoint
 
     for ckpt in (run / "weights").glob("*.ckpt"):
-        checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint(ckpt)  # verified, weights only, as evaluate and predict read it
         checkpoint["pneumodet"]["config"]["model"]["rpn_post_nms_test"] = proposals
         atomic_save(checkpoint, ckpt)
 
