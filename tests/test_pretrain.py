@@ -26,6 +26,16 @@ def test_the_packaged_weights_fit_demo_yaml_s_model_tensor_for_tensor():
         assert torch.equal(own[key], value), key
 
 
+def test_the_packaged_weights_come_from_the_default_pretraining_set_which_holds_no_held_out_variant():
+    from pneumodet.data import synth
+
+    record = json.loads(SYNTH_WEIGHTS.with_name(SYNTH_WEIGHTS.name + ".json").read_text())
+    assert (record["variants"], record["images"], record["seed"]) == (pretraining.VARIANTS, pretraining.IMAGES,
+                                                                      pretraining.SEED)
+    pool = synth.variant_pool(pretraining.VARIANTS)
+    assert pool and not set(pool) & set(synth.HELD_OUT)
+
+
 def test_synth_weights_are_for_tiny_fpn_only():
     config = load_config("rsna", ["model.weights=synth"])
     with pytest.raises(UserError, match="synthetic-pretrained weights for tiny_fpn only"):

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from pneumodet import __version__, memory
+from pneumodet import pretrain as pretraining
 from pneumodet.commands import (
     cmd_compare,
     cmd_demo,
@@ -86,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
     p.add_argument("--variant", default="default", metavar="NAME[,NAME...]",
                    help="distribution to draw from: default (the real data's statistics), wide (far more variety in "
-                   "anatomy, exposure, noise, opacities, devices), oblique (rotated patients and films); never used "
-                   "to choose a recipe: shifted (smaller, fainter, patchier opacities on noisier films), portable "
-                   "(bedside films: rotated, collimated, badly exposed, text, markers, lines), faint (faint patchy "
-                   "opacities, often in both lungs); mix (each image from any of them), or names joined by commas "
+                   "anatomy, exposure, noise, opacities, devices), oblique (rotated patients and films), subtle "
+                   "(faint to moderate, soft-edged, often patchy opacities); never used to choose a recipe: shifted "
+                   "(smaller, fainter, patchier opacities on noisier films), portable (bedside films: rotated, "
+                   "collimated, badly exposed, text, markers, lines), faint (faint patchy opacities, often in both "
+                   "lungs); mix (each image from any of them), or names joined by commas "
                    "(each image from one of those). Check a recipe on a variant it was not tuned on")
     p.add_argument("--workers", type=_count, default=None, help="processes (default: all cores)")
     p.set_defaults(func=cmd_synth)
@@ -158,11 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the weights file to write (never overwritten)")
     p.add_argument("--work", type=Path, default=None, help="folder for the synthetic data, cache and run (default "
                    "OUT.work)")
-    p.add_argument("--images", type=_count, default=2000, help="synthetic training films, 10%% of them for val "
-                   "(default 2000)")
-    p.add_argument("--seed", type=int, default=7, help="the synthetic set's seed (default 7)")
-    p.add_argument("--variant", default="default,wide,oblique", help="variants to draw from, joined by commas "
-                   "(default default,wide,oblique; held-out ones are refused)")
+    p.add_argument("--images", type=_count, default=pretraining.IMAGES, help="synthetic training films, 10%% of "
+                   f"them for val (default {pretraining.IMAGES})")
+    p.add_argument("--seed", type=int, default=pretraining.SEED, help=f"the synthetic set's seed (default "
+                   f"{pretraining.SEED})")
+    p.add_argument("--variant", default=pretraining.VARIANTS, help="variants to draw from, joined by commas "
+                   f"(default {pretraining.VARIANTS}; held-out ones are refused)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a configuration value (repeatable)")
     p.set_defaults(func=cmd_pretrain)

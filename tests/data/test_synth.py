@@ -109,7 +109,7 @@ def test_an_unknown_variant_is_a_user_error(tmp_path):
     from pneumodet.errors import UserError
 
     with pytest.raises(UserError, match="unknown synthetic variant 'odd'; use one of default, wide, shifted, oblique, "
-                       "portable, faint, mix, or several joined by commas"):
+                       "subtle, portable, faint, mix, or several joined by commas"):
         synth.synthesize(tmp_path, 1, 0, variant="odd")
 
 
