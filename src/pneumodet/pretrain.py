@@ -14,9 +14,12 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pneumodet.config import RunConfig
 from pneumodet.errors import UserError
+
+if TYPE_CHECKING:  # the CLI reads this module's defaults at start-up, before any configuration is loaded
+    from pneumodet.config import RunConfig
 
 #: the variants the packaged start's pretraining set is drawn from: recipes are chosen on them, and none is in
 #: synth.HELD_OUT (with ``subtle`` too it scored within the noise: docs/benchmarks-history.md)
